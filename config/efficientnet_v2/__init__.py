@@ -1,0 +1,85 @@
+"""EfficientNetV2 family (Tan & Le, arXiv:2104.00298): block tables and family defaults.
+
+Block tables, dropout and progressive-training image sizes follow google/automl
+efficientnetv2/effnetv2_configs.py (`efficientnetv2_params`: train_size is the largest size of
+progressive training, eval_size the evaluation size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from config.defaults import MODEL_DEFAULTS
+
+V2_S_BLOCKS = (
+    "r2_k3_s1_e1_i24_o24_c1",
+    "r4_k3_s2_e4_i24_o48_c1",
+    "r4_k3_s2_e4_i48_o64_c1",
+    "r6_k3_s2_e4_i64_o128_se0.25",
+    "r9_k3_s1_e6_i128_o160_se0.25",
+    "r15_k3_s2_e6_i160_o256_se0.25",
+)
+V2_M_BLOCKS = (
+    "r3_k3_s1_e1_i24_o24_c1",
+    "r5_k3_s2_e4_i24_o48_c1",
+    "r5_k3_s2_e4_i48_o80_c1",
+    "r7_k3_s2_e4_i80_o160_se0.25",
+    "r14_k3_s1_e6_i160_o176_se0.25",
+    "r18_k3_s2_e6_i176_o304_se0.25",
+    "r5_k3_s1_e6_i304_o512_se0.25",
+)
+V2_L_BLOCKS = (
+    "r4_k3_s1_e1_i32_o32_c1",
+    "r7_k3_s2_e4_i32_o64_c1",
+    "r7_k3_s2_e4_i64_o96_c1",
+    "r10_k3_s2_e4_i96_o192_se0.25",
+    "r19_k3_s1_e6_i192_o224_se0.25",
+    "r25_k3_s2_e6_i224_o384_se0.25",
+    "r7_k3_s1_e6_i384_o640_se0.25",
+)
+# automl: "only for 21k pretraining".
+V2_XL_BLOCKS = (
+    "r4_k3_s1_e1_i32_o32_c1",
+    "r8_k3_s2_e4_i32_o64_c1",
+    "r8_k3_s2_e4_i64_o96_c1",
+    "r16_k3_s2_e4_i96_o192_se0.25",
+    "r24_k3_s1_e6_i192_o256_se0.25",
+    "r32_k3_s2_e6_i256_o512_se0.25",
+    "r8_k3_s1_e6_i512_o640_se0.25",
+)
+
+
+def v2_config(name: str, blocks: Sequence[str], stem_filters: int, train_size: int,
+              eval_size: int, dropout: float) -> dict[str, Any]:
+    """A v2 variant's config: shared defaults + v2 family settings + this variant's table.
+
+    Args:
+      name: model name, e.g. "efficientnetv2-s".
+      blocks: the variant's block table (S/M/L/XL are separate tables, width = depth = 1).
+      stem_filters: stem channels (the first stage's input channels).
+      train_size: final (largest) image size of progressive training.
+      eval_size: evaluation image size.
+      dropout: dropout rate before the classifier.
+
+    Returns:
+      A new config dict.
+    """
+    return {
+        **MODEL_DEFAULTS,
+        "name": name,
+        "blocks": tuple(blocks),
+        "width_coefficient": 1.0,
+        "depth_coefficient": 1.0,
+        "dropout_rate": dropout,
+        # NOTE: automl effnetv2 uses BN momentum 0.9 (v1: 0.99).
+        "bn_momentum": 0.9,
+        "min_depth": 8,
+        # automl effnetv2 utils.round_filters has no 10% round-down guard.
+        "round_down_guard": False,
+        "stem_filters": stem_filters,
+        # keras.applications EfficientNetV2 and automl effnetv2: (x - 128) / 128.
+        "input_normalization": "scale128",
+        "train_img_size": train_size,
+        "eval_img_size": eval_size,
+    }

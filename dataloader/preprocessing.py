@@ -1,0 +1,177 @@
+"""Per-example decode, crop and resize for training and evaluation (pure TF, graph-safe).
+
+Follows the EfficientNet reference input pipeline (Tan & Le, 2019; Inception-style random
+resized crop, Szegedy et al., 2015): training decodes only the sampled crop window of a JPEG
+(`tf.image.decode_and_crop_jpeg`), evaluation takes a center crop of
+`image_size / (image_size + 32)` of the shorter side. Every function returns float32 in 0..255:
+normalization happens once, inside the model.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+# Magic bytes of the formats `tf.io.decode_image` understands; anything else is not an image.
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_OTHER_IMAGE_MAGICS = (b"\x89PNG", b"GIF8", b"BM")
+
+
+def is_jpeg(image_bytes: tf.Tensor) -> tf.Tensor:
+    """Whether encoded bytes start with the JPEG SOI marker.
+
+    Args:
+      image_bytes: scalar string tensor.
+
+    Returns:
+      Scalar bool tensor.
+    """
+    return tf.equal(tf.strings.substr(image_bytes, 0, 3), _JPEG_MAGIC)
+
+
+def is_image(image_bytes: tf.Tensor) -> tf.Tensor:
+    """Whether encoded bytes start like a JPEG, PNG, GIF or BMP file.
+
+    Args:
+      image_bytes: scalar string tensor.
+
+    Returns:
+      Scalar bool tensor.
+    """
+    head = tf.strings.substr(image_bytes, 0, 4)
+    other = [tf.equal(tf.strings.substr(head, 0, len(m)), m) for m in _OTHER_IMAGE_MAGICS]
+    return tf.reduce_any(tf.stack([is_jpeg(image_bytes), *other]))
+
+
+def _decode_any(image_bytes: tf.Tensor) -> tf.Tensor:
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def _center_window(height, width, crop_fraction: float):
+    """Largest centered square of `crop_fraction` of the shorter side (reference's padded crop)."""
+    side = tf.cast(crop_fraction * tf.cast(tf.minimum(height, width), tf.float32), tf.int32)
+    side = tf.maximum(side, 1)
+    return (height - side + 1) // 2, (width - side + 1) // 2, side, side
+
+
+def _random_window(height, width, seed, area_min, aspect_range, crop_fraction):
+    """Inception-style random crop window; the center crop when sampling fails.
+
+    NOTE: as in the EfficientNet reference, when 10 attempts find no window inside the area and
+    aspect ranges the sampler returns the whole image and we fall back to the eval center crop.
+    """
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.stack([height, width, 3]),
+        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        seed=seed,
+        min_object_covered=0.1,
+        aspect_ratio_range=aspect_range,
+        area_range=(area_min, 1.0),
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
+    failed = tf.logical_and(tf.equal(size[0], height), tf.equal(size[1], width))
+    center = _center_window(height, width, crop_fraction)
+    return tuple(
+        tf.where(failed, c, r)
+        for c, r in zip(center, (begin[0], begin[1], size[0], size[1]), strict=True)
+    )
+
+
+def _decode_window(image: tf.Tensor, window_fn) -> tf.Tensor:
+    """Decode (JPEG: only the window) and crop; `window_fn(height, width)` picks the window."""
+    if image.dtype != tf.string:  # already decoded (digits, TFDS without SkipDecoding)
+        shape = tf.shape(image)
+        y, x, h, w = window_fn(shape[0], shape[1])
+        return tf.image.crop_to_bounding_box(image, y, x, h, w)
+
+    def jpeg():
+        shape = tf.image.extract_jpeg_shape(image)
+        y, x, h, w = window_fn(shape[0], shape[1])
+        return tf.image.decode_and_crop_jpeg(image, tf.stack([y, x, h, w]), channels=3)
+
+    def other():
+        decoded = _decode_any(image)
+        shape = tf.shape(decoded)
+        y, x, h, w = window_fn(shape[0], shape[1])
+        return tf.image.crop_to_bounding_box(decoded, y, x, h, w)
+
+    cropped = tf.cond(is_jpeg(image), jpeg, other)
+    cropped.set_shape([None, None, 3])
+    return cropped
+
+
+def resize(image: tf.Tensor, image_size: int, method: str = "bilinear") -> tf.Tensor:
+    """Resize to a square float32 image in 0..255 (bicubic overshoot is clipped).
+
+    Args:
+      image: [H, W, 3] image of any real dtype in 0..255.
+      image_size: output side in pixels.
+      method: "bilinear" or "bicubic".
+
+    Returns:
+      float32 [image_size, image_size, 3].
+    """
+    # uint8 in, float32 out: resizing before casting reads 4x fewer bytes.
+    out = tf.image.resize(image, [image_size, image_size], method=method)
+    if method == "bilinear":  # convex combinations of inputs: already within 0..255
+        return tf.cast(out, tf.float32)
+    return tf.clip_by_value(tf.cast(out, tf.float32), 0.0, 255.0)
+
+
+def preprocess_for_train(
+    image: tf.Tensor,
+    image_size: int,
+    seed: tf.Tensor,
+    area_min: float = 0.08,
+    aspect_range: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+    resize_method: str = "bilinear",
+) -> tf.Tensor:
+    """Random-resized crop (decoding only the crop window of a JPEG) and random flip.
+
+    Args:
+      image: scalar string of encoded bytes (JPEG, PNG, GIF, BMP) or a decoded uint8 image.
+      image_size: output side in pixels.
+      seed: int32/int64 [2] stateless seed (one per example).
+      area_min: smallest crop area as a fraction of the image.
+      aspect_range: (min, max) crop aspect ratio, width / height.
+      resize_method: "bilinear" or "bicubic".
+
+    Returns:
+      float32 [image_size, image_size, 3] in 0..255.
+    """
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    fallback = image_size / (image_size + 32)
+    cropped = _decode_window(
+        image,
+        lambda h, w: _random_window(h, w, crop_seed, area_min, aspect_range, fallback),
+    )
+    flipped = tf.image.stateless_random_flip_left_right(cropped, flip_seed)
+    return resize(flipped, image_size, resize_method)
+
+
+def preprocess_for_eval(
+    image_bytes: tf.Tensor,
+    image_size: int,
+    crop_fraction: float | None = None,
+    resize_method: str = "bilinear",
+) -> tf.Tensor:
+    """Center crop of `crop_fraction` of the shorter side, then resize; also used by predict.
+
+    Args:
+      image_bytes: scalar string of encoded bytes (JPEG, PNG, GIF, BMP) or a decoded uint8
+        image.
+      image_size: output side in pixels.
+      crop_fraction: fraction of the shorter side kept; None means
+        image_size / (image_size + 32).
+      resize_method: "bilinear" or "bicubic".
+
+    Returns:
+      float32 [image_size, image_size, 3] in 0..255.
+    """
+    if crop_fraction is None:
+        crop_fraction = image_size / (image_size + 32)
+    image_bytes = tf.convert_to_tensor(image_bytes)
+    cropped = _decode_window(image_bytes, lambda h, w: _center_window(h, w, crop_fraction))
+    return resize(cropped, image_size, resize_method)

@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# EfficientNet-B4 convergence training, TF32, 8x A100-80G: 80 images per GPU (NVIDIA's published per-GPU batch).
+. "$(dirname "${BASH_SOURCE[0]}")/../../recipe.sh"
+exec "$LAUNCH" TF32 8 "$CFG" train_and_eval "${TRAIN_ARGS[@]}" --train_batch_size 80 "$@"

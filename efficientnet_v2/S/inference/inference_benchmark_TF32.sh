@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# EfficientNetV2-S inference throughput and latency, TF32, 1 GPU, synthetic data.
+. "$(dirname "${BASH_SOURCE[0]}")/../recipe.sh"
+exec "$LAUNCH" TF32 1 "$CFG" inference_benchmark --dataset synthetic "${EVAL_ARGS[@]}" --eval_batch_size 128 "$@"

@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# EfficientNetV2-S convergence training, AMP, 8x A100-80G: 460 images per GPU (NVIDIA's published per-GPU batch).
+. "$(dirname "${BASH_SOURCE[0]}")/../../recipe.sh"
+exec "$LAUNCH" AMP 8 "$CFG" train_and_eval "${TRAIN_ARGS[@]}" --train_batch_size 460 "$@"

@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# EfficientNetV2-S training throughput, TF32, 8x A100-80G: 230 images per GPU (the convergence batch).
+. "$(dirname "${BASH_SOURCE[0]}")/../../recipe.sh"
+exec "$LAUNCH" TF32 8 "$CFG" training_benchmark "${BENCH_ARGS[@]}" --train_batch_size 230 "$@"

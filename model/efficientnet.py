@@ -1,0 +1,203 @@
+"""Assemble EfficientNet v1 (arXiv:1905.11946) and v2 (arXiv:2104.00298) from a config dict.
+
+One builder for both families: the config's block table (`model.specs.BlockSpec` strings) says
+which stages are fused-MBConv (v2) and which are MBConv; width/depth coefficients and the
+`round_down_guard` flag encode the family's scaling rule. Layer names are stable:
+
+    input_normalization, stem_conv, stem_bn, stem_activation,
+    stage{s}_block{b} (s, b 1-based), head_conv, head_bn, head_activation,
+    avg_pool, head_dropout, logits
+
+Only keras.layers / keras.ops are used, so the model builds and trains under any Keras 3
+backend (TF for the application, JAX in a CI test).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+from keras import layers
+
+from config.loader import ConfigError
+from model.blocks import DENSE_KERNEL_INITIALIZER, FusedMBConvBlock, MBConvBlock, batch_norm, conv2d
+from model.specs import PlacedBlock, expand_blocks, parse_blocks, round_filters
+
+logger = logging.getLogger(__name__)
+
+# Keys the builder reads; everything else in a config (training hyper-parameters) is ignored.
+MODEL_KEYS = (
+    "name", "blocks", "width_coefficient", "depth_coefficient", "dropout_rate",
+    "drop_connect_rate", "activation", "bn_momentum", "bn_epsilon", "depth_divisor", "min_depth",
+    "round_down_guard", "stem_filters", "head_filters", "num_classes", "include_top",
+    "input_normalization",
+)
+
+# (scale, offset) per channel such that normalized = raw_0_255 * scale + offset.
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+INPUT_NORMALIZATIONS = {
+    # keras.applications EfficientNetB0-B7 (Rescaling(1/255) + Normalization with the ImageNet
+    # mean/std) and automl v1: (x / 255 - mean) / std.
+    "imagenet": (tuple(1.0 / (255.0 * s) for s in _IMAGENET_STD),
+                 tuple(-m / s for m, s in zip(_IMAGENET_MEAN, _IMAGENET_STD, strict=True))),
+    # keras.applications EfficientNetV2S/M/L: Rescaling(scale=1/128, offset=-1), i.e.
+    # (x - 128) / 128, as automl effnetv2 preprocessing for the S/M/L/XL models.
+    "scale128": ((1.0 / 128.0,) * 3, (-1.0,) * 3),
+    # Input is already normalized by the data pipeline.
+    "none": None,
+}
+
+
+@keras.saving.register_keras_serializable(package="efficientnet")
+class InputNormalization(layers.Layer):
+    """Map raw 0..255 RGB to the network's input range in-graph (no weights).
+
+    Args:
+      mode: a key of INPUT_NORMALIZATIONS other than "none".
+    """
+
+    def __init__(self, mode: str = "imagenet", **kwargs):
+        # float32 even under a mixed-precision policy: 0..255 inputs lose digits in float16.
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if INPUT_NORMALIZATIONS.get(mode) is None:
+            raise ConfigError(f"input normalization {mode!r} has no in-graph layer")
+        self.mode = mode
+        self.scale, self.offset = INPUT_NORMALIZATIONS[mode]
+
+    def call(self, inputs):
+        scale = keras.ops.convert_to_tensor(self.scale, dtype=inputs.dtype)
+        offset = keras.ops.convert_to_tensor(self.offset, dtype=inputs.dtype)
+        return inputs * scale + offset
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+def validate_model_config(config: Mapping[str, Any]) -> None:
+    """Check the keys the builder reads; raise ConfigError with a one-line message if bad."""
+    missing = [k for k in MODEL_KEYS if k not in config]
+    if missing:
+        raise ConfigError(f"model config lacks key(s): {', '.join(missing)}")
+    activation = config["activation"]
+    try:
+        if not isinstance(activation, str):
+            raise ValueError
+        keras.activations.get(activation)
+    except ValueError:
+        raise ConfigError(f"unknown activation {activation!r} (e.g. 'swish', 'silu', 'relu')") from None
+    if config["input_normalization"] not in INPUT_NORMALIZATIONS:
+        raise ConfigError(f"unknown input_normalization {config['input_normalization']!r}; "
+                          f"choose from {', '.join(INPUT_NORMALIZATIONS)}")
+    for key in ("width_coefficient", "depth_coefficient"):
+        if not isinstance(config[key], int | float) or config[key] <= 0:
+            raise ConfigError(f"{key} must be a positive number, got {config[key]!r}")
+    for key in ("dropout_rate", "drop_connect_rate"):
+        if not isinstance(config[key], int | float) or not 0 <= config[key] < 1:
+            raise ConfigError(f"{key} must be in [0, 1), got {config[key]!r}")
+    if not isinstance(config["bn_momentum"], int | float) or not 0 <= config["bn_momentum"] < 1:
+        raise ConfigError(f"bn_momentum must be in [0, 1), got {config['bn_momentum']!r}")
+    if not isinstance(config["bn_epsilon"], int | float) or config["bn_epsilon"] <= 0:
+        raise ConfigError(f"bn_epsilon must be a positive number, got {config['bn_epsilon']!r}")
+    for key in ("include_top", "round_down_guard"):
+        if not isinstance(config[key], bool):
+            raise ConfigError(f"{key} must be true or false, got {config[key]!r}")
+    for key in ("depth_divisor", "stem_filters", "head_filters", "num_classes"):
+        value = config[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{key} must be a positive int, got {value!r}")
+
+
+def placed_blocks(config: Mapping[str, Any]) -> list[PlacedBlock]:
+    """The config's block table scaled and expanded into network order (see expand_blocks)."""
+    return expand_blocks(
+        parse_blocks(config["blocks"]), config["width_coefficient"], config["depth_coefficient"],
+        config["depth_divisor"], config["min_depth"], config["round_down_guard"],
+        config["drop_connect_rate"],
+    )
+
+
+def scaled_filters(config: Mapping[str, Any], filters: int) -> int:
+    """`round_filters` with the config's width coefficient and rounding policy."""
+    return round_filters(filters, config["width_coefficient"], config["depth_divisor"],
+                         config["min_depth"], config["round_down_guard"])
+
+
+def make_block(placed: PlacedBlock, config: Mapping[str, Any]) -> MBConvBlock | FusedMBConvBlock:
+    """Instantiate the Keras layer for one placed block (named `stage{s}_block{b}`)."""
+    spec = placed.spec
+    cls = FusedMBConvBlock if spec.fused else MBConvBlock
+    return cls(in_ch=spec.in_ch, out_ch=spec.out_ch, kernel=spec.kernel, stride=spec.stride,
+               expand=spec.expand, se_ratio=spec.se_ratio, activation=config["activation"],
+               bn_momentum=config["bn_momentum"], bn_epsilon=config["bn_epsilon"],
+               drop_rate=placed.drop_rate, name=placed.name)
+
+
+def build_model(config: Mapping[str, Any], num_classes: int | None = None,
+                input_shape: tuple[int | None, int | None, int] = (None, None, 3)) -> keras.Model:
+    """Build an EfficientNet from a config dict (see config/efficientnet_v1/, efficientnet_v2/).
+
+    Args:
+      config: a model config (keys in MODEL_KEYS; other keys are ignored). Not modified.
+      num_classes: overrides config["num_classes"] (datasets know their class count).
+      input_shape: (H, W, 3); the default (None, None, 3) accepts any image size, so
+        progressive resizing changes the size without rebuilding.
+
+    Returns:
+      A functional keras.Model: NHWC float images (raw 0..255 unless
+      input_normalization="none") -> float32 logits [B, num_classes] (no softmax; float32 even
+      under a mixed-precision policy). With include_top=False the output is the float32 head
+      feature map [B, h, w, head_channels].
+
+    Raises:
+      ConfigError: on a missing key, unknown activation/normalization or bad block table.
+    """
+    if num_classes is not None:
+        config = {**config, "num_classes": num_classes}
+    validate_model_config(config)
+    blocks = placed_blocks(config)
+    activation = config["activation"]
+
+    inputs = keras.Input(shape=input_shape, name="images")
+    x = inputs
+    if config["input_normalization"] != "none":
+        x = InputNormalization(config["input_normalization"], name="input_normalization")(x)
+
+    stem_ch = scaled_filters(config, config["stem_filters"])
+    x = conv2d(stem_ch, 3, strides=2, name="stem_conv")(x)
+    x = batch_norm(config["bn_momentum"], config["bn_epsilon"], "stem_bn")(x)
+    x = layers.Activation(activation, name="stem_activation")(x)
+
+    channels = stem_ch
+    for placed in blocks:
+        if placed.spec.in_ch != channels:
+            raise ConfigError(
+                f"block table inconsistent at {placed.name}: expects {placed.spec.in_ch} input "
+                f"channels after scaling, previous layer gives {channels}"
+            )
+        x = make_block(placed, config)(x)
+        channels = placed.spec.out_ch
+
+    x = conv2d(scaled_filters(config, config["head_filters"]), 1, name="head_conv")(x)
+    x = batch_norm(config["bn_momentum"], config["bn_epsilon"], "head_bn")(x)
+    x = layers.Activation(activation, name="head_activation")(x)
+
+    if config["include_top"]:
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        if config["dropout_rate"] > 0:
+            x = layers.Dropout(config["dropout_rate"], name="head_dropout")(x)
+        # float32 logits even under mixed_float16: softmax/cross-entropy need the range.
+        outputs = layers.Dense(config["num_classes"], kernel_initializer=DENSE_KERNEL_INITIALIZER,
+                               dtype="float32", name="logits")(x)
+    else:
+        outputs = layers.Activation("linear", dtype="float32", name="features")(x)
+
+    model = keras.Model(inputs, outputs, name=config["name"])
+    logger.debug("built %s: %d blocks, %d params", config["name"], len(blocks), model.count_params())
+    return model

@@ -1,0 +1,172 @@
+"""Training checkpoints (tf.train.Checkpoint + CheckpointManager) and weight loading for inference.
+
+A training checkpoint holds the model's weights, the optimizer's slots and update count (the
+LR schedule is a function of it), the loss scale of a LossScaleOptimizer (part of the
+optimizer), the EMA shadows and the number of finished epochs (which fixes the stage).
+
+Atomicity: TensorFlow writes a checkpoint's data files under temporary names, renames them
+when complete, and only then rewrites the `checkpoint` index with
+`atomic_write_string_to_file`; old checkpoints are deleted after that. So a process killed at
+any moment leaves the index pointing at a complete checkpoint (tests/test_checkpoint.py
+kills a writer with SIGKILL to check it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import keras
+import tensorflow as tf
+
+from runtime import distribute
+from runtime.errors import RunError
+from utils.ema import ExponentialMovingAverage
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_SUBDIR = "checkpoints"
+EMA_KEY_PREFIX = "ema/"
+
+
+def checkpoint_dir(model_dir: str) -> str:
+    """Where training checkpoints of `model_dir` live."""
+    return os.path.join(model_dir, CHECKPOINT_SUBDIR)
+
+
+class TrainingCheckpoint:
+    """Save and restore the full training state of a run.
+
+    Every worker must call `save` (variables may be mirrored and saving can involve
+    collectives under MultiWorkerMirroredStrategy); only the chief's copy in `model_dir` is
+    kept, the others write to a temporary directory deleted right after (runtime.distribute).
+    Every worker restores from the chief's directory.
+
+    Args:
+      model_dir: the run directory; checkpoints go to `model_dir/checkpoints`.
+      model: the Keras model.
+      optimizer: the (built) optimizer, possibly a LossScaleOptimizer.
+      ema: the ExponentialMovingAverage, or None when EMA is off.
+      strategy: the run's strategy (decides who is chief); None = the current one.
+      max_to_keep: how many checkpoints to keep.
+    """
+
+    def __init__(self, model_dir: str, model: keras.Model, optimizer: keras.optimizers.Optimizer,
+                 ema: ExponentialMovingAverage | None = None,
+                 strategy: tf.distribute.Strategy | None = None, max_to_keep: int = 3) -> None:
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        objects = {"model": model, "optimizer": optimizer, "epoch": self.epoch}
+        if ema is not None:
+            objects["ema"] = ema
+        self.checkpoint = tf.train.Checkpoint(**objects)
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.directory = checkpoint_dir(model_dir)
+        self._manager = tf.train.CheckpointManager(
+            self.checkpoint, distribute.checkpoint_write_dir(self.directory, self.strategy),
+            max_to_keep)
+
+    @property
+    def latest(self) -> str | None:
+        """Path prefix of the newest complete checkpoint in model_dir, or None."""
+        return tf.train.latest_checkpoint(self.directory)
+
+    def restore_latest(self) -> int | None:
+        """Restore the newest checkpoint if there is one.
+
+        Returns:
+          The number of epochs it had finished, or None when there is no checkpoint.
+        """
+        path = self.latest
+        if path is None:
+            return None
+        try:
+            status = self.checkpoint.restore(path)
+            # Values this run does not use (e.g. EMA shadows after turning EMA off) are
+            # dropped without a warning; every object of this run must be found, though.
+            status.expect_partial()
+            status.assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as err:
+            raise RunError(
+                f"checkpoint {path} does not match this model/optimizer ({_first_line(err)}); "
+                "use another --model_dir or --no-resume_checkpoint"
+            ) from err
+        epoch = int(self.epoch.numpy())
+        logger.info("resumed from %s (epoch %d)", path, epoch)
+        return epoch
+
+    def save(self, epoch: int) -> str | None:
+        """Write a checkpoint after `epoch` finished epochs.
+
+        Returns:
+          The path written on the chief, None elsewhere.
+        """
+        self.epoch.assign(epoch)
+        path = self._manager.save(checkpoint_number=epoch)
+        if not distribute.is_chief(self.strategy):
+            distribute.remove_worker_write_dir(self.directory, self.strategy)
+            return None
+        logger.info("saved checkpoint %s", path)
+        return path
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+def _resolve_checkpoint(model_dir: str, checkpoint: str | None) -> str:
+    """Turn `checkpoint` (None, a directory, a prefix or a .weights.h5 file) into one path."""
+    if checkpoint and checkpoint.endswith(".weights.h5"):
+        if not os.path.isfile(checkpoint):
+            raise RunError(f"weights file not found: {checkpoint}")
+        return checkpoint
+    if checkpoint is None or os.path.isdir(checkpoint):
+        base = checkpoint or model_dir
+        for directory in (checkpoint_dir(base), base):
+            latest = tf.train.latest_checkpoint(directory) if os.path.isdir(directory) else None
+            if latest:
+                return latest
+        raise RunError(f"no checkpoint found in {base} (train first, or pass a checkpoint path)")
+    if not os.path.isfile(checkpoint + ".index"):
+        raise RunError(f"checkpoint not found: {checkpoint} (expected {checkpoint}.index)")
+    return checkpoint
+
+
+def restore_for_inference(model: keras.Model, model_dir: str, checkpoint: str | None = None,
+                          prefer_ema: bool = True) -> dict:
+    """Load weights into `model` for eval / predict / export.
+
+    Args:
+      model: a built model of the same architecture as the trained one.
+      model_dir: the run directory (used when `checkpoint` is None).
+      checkpoint: None for the newest training checkpoint of `model_dir`, a directory to take
+        its newest checkpoint, a checkpoint prefix (`.../ckpt-5`) or a `.weights.h5` file.
+      prefer_ema: use the EMA weights when the checkpoint has them.
+
+    Returns:
+      {"path": what was loaded, "weights": "ema" | "raw"}.
+
+    Raises:
+      RunError: nothing to load, or the checkpoint does not fit the model.
+    """
+    path = _resolve_checkpoint(model_dir, checkpoint)
+    if path.endswith(".weights.h5"):
+        try:
+            model.load_weights(path)
+        except ValueError as err:
+            raise RunError(f"weights file {path} does not fit this model: {err}") from err
+        return {"path": path, "weights": "raw"}
+    keys = {name for name, _ in tf.train.list_variables(path)}
+    has_ema = any(k.startswith(EMA_KEY_PREFIX) for k in keys)
+    ema = ExponentialMovingAverage(model, decay=0.0) if (has_ema and prefer_ema) else None
+    objects = {"model": model} if ema is None else {"model": model, "ema": ema}
+    try:
+        tf.train.Checkpoint(**objects).restore(path).expect_partial() \
+            .assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as err:
+        raise RunError(f"checkpoint {path} does not fit this model ({_first_line(err)})") from err
+    if ema is not None:
+        ema.copy_to_model()
+    weights = "ema" if ema is not None else "raw"
+    logger.info("loaded %s weights from %s", weights, path)
+    return {"path": path, "weights": weights}

@@ -1,0 +1,152 @@
+"""What every mode builds from the resolved `params` dict: strategy, precision, data configs, model.
+
+Modes (train, eval, predict, benchmarks) call these instead of reading flags themselves, so a
+flag means the same thing in every mode. `params` is main.py's resolved configuration: every
+general flag by name, plus "model" (the model config dict) and "cfg" (its path).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from dataloader import DataConfig, build_dataset
+from model import build_model
+from runtime import distribute
+from utils.dllogger import MetricsLogger, create_metrics_logger
+from utils.fileio import atomic_write_text
+from utils.precision import configure_precision
+
+logger = logging.getLogger(__name__)
+
+CLASS_NAMES_FILE = "class_names.json"
+TENSORBOARD_SUBDIR = "tensorboard"
+
+
+def setup_run(params: Mapping[str, Any]) -> tf.distribute.Strategy:
+    """Seed, precision policy and TF32, then the distribution strategy; call once per process.
+
+    Args:
+      params: resolved configuration (seed, use_amp, amp_dtype, use_tf32, num_gpus,
+        all_reduce, fp16_compression).
+
+    Returns:
+      The tf.distribute strategy the run uses.
+    """
+    # The strategy first: it may need to configure devices before anything initializes them.
+    strategy = distribute.create_strategy(num_gpus=params["num_gpus"],
+                                          all_reduce=params["all_reduce"],
+                                          fp16_compression=params["fp16_compression"])
+    if params["seed"] is not None:
+        keras.utils.set_random_seed(params["seed"])
+    configure_precision(params["use_amp"], params["amp_dtype"], params["use_tf32"])
+    return strategy
+
+
+def data_config(params: Mapping[str, Any], training: bool, **overrides: Any) -> DataConfig:
+    """The DataConfig of the train or validation input for `params`.
+
+    Args:
+      params: resolved configuration.
+      training: train split settings (train batch/size, augmentation, mixing) or eval ones.
+      **overrides: fields that differ, e.g. a stage's image_size / raug_magnitude / mixup_alpha.
+
+    Returns:
+      A DataConfig (raises dataloader's DataError on invalid values).
+    """
+    model_cfg = params["model"]
+    common = {
+        "dataset": params["dataset"],
+        "data_dir": params["data_dir"],
+        # Synthetic data has no classes of its own: it takes the model's.
+        "num_classes": model_cfg["num_classes"] if params["dataset"] == "synthetic" else None,
+        "cache": params["cache"],
+        "crop_fraction": params["crop_fraction"],
+        "seed": params["seed"],
+    }
+    if training:
+        fields = {
+            **common,
+            "image_size": params["train_img_size"],
+            "batch_size": params["train_batch_size"],
+            "augmenter": params["augmenter_name"],
+            "raug_num_layers": params["raug_num_layers"],
+            "raug_magnitude": params["raug_magnitude"],
+            "mixup_alpha": params["mixup_alpha"],
+            "cutmix_alpha": params["cutmix_alpha"],
+            "defer_img_mixing": params["defer_img_mixing"],
+        }
+    else:
+        fields = {**common, "image_size": params["eval_img_size"],
+                  "batch_size": params["eval_batch_size"]}
+    return dataclasses.replace(DataConfig(**fields), **overrides)
+
+
+def create_model(params: Mapping[str, Any], num_classes: int) -> keras.Model:
+    """Build the model of `params["model"]` with the dataset's class count.
+
+    Call under `strategy.scope()` so its variables are mirrored across replicas.
+    """
+    model = build_model(params["model"], num_classes=num_classes)
+    logger.info("model %s: %d parameters, %d classes", params["model"].get("name", "?"),
+                model.count_params(), num_classes)
+    return model
+
+
+def eval_dataset(params: Mapping[str, Any], strategy: tf.distribute.Strategy,
+                 repeat: bool = False, **overrides: Any):
+    """The validation input: a tf.data.Dataset on one replica, else a distributed dataset
+    whose per-replica batch is `eval_batch_size` (each worker reads its own shard).
+
+    `repeat=True` and DataConfig `overrides` (e.g. batch_size) serve the inference benchmark.
+    """
+    cfg = data_config(params, training=False, **overrides)
+    if strategy.num_replicas_in_sync == 1:
+        return build_dataset(cfg, "validation", repeat=repeat)
+    return strategy.distribute_datasets_from_function(
+        lambda ctx: build_dataset(cfg, "validation", input_context=ctx, repeat=repeat))
+
+
+def open_metrics_log(params: Mapping[str, Any], is_chief: bool, append: bool = False) -> MetricsLogger:
+    """The run's DLLogger log (model_dir/log_filename, plus TensorBoard when enabled).
+
+    Args:
+      params: resolved configuration.
+      is_chief: only the chief writes; other workers get a logger that drops everything.
+      append: keep earlier records (resumed training, eval/predict after training).
+    """
+    model_dir = params["model_dir"]
+    tensorboard = os.path.join(model_dir, TENSORBOARD_SUBDIR) if params["enable_tensorboard"] else None
+    return create_metrics_logger(os.path.join(model_dir, params["log_filename"]),
+                                 is_chief=is_chief, tensorboard_dir=tensorboard, append=append)
+
+
+def write_json(path: str, data: Any) -> str:
+    """Write `data` as JSON atomically (utils.fileio), creating the folder if needed."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True, default=str))
+
+
+def save_class_names(model_dir: str, num_classes: int, class_names: Sequence[str] | None) -> str:
+    """Write model_dir/class_names.json ({"num_classes", "class_names"})."""
+    return write_json(os.path.join(model_dir, CLASS_NAMES_FILE),
+                      {"num_classes": int(num_classes),
+                       "class_names": list(class_names) if class_names else None})
+
+
+def load_class_names(model_dir: str) -> tuple[int, tuple[str, ...] | None] | None:
+    """(num_classes, class names or None) saved by training, or None when absent."""
+    path = os.path.join(model_dir, CLASS_NAMES_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    names = saved.get("class_names")
+    return int(saved["num_classes"]), tuple(names) if names else None

@@ -1,0 +1,253 @@
+"""Evaluation: top-1 / top-5 accuracy, loss, throughput and per-batch latency percentiles.
+
+`evaluate()` is the one evaluation loop of the application: `--mode eval` (`run_eval`),
+evaluation during training and the inference benchmark all call it.
+
+Latency percentiles are true order statistics of the per-batch step times (numpy's linear
+interpolation). NOTE: NVIDIA's TF2 EfficientNet reference reported the mean of the fastest X% of
+batches as "p90/p95/p99"; that understates tail latency, so it is not reproduced here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dataloader import dataset_info
+from runtime import components, distribute
+from runtime.checkpoint import restore_for_inference
+from utils.dllogger import ProgressBar
+
+logger = logging.getLogger(__name__)
+
+PERCENTILES = (50, 90, 95, 99)
+
+
+def latency_stats(latencies_s: Sequence[float], prefix: str = "latency") -> dict[str, float]:
+    """Mean and true percentiles of per-batch latencies.
+
+    Args:
+      latencies_s: step times in seconds (warm-up steps already removed).
+      prefix: key prefix, e.g. "latency" -> "latency_p90_ms".
+
+    Returns:
+      `{prefix}_mean_ms` and `{prefix}_p50_ms` ... `{prefix}_p99_ms` in milliseconds; NaN when
+      there is no latency to summarize (never a made-up number).
+    """
+    values = np.asarray(latencies_s, dtype=np.float64) * 1000.0
+    if values.size == 0:
+        return {f"{prefix}_mean_ms": math.nan,
+                **{f"{prefix}_p{p}_ms": math.nan for p in PERCENTILES}}
+    out = {f"{prefix}_mean_ms": float(values.mean())}
+    for p, value in zip(PERCENTILES, np.percentile(values, PERCENTILES), strict=True):
+        out[f"{prefix}_p{p}_ms"] = float(value)
+    return out
+
+
+def _batch_sums(model: keras.Model, images: tf.Tensor, labels: tf.Tensor,
+                top_k: int) -> dict[str, tf.Tensor]:
+    """Per-replica sums (not means) so that partial batches and replicas weigh correctly.
+
+    An empty batch sums to zero without running the model. Under MultiWorkerMirroredStrategy
+    a worker whose validation shard ends first is fed empty batches while the others finish,
+    and TF 2.21's CPU convolution passes an empty batch through unconvolved, so the next layer
+    fails on its channel count.
+    """
+    return tf.cond(tf.shape(images)[0] > 0,
+                   lambda: _nonempty_batch_sums(model, images, labels, top_k),
+                   lambda: {k: tf.constant(0.0) for k in ("loss_sum", "top1_sum", "top5_sum", "count")})
+
+
+def _nonempty_batch_sums(model: keras.Model, images: tf.Tensor, labels: tf.Tensor,
+                         top_k: int) -> dict[str, tf.Tensor]:
+    logits = tf.cast(model(images, training=False), tf.float32)
+    num_classes = tf.shape(logits)[-1]
+    if labels.shape.rank == logits.shape.rank:  # one-hot (or soft) labels
+        onehot = tf.cast(labels, tf.float32)
+        target = tf.argmax(onehot, axis=-1, output_type=tf.int32)
+    else:
+        target = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+        onehot = tf.one_hot(target, num_classes, dtype=tf.float32)
+    loss = tf.nn.softmax_cross_entropy_with_logits(labels=onehot, logits=logits)
+    target_logit = tf.gather(logits, target, axis=-1, batch_dims=1)
+    # Rank counts every other class scoring >= the true class: ties count against the model,
+    # so a constant (dead) model scores 0, not 100%; a NaN logit is never counted correct.
+    others_ahead = tf.reduce_sum(
+        tf.cast(logits >= target_logit[:, None], tf.int32), axis=-1) - 1
+    finite = tf.math.is_finite(target_logit)
+    top1 = tf.logical_and(others_ahead < 1, finite)
+    topk = tf.logical_and(others_ahead < top_k, finite)
+    return {
+        "loss_sum": tf.reduce_sum(loss),
+        "top1_sum": tf.reduce_sum(tf.cast(top1, tf.float32)),
+        "top5_sum": tf.reduce_sum(tf.cast(topk, tf.float32)),
+        "count": tf.cast(tf.shape(logits)[0], tf.float32),
+    }
+
+
+def make_eval_step(model: keras.Model, strategy: tf.distribute.Strategy, top_k: int = 5,
+                   jit_compile: bool = False) -> Callable:
+    """Build the distributed evaluation step.
+
+    Args:
+      model: returns logits for images.
+      strategy: the distribution strategy the model was built under.
+      top_k: k of the top-k accuracy (5, or fewer when there are fewer classes).
+      jit_compile: compile the per-replica forward pass with XLA.
+
+    Returns:
+      A tf.function `(images, labels) -> dict of global sums` over all replicas.
+    """
+    replica_fn = tf.function(lambda x, y: _batch_sums(model, x, y, top_k),
+                             jit_compile=jit_compile, reduce_retracing=True)
+
+    @tf.function(reduce_retracing=True)
+    def step(images, labels):
+        per_replica = strategy.run(replica_fn, args=(images, labels))
+        return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                for k, v in per_replica.items()}
+
+    return step
+
+
+def _num_steps(dataset: Any, num_steps: int | None) -> int | None:
+    if num_steps is not None:
+        return num_steps
+    if isinstance(dataset, tf.data.Dataset):
+        cardinality = int(dataset.cardinality())
+        if cardinality >= 0:
+            return cardinality
+    return None
+
+
+def evaluate(model: keras.Model, dataset: Any, strategy: tf.distribute.Strategy | None = None,
+             num_steps: int | None = None, warmup_steps: int = 1, jit_compile: bool = False,
+             num_classes: int | None = None, progress: bool = True, desc: str = "eval",
+             eval_step: Callable | None = None) -> dict[str, float]:
+    """Evaluate `model` on `dataset` and time every batch.
+
+    Args:
+      model: a Keras model returning logits (float32 or float16; cast to float32 here).
+      dataset: a tf.data.Dataset of (images, labels) batches, labels one-hot [B, C] or integer
+        [B]; or a distributed dataset from `strategy.distribute_datasets_from_function`. A plain
+        dataset under a multi-replica strategy is split across replicas (its batch is global).
+      strategy: the strategy the model lives in; None = the current (default) strategy.
+      num_steps: stop after this many batches; None = until the dataset ends.
+      warmup_steps: leading batches left out of the timing (tracing / XLA compilation); their
+        images still count for accuracy.
+      jit_compile: XLA for the forward pass (on for GPU, off for CPU: XLA on CPU is slower).
+      num_classes: for top-k with fewer than 5 classes; None = read from the model output.
+      progress: show a progress bar with ETA.
+      desc: progress bar label.
+      eval_step: a step from `make_eval_step` to reuse across calls (evaluation every epoch
+        then traces / compiles once); None builds one.
+
+    Returns:
+      top1, top5 and loss (means over every evaluated image; accuracies are fractions),
+      num_images, num_steps, timed_steps, images_per_sec (wall clock, input pipeline included,
+      warm-up excluded), images_per_sec_per_device, and latency_mean_ms / latency_p{50,90,95,99}_ms
+      over timed full batches (compute and result transfer, input wait excluded).
+
+    Raises:
+      ValueError: the dataset yields no batch.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    total_steps = _num_steps(dataset, num_steps)
+    if isinstance(dataset, tf.data.Dataset) and strategy.num_replicas_in_sync > 1:
+        dataset = strategy.experimental_distribute_dataset(dataset)
+    if num_classes is None:
+        num_classes = int(model.output_shape[-1])
+    step = eval_step or make_eval_step(model, strategy, top_k=min(5, num_classes),
+                                       jit_compile=jit_compile)
+
+    sums = {"loss_sum": 0.0, "top1_sum": 0.0, "top5_sum": 0.0, "count": 0.0}
+    latencies: list[float] = []
+    timed_images = 0.0
+    timed_wall = 0.0
+    full_batch: float | None = None
+    bar = ProgressBar(total_steps, desc=desc, enabled=progress)
+    iterator = iter(dataset)
+    steps_done = 0
+    while num_steps is None or steps_done < num_steps:
+        t_fetch = time.perf_counter()
+        try:
+            images, labels = next(iterator)
+        except (StopIteration, tf.errors.OutOfRangeError):
+            break
+        t_start = time.perf_counter()
+        result = {k: float(v.numpy()) for k, v in step(images, labels).items()}
+        t_end = time.perf_counter()
+        for key, value in result.items():
+            sums[key] += value
+        full_batch = full_batch or result["count"]
+        # A smaller last batch retraces and is not comparable with full batches: not timed.
+        if steps_done >= warmup_steps and result["count"] == full_batch:
+            latencies.append(t_end - t_start)
+            timed_images += result["count"]
+            timed_wall += t_end - t_fetch
+        steps_done += 1
+        bar.update(1)
+    bar.close()
+    if steps_done == 0:
+        raise ValueError("evaluation dataset is empty: no batch to evaluate")
+    if not latencies:
+        logger.warning("all %d evaluation steps were warm-up: no timing reported; "
+                       "evaluate more than %d batches for images/s and latency",
+                       steps_done, warmup_steps)
+
+    count = sums["count"]
+    images_per_sec = timed_images / timed_wall if timed_wall > 0 else math.nan
+    return {
+        "top1": sums["top1_sum"] / count,
+        "top5": sums["top5_sum"] / count,
+        "loss": sums["loss_sum"] / count,
+        "num_images": int(count),
+        "num_steps": steps_done,
+        "timed_steps": len(latencies),
+        "images_per_sec": images_per_sec,
+        "images_per_sec_per_device": images_per_sec / strategy.num_replicas_in_sync,
+        **latency_stats(latencies),
+    }
+
+
+def run_eval(params: Mapping[str, Any]) -> dict[str, Any]:
+    """`--mode eval`: evaluate the trained model of model_dir on the validation split.
+
+    Weights: `--predict_ckpt` when given (checkpoint prefix, directory or .weights.h5), else
+    the newest training checkpoint of model_dir, EMA weights preferred when it has them.
+    Results are logged as the DLLogger summary (`[]`) with "val." names, appended to the
+    run's log so training history is kept.
+
+    Args:
+      params: the resolved configuration (see main.py).
+
+    Returns:
+      The `evaluate` results plus "checkpoint" and "weights" ("ema" or "raw").
+
+    Raises:
+      RunError: no checkpoint to load, or it does not fit the model.
+    """
+    strategy = components.setup_run(params)
+    is_chief = distribute.is_chief(strategy)
+    info = dataset_info(components.data_config(params, training=False))
+    with strategy.scope():
+        model = components.create_model(params, info.num_classes)
+    loaded = restore_for_inference(model, params["model_dir"], params["predict_ckpt"])
+    with components.open_metrics_log(params, is_chief, append=True) as log:
+        log.log_params(params)
+        results = evaluate(model, components.eval_dataset(params, strategy), strategy=strategy,
+                           jit_compile=bool(params["use_xla"]), num_classes=info.num_classes,
+                           progress=is_chief)
+        log.log([], {f"val.{k}": v for k, v in results.items()})
+    logger.info("eval of %s (%s weights): top-1 %.4f, top-5 %.4f, loss %.4f, %.1f images/s, "
+                "p99 latency %.2f ms", loaded["path"], loaded["weights"], results["top1"],
+                results["top5"], results["loss"], results["images_per_sec"],
+                results["latency_p99_ms"])
+    return {**results, "checkpoint": loaded["path"], "weights": loaded["weights"]}

@@ -1,0 +1,311 @@
+"""Command-line flags: the one place general defaults live, their checks, and the resolved params.
+
+Defaults follow NVIDIA's TF2 EfficientNet reference (utils/cmdline_helper.py) except where a
+NOTE says otherwise. Model hyperparameters are not flags: they come from the `--cfg` module and
+strict `--mparams` overrides (config/loader.py).
+
+Errors are one line (`main.py: error: ...`) and exit with status 2, before anything is written:
+unknown flags (with the closest valid flag and the full list), bad values, unknown `--mparams`
+keys, a missing config file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from config.loader import ConfigError, load_config
+from runtime.distribute import ALL_REDUCE_CHOICES
+
+# NOTE: the choice lists below mirror utils.optimizers.OPTIMIZERS, utils.schedules.SCHEDULES,
+# utils.precision.AMP_DTYPES and dataloader.config.AUGMENTERS / SOURCES: importing those modules
+# loads TensorFlow (seconds), and a typo on the command line must fail at once.
+# tests/test_main.py checks that the copies agree.
+MODE_NAMES = ("train", "train_and_eval", "eval", "predict", "training_benchmark",
+              "inference_benchmark")
+DATASET_SOURCES = ("imagenet", "folder", "digits", "synthetic")
+DATASETS_NEEDING_DIR = ("imagenet", "folder")
+OPTIMIZER_NAMES = ("rmsprop", "sgd", "momentum", "adam", "adamw", "lamb")
+LR_DECAYS = ("exponential", "cosine", "piecewise", "linearcosine")
+AUGMENTERS = ("autoaugment", "randaugment", "none")
+AMP_DTYPES = ("float16", "bfloat16")
+PARAMS_FILE = "params.json"
+TRAINING_MODES = ("train", "train_and_eval")
+
+
+class FlagError(ValueError):
+    """An invalid command line; the message is one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _dataset(text: str) -> str:
+    if text in DATASET_SOURCES or (text.startswith("tfds:") and len(text) > len("tfds:")):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"invalid dataset {text!r} (choose from {', '.join(DATASET_SOURCES)} or tfds:NAME)")
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"invalid batch size list {text!r} (comma-separated integers >= 1, e.g. 32,64,128)")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every general flag, grouped as in `--help`."""
+    p = _Parser(
+        prog="main.py", allow_abbrev=False,
+        description="EfficientNet v1/v2 training application (TF 2.21 / Keras 3). Model "
+                    "hyperparameters come from --cfg and --mparams; everything else is a flag.")
+    bool_flag = argparse.BooleanOptionalAction
+
+    g = p.add_argument_group("run")
+    g.add_argument("--cfg", required=True, help="model config module, e.g. config/efficientnet_v2/s_cfg.py")
+    g.add_argument("--mparams", default=None,
+                   help="model config overrides k=v,k=v (unknown keys are an error)")
+    g.add_argument("--mode", default="train_and_eval", choices=MODE_NAMES)
+    # NOTE: the reference writes to /results/; a relative default works without root.
+    g.add_argument("--model_dir", default="results",
+                   help="checkpoints, logs, params.json and exports go here")
+    g.add_argument("--log_steps", type=int, default=100, help="steps between progress log lines")
+    g.add_argument("--log_filename", default="log.json", help="DLLogger JSON-lines file in model_dir")
+    g.add_argument("--enable_tensorboard", action=bool_flag, default=False,
+                   help="also write TensorBoard events to model_dir/tensorboard")
+    g.add_argument("--seed", type=int, default=None, help="global random seed (None: not seeded)")
+    g.add_argument("--num_gpus", type=int, default=None,
+                   help="GPUs of this process (default: all visible; 0: CPU)")
+    g.add_argument("--all_reduce", default="auto", choices=ALL_REDUCE_CHOICES,
+                   help="gradient all-reduce implementation across replicas / workers")
+    g.add_argument("--fp16_compression", action=bool_flag, default=False,
+                   help="all-reduce gradients in float16 (half the bytes)")
+
+    g = p.add_argument_group("precision and compilation")
+    g.add_argument("--use_xla", action=bool_flag, default=None,
+                   help="XLA jit_compile (default: on with a GPU, off on CPU where it is 8-10x slower)")
+    g.add_argument("--use_amp", action=bool_flag, default=False, help="mixed precision")
+    g.add_argument("--amp_dtype", default="float16", choices=AMP_DTYPES,
+                   help="float16 uses dynamic loss scaling, bfloat16 needs none")
+    g.add_argument("--use_tf32", action=bool_flag, default=True,
+                   help="TensorFloat-32 for float32 matmuls/convolutions on Ampere+ GPUs")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", type=_dataset, default="imagenet",
+                   help="imagenet (TFRecords), tfds:NAME, folder, digits (bundled, no download), synthetic")
+    g.add_argument("--data_dir", default=None, help="where the dataset lives (imagenet, folder, tfds)")
+    g.add_argument("--augmenter_name", default="autoaugment", choices=AUGMENTERS)
+    g.add_argument("--raug_num_layers", type=int, default=2, help="RandAugment ops per image")
+    g.add_argument("--raug_magnitude", type=float, default=10.0,
+                   help="RandAugment magnitude (of the last stage with --n_stages > 1)")
+    g.add_argument("--mixup_alpha", type=float, default=0.0, help="MixUp alpha; 0 = off")
+    g.add_argument("--cutmix_alpha", type=float, default=0.0, help="CutMix alpha; 0 = off")
+    g.add_argument("--defer_img_mixing", action=bool_flag, default=False,
+                   help="MixUp/CutMix inside the train step (on the accelerator) instead of the input pipeline")
+    g.add_argument("--crop_fraction", type=float, default=None,
+                   help="eval center-crop fraction (default: size / (size + 32))")
+    g.add_argument("--cache", action=bool_flag, default=False,
+                   help="keep the dataset in host memory after the first epoch")
+
+    g = p.add_argument_group("training")
+    g.add_argument("--train_img_size", type=int, default=None,
+                   help="training image size (default: the model config's; of the last stage)")
+    g.add_argument("--max_epochs", type=int, default=300, help="epochs of the whole run")
+    g.add_argument("--steps_per_epoch", type=int, default=None,
+                   help="optimizer updates per epoch (default: train images / global batch)")
+    g.add_argument("--train_batch_size", type=int, default=32, help="per device")
+    g.add_argument("--grad_accum_steps", type=int, default=1,
+                   help="micro-batches per update; global batch = batch x devices x steps")
+    g.add_argument("--grad_clip_norm", type=float, default=0.0,
+                   help="clip the global gradient norm; 0 = off")
+    g.add_argument("--label_smoothing", type=float, default=0.1, help="of the cross-entropy loss")
+    g.add_argument("--moving_average_decay", type=float, default=0.0,
+                   help="EMA of weights and BN statistics; 0 = off (e.g. 0.9999)")
+    g.add_argument("--save_checkpoint_freq", type=int, default=5, help="epochs between checkpoints")
+    g.add_argument("--resume_checkpoint", action=bool_flag, default=True,
+                   help="continue from the latest checkpoint in model_dir")
+
+    g = p.add_argument_group("optimizer")
+    g.add_argument("--optimizer", default="rmsprop", choices=OPTIMIZER_NAMES)
+    g.add_argument("--momentum", type=float, default=0.9, help="rmsprop / momentum")
+    # NOTE: the reference defaults beta_1 = beta_2 = 0.0, which turns Adam into sign-SGD-like
+    # updates; these are Keras' (and the papers') defaults.
+    g.add_argument("--beta_1", type=float, default=0.9, help="adam / adamw / lamb")
+    g.add_argument("--beta_2", type=float, default=0.999, help="adam / adamw / lamb")
+    g.add_argument("--nesterov", action=bool_flag, default=False, help="momentum")
+    g.add_argument("--opt_epsilon", type=float, default=0.001, help="rmsprop / adam / adamw / lamb")
+    g.add_argument("--decay", type=float, default=0.9, help="RMSProp rho")
+    g.add_argument("--weight_decay", type=float, default=5e-6,
+                   help="L2 in the loss (rmsprop/sgd/momentum/adam) or decoupled (adamw/lamb)")
+
+    g = p.add_argument_group("learning rate")
+    g.add_argument("--lr_init", type=float, default=0.008,
+                   help="learning rate for a global batch of 128 (scaled linearly)")
+    g.add_argument("--lr_decay", default="exponential", choices=LR_DECAYS)
+    g.add_argument("--lr_decay_rate", type=float, default=0.97,
+                   help="multiplier per decay (exponential, piecewise)")
+    g.add_argument("--lr_decay_epochs", type=float, default=2.4,
+                   help="epochs between decays (exponential, piecewise)")
+    g.add_argument("--lr_warmup_epochs", type=float, default=5.0,
+                   help="linear warm-up from 0 to the peak learning rate")
+
+    g = p.add_argument_group("stage-wise training (progressive learning)")
+    g.add_argument("--n_stages", type=int, default=1,
+                   help="stages of progressive training (1 = off)")
+    g.add_argument("--base_img_size", type=int, default=128, help="image size of the first stage")
+    g.add_argument("--base_mixup", type=float, default=0.0, help="MixUp alpha of the first stage")
+    g.add_argument("--base_cutmix", type=float, default=0.0, help="CutMix alpha of the first stage")
+    g.add_argument("--base_randaug_mag", type=float, default=5.0,
+                   help="RandAugment magnitude of the first stage")
+
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--eval_img_size", type=int, default=None,
+                   help="evaluation image size (default: the model config's)")
+    g.add_argument("--eval_batch_size", type=int, default=100, help="per device")
+    g.add_argument("--skip_eval", action=bool_flag, default=False,
+                   help="train_and_eval: no evaluation during or after training")
+    g.add_argument("--num_epochs_between_eval", type=int, default=1,
+                   help="train_and_eval: evaluate every this many epochs (and at the end)")
+
+    g = p.add_argument_group("predict and export")
+    g.add_argument("--predict_img_dir", default=None, help="an image file or a folder (any depth)")
+    g.add_argument("--predict_ckpt", default=None,
+                   help="checkpoint prefix, directory or .weights.h5 (default: latest in model_dir)")
+    g.add_argument("--predict_batch_size", type=int, default=32, help="images per predict batch")
+    g.add_argument("--export_SavedModel", action=bool_flag, default=False,
+                   help="also export the final (better of raw/EMA) weights as a TF SavedModel")
+    g.add_argument("--predict_top_k", type=int, default=5, help="classes reported per image")
+
+    g = p.add_argument_group("benchmarks (training_benchmark, inference_benchmark)")
+    g.add_argument("--benchmark_batch_sizes", type=_int_list, default=None,
+                   help="per-device batch sizes to sweep, e.g. 32,64,128 (default: "
+                        "--train_batch_size / --eval_batch_size)")
+    g.add_argument("--benchmark_steps", type=int, default=50, help="timed steps per batch size")
+    g.add_argument("--benchmark_warmup_steps", type=int, default=10,
+                   help="untimed steps first (tracing, XLA compilation, autotuning)")
+    return p
+
+
+def params_filename(mode: str) -> str:
+    """Where the resolved params of `mode` go in model_dir: params.json for training, and
+    params_<mode>.json for the other modes so they never overwrite the training record."""
+    return PARAMS_FILE if mode in TRAINING_MODES else f"params_{mode}.json"
+
+
+def flag_names(parser: argparse.ArgumentParser) -> list[str]:
+    """Every `--flag` the parser knows (both spellings of booleans)."""
+    return sorted(s for a in parser._actions for s in a.option_strings if s.startswith("--"))
+
+
+def _reject_unknown(parser: argparse.ArgumentParser, extras: Sequence[str]) -> NoReturn:
+    names = flag_names(parser)
+    first = extras[0].split("=", 1)[0]
+    close = difflib.get_close_matches(first, names, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    parser.error(f"unrecognized argument(s): {' '.join(extras)}{hint}; "
+                 f"valid flags: {' '.join(names)}")
+
+
+_POSITIVE_INTS = ("log_steps", "max_epochs", "train_batch_size", "eval_batch_size",
+                  "predict_batch_size", "predict_top_k", "grad_accum_steps", "save_checkpoint_freq",
+                  "num_epochs_between_eval", "n_stages", "base_img_size", "benchmark_steps")
+_NON_NEGATIVE = ("grad_clip_norm", "weight_decay", "mixup_alpha", "cutmix_alpha", "base_mixup",
+                 "base_cutmix", "raug_magnitude", "base_randaug_mag", "lr_warmup_epochs",
+                 "opt_epsilon", "momentum", "benchmark_warmup_steps")
+
+
+def validate(params: dict[str, Any]) -> None:
+    """Check value ranges and combinations of the resolved params.
+
+    Raises:
+      FlagError: the first problem found, as one line naming the flag.
+    """
+    for name in _POSITIVE_INTS:
+        if params[name] < 1:
+            raise FlagError(f"--{name} must be >= 1, got {params[name]}")
+    for name in _NON_NEGATIVE:
+        if params[name] < 0:
+            raise FlagError(f"--{name} must be >= 0, got {params[name]}")
+    for name in ("steps_per_epoch", "train_img_size", "eval_img_size"):
+        if params[name] is not None and params[name] < 1:
+            raise FlagError(f"--{name} must be >= 1, got {params[name]}")
+    if params["num_gpus"] is not None and params["num_gpus"] < 0:
+        raise FlagError(f"--num_gpus must be >= 0, got {params['num_gpus']}")
+    if params["lr_init"] <= 0:
+        raise FlagError(f"--lr_init must be > 0, got {params['lr_init']}")
+    if params["lr_decay_epochs"] <= 0:
+        raise FlagError(f"--lr_decay_epochs must be > 0, got {params['lr_decay_epochs']}")
+    for name in ("moving_average_decay", "label_smoothing"):
+        if not 0 <= params[name] < 1:
+            raise FlagError(f"--{name} must be in [0, 1), got {params[name]}")
+    for name in ("decay", "lr_decay_rate", "beta_1", "beta_2"):
+        if not 0 <= params[name] <= 1:
+            raise FlagError(f"--{name} must be in [0, 1], got {params[name]}")
+    if params["crop_fraction"] is not None and not 0 < params["crop_fraction"] <= 1:
+        raise FlagError(f"--crop_fraction must be in (0, 1], got {params['crop_fraction']}")
+    if params["n_stages"] > params["max_epochs"]:
+        raise FlagError(f"--n_stages={params['n_stages']} exceeds --max_epochs={params['max_epochs']}")
+    if params["dataset"] in DATASETS_NEEDING_DIR and params["mode"] not in (
+            "predict", "training_benchmark", "inference_benchmark") and not params["data_dir"]:
+        raise FlagError(f"--dataset {params['dataset']} needs --data_dir")
+    if params["data_dir"] and params["dataset"] in DATASETS_NEEDING_DIR \
+            and not os.path.isdir(params["data_dir"]):
+        raise FlagError(f"--data_dir {params['data_dir']} is not a directory")
+    if params["mode"] == "predict":
+        if not params["predict_img_dir"]:
+            raise FlagError("--mode predict needs --predict_img_dir (an image file or a folder)")
+        if not os.path.exists(params["predict_img_dir"]):
+            raise FlagError(f"--predict_img_dir {params['predict_img_dir']} does not exist")
+
+
+def resolve(args: argparse.Namespace) -> dict[str, Any]:
+    """Flags + model config -> the params dict every mode receives.
+
+    Derived values are filled in here, once: image sizes from the model config when not
+    given. use_xla stays None ("auto") here: main.py resolves it once TensorFlow is imported.
+
+    Raises:
+      ConfigError: bad --cfg / --mparams.
+      FlagError: bad flag values.
+    """
+    params = dict(vars(args))
+    params["model"] = load_config(args.cfg, args.mparams)
+    for flag, key in (("train_img_size", "train_img_size"), ("eval_img_size", "eval_img_size")):
+        if params[flag] is None:
+            if key not in params["model"]:
+                raise FlagError(f"--{flag} is not set and {args.cfg} defines no {key!r}")
+            params[flag] = int(params["model"][key])
+    validate(params)
+    return params
+
+
+def parse(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parse and validate the command line; on error print one line and exit with status 2.
+
+    Args:
+      argv: arguments without the program name (default sys.argv[1:]).
+
+    Returns:
+      The params dict (use_xla may still be None = auto).
+    """
+    parser = build_parser()
+    args, extras = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if extras:
+        _reject_unknown(parser, extras)
+    try:
+        return resolve(args)
+    except (ConfigError, FlagError) as err:
+        parser.error(str(err))

@@ -1,0 +1,574 @@
+"""Training: our own `tf.function` + `strategy.run` step, stage-wise training, EMA, checkpoints.
+
+Why not `model.fit`: on TF 2.21 / Keras 3.15 `fit` fails under MultiWorkerMirroredStrategy
+(keras-team/keras#20585) and the optimizer's `gradient_accumulation_steps` fails under every
+tf.distribute strategy (keras-team/keras#20582, merge_call inside a cond). The step below is the
+same code with no strategy, MirroredStrategy and MultiWorkerMirroredStrategy:
+
+1. each replica runs `grad_accum_steps` micro-batches in a `tf.while_loop`, summing gradients of
+   `sum(per-example loss) / effective global batch` (plus the L2 penalty / replicas / steps), so
+   the summed gradient is the gradient of the mean loss over the effective batch;
+2. one all-reduce (SUM) per effective step, in float16 with `--fp16_compression`
+   (runtime.distribute.compress_gradients);
+3. `optimizer.apply`: a LossScaleOptimizer unscales and skips non-finite steps (float16), the
+   optimizer clips the *global* norm of the reduced gradient (`global_clipnorm`) and updates;
+   its update count drives the LR schedule, so warm-up and decay see effective steps;
+4. in cross-replica context: EMA update and the running train metrics.
+
+Stage-wise training (Tan & Le 2021, "EfficientNetV2", progressive learning): the epochs are split
+into `n_stages`; image size, RandAugment magnitude, MixUp and CutMix alphas go linearly from the
+base_* values (first stage) to the final ones (last stage). The model takes any image size, so it
+is not rebuilt; each stage builds a new input pipeline and a new step function (the old ones are
+dropped, not cached).
+
+Metric names (DLLogger): train.loss (label-smoothed cross-entropy, without the L2 term),
+train.top1 (against the argmax of the possibly mixed labels), train.lr (of the next update),
+train.images_per_sec, and the eval results of runtime.evaluate prefixed with "val." (val.top1,
+val.top5, val.loss, ...); the final summary adds val_ema.* and best.* when EMA is on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from dataloader import build_dataset, dataset_info
+from dataloader.mixing import mix_batch
+from runtime import distribute
+from runtime.checkpoint import TrainingCheckpoint
+from runtime.components import (
+    create_model,
+    data_config,
+    eval_dataset,
+    open_metrics_log,
+    save_class_names,
+    setup_run,
+)
+from runtime.errors import NonFiniteLossError
+from runtime.evaluate import evaluate, make_eval_step
+from utils.dllogger import MetricsLogger, ProgressBar
+from utils.ema import ExponentialMovingAverage
+from utils.optimizers import (
+    OptimizerConfig,
+    build_optimizer,
+    current_learning_rate,
+    inner_optimizer,
+    l2_penalty,
+    uses_l2_penalty,
+)
+from utils.precision import needs_loss_scaling
+from utils.schedules import build_schedule
+
+logger = logging.getLogger(__name__)
+
+FINAL_WEIGHTS = "model.weights.h5"
+_METRIC_FORMATS = {
+    "train.loss": {"format": ":.4f"}, "train.top1": {"format": ":.4f"},
+    "train.lr": {"format": ":.6g"}, "train.images_per_sec": {"format": ":.1f", "unit": "img/s"},
+    "train.epoch_time_s": {"format": ":.1f", "unit": "s"}, "val.top1": {"format": ":.4f"},
+    "val.top5": {"format": ":.4f"}, "val.loss": {"format": ":.4f"},
+}
+SAVED_MODEL_DIR = "saved_model"
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage of stage-wise (progressive) training.
+
+    Attributes:
+      index: 0-based stage number.
+      first_epoch: first epoch of the stage (0-based).
+      end_epoch: one past the last epoch of the stage.
+      image_size: training image size.
+      raug_magnitude: RandAugment magnitude.
+      mixup_alpha: MixUp alpha.
+      cutmix_alpha: CutMix alpha.
+    """
+
+    index: int
+    first_epoch: int
+    end_epoch: int
+    image_size: int
+    raug_magnitude: float
+    mixup_alpha: float
+    cutmix_alpha: float
+
+
+def stage_schedule(max_epochs: int, n_stages: int, *, image_size: tuple[int, int],
+                   raug_magnitude: tuple[float, float], mixup_alpha: tuple[float, float],
+                   cutmix_alpha: tuple[float, float]) -> tuple[Stage, ...]:
+    """Split `max_epochs` into stages with linearly interpolated settings.
+
+    Each stage gets max_epochs // n_stages epochs, the last one also the remainder. Stage i of n
+    uses base + (final - base) * i / (n - 1); with one stage, the final values.
+
+    Args:
+      max_epochs: epochs of the whole run.
+      n_stages: number of stages (1..max_epochs).
+      image_size: (base, final) image size; sizes are rounded to integers.
+      raug_magnitude: (base, final) RandAugment magnitude.
+      mixup_alpha: (base, final) MixUp alpha.
+      cutmix_alpha: (base, final) CutMix alpha.
+
+    Returns:
+      The stages in order.
+
+    Raises:
+      ValueError: n_stages < 1 or more stages than epochs.
+    """
+    if n_stages < 1 or n_stages > max_epochs:
+        raise ValueError(f"n_stages must be in 1..max_epochs={max_epochs}, got {n_stages}")
+    per_stage = max_epochs // n_stages
+
+    def lerp(pair, ratio):
+        base, final = pair
+        return base + (final - base) * ratio
+
+    stages = []
+    for i in range(n_stages):
+        ratio = i / (n_stages - 1) if n_stages > 1 else 1.0
+        end = max_epochs if i == n_stages - 1 else (i + 1) * per_stage
+        stages.append(Stage(
+            index=i, first_epoch=i * per_stage, end_epoch=end,
+            image_size=int(round(lerp(image_size, ratio))),
+            raug_magnitude=float(lerp(raug_magnitude, ratio)),
+            mixup_alpha=float(lerp(mixup_alpha, ratio)),
+            cutmix_alpha=float(lerp(cutmix_alpha, ratio)),
+        ))
+    return tuple(stages)
+
+
+def stages_from_params(params: Mapping[str, Any]) -> tuple[Stage, ...]:
+    """The stage schedule of the command-line flags."""
+    return stage_schedule(
+        params["max_epochs"], params["n_stages"],
+        image_size=(params["base_img_size"], params["train_img_size"]),
+        raug_magnitude=(params["base_randaug_mag"], params["raug_magnitude"]),
+        mixup_alpha=(params["base_mixup"], params["mixup_alpha"]),
+        cutmix_alpha=(params["base_cutmix"], params["cutmix_alpha"]),
+    )
+
+
+def stage_for_epoch(stages: Sequence[Stage], epoch: int) -> Stage:
+    """The stage that trains 0-based `epoch` (the last stage for epoch >= max_epochs)."""
+    for stage in stages:
+        if epoch < stage.end_epoch:
+            return stage
+    return stages[-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# The training step
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """What the training step computes besides forward/backward.
+
+    Attributes:
+      grad_accum_steps: micro-batches per optimizer update; inputs then carry a leading axis
+        of this size ([A, B, H, W, 3]).
+      label_smoothing: label smoothing of the cross-entropy.
+      l2_weight_decay: L2 penalty coefficient added to the loss (0 when the optimizer decays
+        weights itself, see utils.optimizers).
+      mixup_alpha: MixUp alpha applied in the step (deferred mixing); 0 for none.
+      cutmix_alpha: CutMix alpha applied in the step (deferred mixing); 0 for none.
+      jit_compile: compile the per-replica step with XLA.
+    """
+
+    grad_accum_steps: int = 1
+    label_smoothing: float = 0.0
+    l2_weight_decay: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    jit_compile: bool = False
+
+
+class TrainMetrics:
+    """Running sums of the train loss and top-1 over the steps since the last `reset`.
+
+    Plain (not mirrored) variables updated in cross-replica context with already-reduced
+    values, so every strategy reads the same numbers. A NaN loss stays NaN in the sum, so a
+    check at log time catches a NaN of any step since the last check.
+    """
+
+    def __init__(self) -> None:
+        with tf.init_scope():
+            self.loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+            self.correct = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+            self.count = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+
+    def update(self, loss_sum, correct, count) -> None:
+        self.loss_sum.assign_add(tf.cast(loss_sum, tf.float64))
+        self.correct.assign_add(tf.cast(correct, tf.float64))
+        self.count.assign_add(tf.cast(count, tf.float64))
+
+    def reset(self) -> None:
+        for var in (self.loss_sum, self.correct, self.count):
+            var.assign(0.0)
+
+    def result(self) -> dict[str, float]:
+        """{"loss", "top1", "count"}; loss is NaN when no step ran."""
+        count = float(self.count.numpy())
+        if count == 0:
+            return {"loss": math.nan, "top1": math.nan, "count": 0.0}
+        return {"loss": float(self.loss_sum.numpy()) / count,
+                "top1": float(self.correct.numpy()) / count, "count": count}
+
+
+def _skip_optimizer_all_reduce(optimizer: keras.optimizers.Optimizer) -> None:
+    """Make the optimizer use gradients as given instead of summing them over replicas again.
+
+    Keras 3.15's TFOptimizer._backend_update_step all-reduces (sums) gradients in replica
+    context, *after* `global_clipnorm` was applied to the per-replica gradients. The step
+    reduces once itself (once per accumulated step, optionally compressed) before
+    unscaling/clipping, so the optimizer must not reduce a second time.
+    tests/test_train.py checks MirroredStrategy(2 replicas) == no strategy.
+    """
+    inner = inner_optimizer(optimizer)
+    inner._all_reduce_sum_gradients = lambda grads_and_vars: list(grads_and_vars)
+
+
+def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, *,
+                    strategy: tf.distribute.Strategy | None = None,
+                    config: StepConfig = StepConfig(), metrics: TrainMetrics | None = None,
+                    ema: ExponentialMovingAverage | None = None) -> Callable:
+    """Build the distributed training step (also used by the training benchmark).
+
+    Args:
+      model: the model (built; its variables created under `strategy.scope()`).
+      optimizer: a built optimizer (possibly a LossScaleOptimizer).
+      strategy: the distribution strategy; None = the current one.
+      config: accumulation, loss and compilation settings.
+      metrics: running train metrics to update; None to skip.
+      ema: the EMA to update after each optimizer update; None when off.
+
+    Returns:
+      A tf.function `step((images, labels))` taking one element of the (distributed) train
+      dataset: per-replica [B, H, W, 3] / [B, C], or [A, B, ...] with accumulation.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    variables = list(model.trainable_variables)
+    replicas = strategy.num_replicas_in_sync
+    accum = config.grad_accum_steps
+    _skip_optimizer_all_reduce(optimizer)
+    # The loss of one micro-batch is divided by this times its batch size, so that the sum over
+    # micro-batches and replicas is the mean over the effective global batch.
+    loss_divisor = float(replicas * accum)
+
+    def micro_step(images, labels):
+        labels = tf.cast(labels, tf.float32)
+        if config.mixup_alpha > 0 or config.cutmix_alpha > 0:
+            images, labels = mix_batch(images, labels, config.mixup_alpha, config.cutmix_alpha)
+        with tf.GradientTape() as tape:
+            logits = tf.cast(model(images, training=True), tf.float32)
+            per_example = keras.losses.categorical_crossentropy(
+                labels, logits, from_logits=True, label_smoothing=config.label_smoothing)
+            batch = tf.cast(tf.shape(per_example)[0], tf.float32)
+            loss = tf.reduce_sum(per_example) / (batch * loss_divisor)
+            penalty = l2_penalty(variables, config.l2_weight_decay)
+            if model.losses:
+                penalty += tf.add_n([tf.cast(x, tf.float32) for x in model.losses])
+            loss += penalty / loss_divisor
+            scaled = optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, variables)
+        grads = [tf.zeros_like(v.value) if g is None else tf.convert_to_tensor(g)
+                 for g, v in zip(grads, variables, strict=True)]
+        correct = tf.reduce_sum(tf.cast(
+            tf.equal(tf.argmax(logits, -1), tf.argmax(labels, -1)), tf.float32))
+        return grads, tf.reduce_sum(per_example), correct, batch
+
+    def replica_step(images, labels):
+        if accum == 1:
+            grads, loss_sum, correct, count = micro_step(images, labels)
+        else:
+            def body(i, grads, loss_sum, correct, count):
+                micro_grads, micro_loss, micro_correct, micro_count = micro_step(images[i], labels[i])
+                return (i + 1, [a + b for a, b in zip(grads, micro_grads, strict=True)],
+                        loss_sum + micro_loss, correct + micro_correct, count + micro_count)
+
+            zeros = [tf.zeros_like(v.value) for v in variables]
+            _, grads, loss_sum, correct, count = tf.while_loop(
+                lambda i, *_: i < accum, body,
+                (tf.constant(0), zeros, tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)))
+        dtypes = [g.dtype for g in grads]
+        reduced = tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, distribute.compress_gradients(grads, strategy))
+        grads = [tf.cast(g, d) for g, d in zip(reduced, dtypes, strict=True)]
+        optimizer.apply(grads, variables)
+        return loss_sum, correct, count
+
+    # XLA compiles the per-replica computation (XLA cannot compile the cross-replica part);
+    # without XLA a nested tf.function only adds tracing time.
+    replica_fn = tf.function(replica_step, jit_compile=True) if config.jit_compile else replica_step
+
+    @tf.function
+    def step(inputs):
+        images, labels = inputs
+        per_replica = strategy.run(replica_fn, args=(images, labels))
+        loss_sum, correct, count = (
+            strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None) for t in per_replica)
+        if ema is not None:
+            ema.update(optimizer.iterations)
+        if metrics is not None:
+            metrics.update(loss_sum, correct, count)
+
+    return step
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclasses.dataclass
+class TrainRun:
+    """Everything the epoch loop of one run works with."""
+
+    params: Mapping[str, Any]
+    strategy: tf.distribute.Strategy
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    ema: ExponentialMovingAverage | None
+    checkpoint: TrainingCheckpoint
+    stages: tuple[Stage, ...]
+    steps_per_epoch: int
+    global_batch: int
+    num_classes: int
+    step_config: StepConfig
+    log: MetricsLogger
+    is_chief: bool
+    _eval_step: Callable | None = None
+
+    def evaluate(self, desc: str) -> dict[str, float]:
+        """Evaluate the model's current weights on the validation split (one traced step)."""
+        if self._eval_step is None:
+            self._eval_step = make_eval_step(self.model, self.strategy,
+                                             top_k=min(5, self.num_classes),
+                                             jit_compile=self.params["use_xla"])
+        return evaluate(self.model, eval_dataset(self.params, self.strategy),
+                        strategy=self.strategy, jit_compile=self.params["use_xla"],
+                        num_classes=self.num_classes, progress=self.is_chief, desc=desc,
+                        eval_step=self._eval_step)
+
+
+def _optimizer_config(params: Mapping[str, Any]) -> OptimizerConfig:
+    return OptimizerConfig(
+        name=params["optimizer"], momentum=params["momentum"], beta_1=params["beta_1"],
+        beta_2=params["beta_2"], nesterov=params["nesterov"], epsilon=params["opt_epsilon"],
+        rho=params["decay"], weight_decay=params["weight_decay"],
+        grad_clip_norm=params["grad_clip_norm"] or None)
+
+
+def build_run(params: Mapping[str, Any]) -> TrainRun:
+    """Build everything a training run (or the training benchmark) works with.
+
+    Args:
+      params: the resolved configuration (see main.py).
+
+    Returns:
+      The TrainRun: strategy, model, optimizer with its LR schedule, EMA, checkpoint, stages,
+      step configuration and the chief's metrics log (appending when resuming).
+    """
+    strategy = setup_run(params)
+    is_chief = distribute.is_chief(strategy)
+    info = dataset_info(data_config(params, training=True))
+    accum = params["grad_accum_steps"]
+    global_batch = distribute.global_batch_size(params["train_batch_size"], strategy, accum)
+    steps_per_epoch = params["steps_per_epoch"] or max(math.ceil(info.num_train / global_batch), 1)
+    opt_config = _optimizer_config(params)
+    policy = keras.mixed_precision.global_policy().name
+    with strategy.scope():
+        model = create_model(params, info.num_classes)
+        schedule = build_schedule(
+            params["lr_decay"], params["lr_init"], global_batch, steps_per_epoch,
+            params["max_epochs"], params["lr_warmup_epochs"], params["lr_decay_epochs"],
+            params["lr_decay_rate"])
+        optimizer = build_optimizer(opt_config, schedule, model.trainable_variables,
+                                    loss_scaling=needs_loss_scaling(policy))
+        optimizer.build(model.trainable_variables)
+        decay = params["moving_average_decay"]
+        ema = ExponentialMovingAverage(model, decay) if decay > 0 else None
+    checkpoint = TrainingCheckpoint(params["model_dir"], model, optimizer, ema, strategy=strategy)
+    step_config = StepConfig(
+        grad_accum_steps=accum, label_smoothing=params["label_smoothing"],
+        l2_weight_decay=params["weight_decay"] if uses_l2_penalty(opt_config) else 0.0,
+        jit_compile=params["use_xla"])
+    log = open_metrics_log(params, is_chief,
+                           append=checkpoint.latest is not None and params["resume_checkpoint"])
+    if is_chief:
+        save_class_names(params["model_dir"], info.num_classes, info.class_names)
+    return TrainRun(params, strategy, model, optimizer, ema, checkpoint, stages_from_params(params),
+                steps_per_epoch, global_batch, info.num_classes, step_config, log, is_chief)
+
+
+def train_dataset(run: TrainRun, stage: Stage):
+    """The distributed, repeated train input of `stage` ([A, B, ...] batches with accumulation)."""
+    params = run.params
+    defer = params["defer_img_mixing"]
+    cfg = data_config(params, training=True, image_size=stage.image_size,
+                      raug_magnitude=stage.raug_magnitude,
+                      mixup_alpha=stage.mixup_alpha, cutmix_alpha=stage.cutmix_alpha)
+    accum = run.step_config.grad_accum_steps
+
+    def dataset_fn(input_context):
+        dataset = build_dataset(cfg, "train", input_context=input_context, repeat=True)
+        if accum > 1:
+            dataset = dataset.batch(accum, drop_remainder=True)
+        return dataset
+
+    logger.info("stage %d/%d: epochs %d-%d, image size %d, RandAugment magnitude %.2f, "
+                "mixup %.3f, cutmix %.3f%s", stage.index + 1, len(run.stages),
+                stage.first_epoch + 1, stage.end_epoch, stage.image_size, stage.raug_magnitude,
+                stage.mixup_alpha, stage.cutmix_alpha, " (in the step)" if defer else "")
+    return run.strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def _check_finite(loss: float, epoch: int, step: int, run: TrainRun) -> None:
+    if not math.isfinite(loss):
+        latest = run.checkpoint.latest or "none (no checkpoint was written yet)"
+        raise NonFiniteLossError(
+            f"training loss became {loss} at epoch {epoch}, step {step}; stopped without "
+            f"saving. Last good checkpoint: {latest}. Lower --lr_init, set --grad_clip_norm, "
+            "or check the input data")
+
+
+def _train_epochs(run: TrainRun, start_epoch: int, with_eval: bool) -> None:
+    """Train from `start_epoch` (finished epochs) to max_epochs, logging and checkpointing."""
+    params = run.params
+    max_epochs = params["max_epochs"]
+    metrics = TrainMetrics()
+    for stage in run.stages:
+        if stage.end_epoch <= start_epoch:
+            continue
+        iterator = iter(train_dataset(run, stage))
+        mixing = ({"mixup_alpha": stage.mixup_alpha, "cutmix_alpha": stage.cutmix_alpha}
+                  if params["defer_img_mixing"] else {})
+        step_fn = make_train_step(run.model, run.optimizer, strategy=run.strategy,
+                                  config=dataclasses.replace(run.step_config, **mixing),
+                                  metrics=metrics, ema=run.ema)
+        for epoch in range(max(stage.first_epoch, start_epoch), stage.end_epoch):
+            metrics.reset()
+            bar = ProgressBar(run.steps_per_epoch, desc=f"epoch {epoch + 1}/{max_epochs}",
+                              enabled=run.is_chief)
+            interval_start, interval_images, epoch_start = time.perf_counter(), 0.0, time.perf_counter()
+            for step in range(1, run.steps_per_epoch + 1):
+                step_fn(next(iterator))
+                interval_images += run.global_batch
+                bar.update(1)
+                if step % params["log_steps"] == 0 or step == run.steps_per_epoch:
+                    result = metrics.result()
+                    _check_finite(result["loss"], epoch + 1, step, run)
+                    now = time.perf_counter()
+                    record = {"train.loss": result["loss"], "train.top1": result["top1"],
+                              "train.lr": current_learning_rate(run.optimizer),
+                              "train.images_per_sec": interval_images / (now - interval_start),
+                              "stage": stage.index + 1, "image_size": stage.image_size}
+                    run.log.log([epoch + 1, step], record,
+                                global_step=int(run.optimizer.iterations.numpy()))
+                    interval_start, interval_images = now, 0.0
+            bar.close()
+            result = metrics.result()
+            epoch_time = time.perf_counter() - epoch_start
+            done = epoch + 1
+            if done % params["save_checkpoint_freq"] == 0 or done == max_epochs:
+                run.checkpoint.save(done)
+            summary = {"train.loss": result["loss"], "train.top1": result["top1"],
+                       "train.lr": current_learning_rate(run.optimizer),
+                       "train.images_per_sec": run.steps_per_epoch * run.global_batch / epoch_time,
+                       "train.epoch_time_s": epoch_time, "stage": stage.index + 1}
+            if with_eval and (done % params["num_epochs_between_eval"] == 0 or done == max_epochs):
+                # Evaluation during training uses the EMA weights when EMA is on.
+                if run.ema is not None:
+                    with run.ema.averaged_weights():
+                        results = run.evaluate("eval (EMA)")
+                else:
+                    results = run.evaluate("eval")
+                summary.update({f"val.{k}": v for k, v in results.items()})
+            run.log.log([done], summary, global_step=int(run.optimizer.iterations.numpy()))
+        del iterator, step_fn  # drop the stage's pipeline and traced step before the next stage
+
+
+def _finish(run: TrainRun, with_eval: bool) -> dict[str, Any]:
+    """Pick raw or EMA weights (by eval top-1 when evaluating), export them, return a summary."""
+    params = run.params
+    summary: dict[str, Any] = {"global_step": int(run.optimizer.iterations.numpy()),
+                               "epochs": params["max_epochs"]}
+    use_ema = run.ema is not None
+    if with_eval:
+        raw = run.evaluate("final eval (raw)")
+        summary.update({f"val.{k}": v for k, v in raw.items()})
+        if run.ema is not None:
+            with run.ema.averaged_weights():
+                averaged = run.evaluate("final eval (EMA)")
+            summary.update({f"val_ema.{k}": v for k, v in averaged.items()})
+            use_ema = averaged["top1"] >= raw["top1"]
+            best = averaged if use_ema else raw
+            summary.update({f"best.{k}": v for k, v in best.items()})
+    summary["exported_weights"] = "ema" if use_ema else "raw"
+    if use_ema:
+        run.ema.copy_to_model()
+    export_dir = distribute.chief_or_temp_dir(params["model_dir"], run.strategy)
+    weights_path = os.path.join(export_dir, FINAL_WEIGHTS)
+    run.model.save_weights(weights_path)
+    if params["export_SavedModel"]:
+        # Keras 3 `Model.export` writes a TF SavedModel with a `serve` endpoint.
+        run.model.export(os.path.join(export_dir, SAVED_MODEL_DIR), verbose=False)
+    if run.is_chief:
+        summary["weights_path"] = weights_path
+        logger.info("exported %s weights to %s", summary["exported_weights"], weights_path)
+    return summary
+
+
+def train(params: Mapping[str, Any], with_eval: bool) -> dict[str, Any]:
+    """Train (and evaluate) as configured by `params`; resumes from model_dir when asked.
+
+    Args:
+      params: the resolved configuration (see main.py).
+      with_eval: evaluate every num_epochs_between_eval epochs and at the end.
+
+    Returns:
+      The final summary (also logged as the DLLogger `[]` record).
+
+    Raises:
+      NonFiniteLossError: the loss became NaN/Inf (nothing saved after the last good epoch).
+    """
+    run = build_run(params)
+    with run.log:
+        run.log.log_params(params)
+        for name, fmt in _METRIC_FORMATS.items():
+            run.log.metadata(name, fmt)
+        start_epoch = 0
+        if params["resume_checkpoint"]:
+            start_epoch = run.checkpoint.restore_latest() or 0
+        if start_epoch:
+            stage = stage_for_epoch(run.stages, start_epoch)
+            logger.info("resuming at epoch %d (stage %d), step %d, learning rate %.6g",
+                        start_epoch + 1, stage.index + 1, int(run.optimizer.iterations.numpy()),
+                        current_learning_rate(run.optimizer))
+        _train_epochs(run, start_epoch, with_eval)
+        summary = _finish(run, with_eval and not params["skip_eval"])
+        run.log.log([], summary)
+    return summary
+
+
+def run_train(params: Mapping[str, Any]) -> dict[str, Any]:
+    """`--mode train`: train, no evaluation; exports the EMA weights when EMA is on."""
+    return train(params, with_eval=False)
+
+
+def run_train_and_eval(params: Mapping[str, Any]) -> dict[str, Any]:
+    """`--mode train_and_eval`: train with periodic evaluation (EMA weights when on); at the end
+    evaluate raw and EMA weights and export the better one (unless --skip_eval)."""
+    return train(params, with_eval=not params["skip_eval"])

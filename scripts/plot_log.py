@@ -1,0 +1,134 @@
+"""Plot a DLLogger JSON log: loss, accuracy, learning rate and throughput curves to a PNG.
+
+    python scripts/plot_log.py results/log.json [-o curves.png]
+
+Metrics are recognised by name, so any run of this application (and most DLLogger logs)
+plots: `*loss*`, `*top1*` / `*top5*` / `*acc*`, `lr` / `*learning_rate*`, and `*ips*` /
+`*images_per_sec*` / `*throughput*`. Progress records `[epoch, step]` give the within-epoch
+curves; per-epoch records `[epoch]` (e.g. validation) are drawn at the end of their epoch.
+Epochs are 1-based, as runtime/train.py writes them (`[1, 20]` is step 20 of the first epoch).
+Epoch summaries of a metric that also has step points are not drawn (they repeat them).
+The x-axis is in epochs when steps restart every epoch, in steps when they count globally.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import defaultdict
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils.dllogger import read_log  # noqa: E402
+
+PANELS = (
+    ("loss", lambda k: "loss" in k),
+    ("accuracy", lambda k: any(t in k for t in ("top1", "top5", "acc"))),
+    ("learning rate", lambda k: k == "lr" or k.endswith(".lr") or "learning_rate" in k),
+    # Per-device throughput is total / replicas: drawing both would only repeat the curve.
+    ("throughput (img/s)", lambda k: "per_device" not in k and any(
+        t in k for t in ("ips", "images_per_sec", "throughput"))),
+)
+
+
+def collect_series(records: list[dict]) -> tuple[dict[str, list[tuple[float, float]]], str]:
+    """Turn LOG records into (x, value) series per metric.
+
+    Args:
+      records: from `utils.dllogger.read_log`.
+
+    Returns:
+      (metric -> sorted points, x-axis label "epoch" or "step").
+    """
+    progress = [r for r in records if r.get("type") == "LOG" and isinstance(r.get("step"), list)
+                and len(r["step"]) >= 2]
+    per_epoch = [r for r in records if r.get("type") == "LOG" and isinstance(r.get("step"), list)
+                 and len(r["step"]) == 1]
+    steps_by_epoch: dict[int, list[int]] = defaultdict(list)
+    for r in progress:
+        steps_by_epoch[int(r["step"][0])].append(int(r["step"][1]))
+    epochs = sorted(steps_by_epoch)
+    # Global step counters keep growing across epochs; per-epoch counters restart.
+    global_steps = all(min(steps_by_epoch[b]) > max(steps_by_epoch[a])
+                       for a, b in zip(epochs, epochs[1:], strict=False)) and len(epochs) > 1
+    steps_per_epoch = max((max(s) for s in steps_by_epoch.values()), default=1) or 1
+
+    def progress_x(epoch: int, step: int) -> float:
+        return float(step) if global_steps else epoch - 1 + step / steps_per_epoch
+
+    def epoch_x(epoch: int) -> float:
+        if global_steps:
+            return float(max(steps_by_epoch.get(epoch, [0])))
+        return float(epoch)
+
+    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for r in progress:
+        x = progress_x(int(r["step"][0]), int(r["step"][1]))
+        for key, value in r.get("data", {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                series[key].append((x, float(value)))
+    in_progress = set(series)
+    for r in per_epoch:
+        x = epoch_x(int(r["step"][0]))
+        for key, value in r.get("data", {}).items():
+            # An epoch summary of a metric that has step points repeats them more coarsely.
+            if key in in_progress:
+                continue
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                series[key].append((x, float(value)))
+    return {k: sorted(v) for k, v in series.items()}, ("step" if global_steps else "epoch")
+
+
+def plot(series: dict[str, list[tuple[float, float]]], xlabel: str, title: str,
+         out_path: str) -> list[str]:
+    """Draw the four panels; returns the metric names that were drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    drawn = []
+    for ax, (panel, matches) in zip(axes.flat, PANELS, strict=True):
+        keys = sorted(k for k in series if matches(k.lower()))
+        for key in keys:
+            xs, ys = zip(*series[key], strict=True)
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=key)
+        drawn.extend(keys)
+        ax.set_title(panel)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        if keys:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return drawn
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("log", help="DLLogger JSON-lines file (e.g. model_dir/log.json)")
+    parser.add_argument("-o", "--output", help="PNG path (default: the log path with .png)")
+    args = parser.parse_args(argv)
+    if not os.path.isfile(args.log):
+        parser.error(f"log file {args.log!r} does not exist")
+    try:
+        records = read_log(args.log)
+    except ValueError as err:
+        parser.error(str(err))
+    series, xlabel = collect_series(records)
+    if not any(matches(k.lower()) for k in series for _, matches in PANELS):
+        parser.error(f"{args.log}: no loss, accuracy, lr or throughput values to plot")
+    out_path = args.output or os.path.splitext(args.log)[0] + ".png"
+    drawn = plot(series, xlabel, os.path.basename(args.log), out_path)
+    print(f"wrote {out_path} ({len(drawn)} curves: {', '.join(drawn)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Shared helpers for the model-zoo tests: config paths, published figures, cached profiles."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import pytest
+
+from scripts.model_table import model_row
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Building B6/B7/V2-L/V2-XL takes several seconds each on a shared 2-core box.
+SLOW = {"b6", "b7", "l", "xl"}
+
+
+def cfg_path(variant: str) -> str:
+    family = "efficientnet_v1" if variant.startswith("b") else "efficientnet_v2"
+    return os.path.join(ROOT, "config", family, f"{variant}_cfg.py")
+
+
+def variant_params(variants):
+    """pytest params over variants, the big ones marked slow."""
+    return [pytest.param(v, marks=pytest.mark.slow) if v in SLOW else v for v in variants]
+
+
+@functools.cache
+def profiled(variant: str) -> dict:
+    """`scripts.model_table.model_row` for a variant, built once per test session."""
+    return model_row(os.path.relpath(cfg_path(variant), ROOT))

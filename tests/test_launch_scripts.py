@@ -1,0 +1,182 @@
+"""Launch recipes: every shell script is valid bash, and every recipe's dry run prints a main.py
+command whose flags parse with main.py's own parser (runtime.flags) and match the recipe."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shlex
+import subprocess
+
+import pytest
+
+from runtime.flags import build_parser
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHELL_SCRIPTS = sorted(
+    glob.glob(os.path.join(REPO, "scripts", "**", "*.sh"), recursive=True)
+    + glob.glob(os.path.join(REPO, "efficientnet_v*", "**", "*.sh"), recursive=True)
+    + glob.glob(os.path.join(REPO, "*.sub")))
+RECIPES = sorted(p for p in glob.glob(os.path.join(REPO, "efficientnet_v*", "**", "*.sh"), recursive=True)
+                 if os.path.basename(p) != "recipe.sh")
+SUBMISSIONS = sorted(glob.glob(os.path.join(REPO, "*.sub")))
+LAUNCH = os.path.join(REPO, "scripts", "launch.sh")
+
+
+def rel(path: str) -> str:
+    return os.path.relpath(path, REPO)
+
+
+def dry_run(argv: list[str], **env: str) -> subprocess.CompletedProcess:
+    # The scripts' settings come from the environment: start from none of them.
+    settings = ("SLURM_", "DRY_RUN", "DATA_DIR", "MODEL_DIR", "RESULTS_DIR", "PYTHON", "CONTAINER",
+                "PRECISION", "BATCH", "MASTER_PORT")
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(settings)}
+    full_env.update({"DRY_RUN": "1", **env})
+    return subprocess.run(["bash", *argv], cwd=REPO, env=full_env, capture_output=True, text=True,
+                          timeout=30)
+
+
+def main_py_args(stdout: str) -> list[str]:
+    """The flags of the one printed `... main.py ...` command line."""
+    lines = [line for line in stdout.splitlines() if re.search(r"(^|/)main\.py ", line)]
+    assert len(lines) == 1, stdout
+    words = shlex.split(lines[0])
+    return words[next(i for i, w in enumerate(words) if w.endswith("main.py")) + 1:]
+
+
+def parse(args: list[str]):
+    namespace, extras = build_parser().parse_known_args(args)
+    assert extras == [], f"flags main.py does not know: {extras}"
+    return namespace
+
+
+def test_scripts_found():
+    assert len(RECIPES) >= 3 * 15 and len(SUBMISSIONS) == 3
+    assert {rel(p) for p in SUBMISSIONS} == {"run_S_multinode.sub", "run_B0_multinode.sub",
+                                              "run_B4_multinode.sub"}
+
+
+@pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=rel)
+def test_bash_syntax(script):
+    result = subprocess.run(["bash", "-n", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("script", RECIPES, ids=rel)
+def test_recipe_dry_run_parses(script):
+    result = dry_run([script])
+    assert result.returncode == 0, result.stderr
+    args = parse(main_py_args(result.stdout))
+    assert os.path.isfile(os.path.join(REPO, args.cfg))
+    path = rel(script)
+    precision = re.search(r"(AMP|TF32|FP32)", path).group(1)
+    assert args.use_amp == (precision == "AMP")
+    assert args.use_xla is True
+    if precision == "FP32":
+        assert args.use_tf32 is False
+    gpus = re.search(r"_(\d+)x", path)
+    assert args.num_gpus == (int(gpus.group(1)) if gpus else 1)
+    assert (args.data_dir, args.model_dir) == ("/data", "/results")
+    expected_mode = {"training": "train_and_eval", "evaluation": "eval", "inference": "inference_benchmark"}
+    kind = path.split(os.sep)[2]
+    mode = "training_benchmark" if "train_benchmark" in path else expected_mode[kind]
+    assert args.mode == mode
+    model = path.split(os.sep)[1]
+    assert os.path.basename(args.cfg) == f"{model.lower()}_cfg.py"
+
+
+def test_v2s_convergence_is_the_published_recipe():
+    result = dry_run(["efficientnet_v2/S/training/AMP/convergence_8xA100-80G.sh"])
+    args = parse(main_py_args(result.stdout))
+    assert (args.n_stages, args.base_img_size, args.train_img_size, args.eval_img_size) == (4, 128, 300, 384)
+    assert (args.max_epochs, args.lr_decay, args.lr_init) == (350, "cosine", 0.005)
+    assert (args.moving_average_decay, args.augmenter_name) == (0.9999, "randaugment")
+    assert (args.raug_magnitude, args.base_randaug_mag, args.train_batch_size) == (15, 5, 460)
+    assert args.use_amp and args.use_xla
+
+
+def test_extra_flags_come_last_and_override():
+    result = dry_run(["efficientnet_v1/B0/training/AMP/convergence_8xA100-80G.sh",
+                      "--max_epochs", "3", "--model_dir", "/tmp/run 1"])
+    args = parse(main_py_args(result.stdout))
+    assert (args.max_epochs, args.model_dir, args.train_batch_size) == (3, "/tmp/run 1", 1024)
+
+
+def test_launcher_environment_and_dry_run_flag():
+    env = {k: v for k, v in os.environ.items() if k != "DRY_RUN"}
+    result = subprocess.run(["bash", LAUNCH, "--dry_run", "TF32", "2", "config/efficientnet_v1/b4_cfg.py",
+                             "eval"], cwd=REPO, capture_output=True, text=True,
+                            env={**env, "DATA_DIR": "/d", "MODEL_DIR": "/m", "PYTHON": "py"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("py ")
+    args = parse(main_py_args(result.stdout))
+    assert (args.data_dir, args.model_dir, args.num_gpus, args.use_amp, args.use_tf32) == \
+        ("/d", "/m", 2, False, True)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["AMP", "8", "config/efficientnet_v2/s_cfg.py"], "usage:"),
+    (["BF16", "8", "config/efficientnet_v2/s_cfg.py", "train"], "precision 'BF16' is not one of AMP, TF32, FP32"),
+    (["AMP", "eight", "config/efficientnet_v2/s_cfg.py", "train"], "NUM_GPUS 'eight' is not a non-negative integer"),
+    (["AMP", "8", "config/nope.py", "train"], "config 'config/nope.py' not found"),
+])
+def test_launcher_errors(argv, message):
+    result = dry_run([LAUNCH, *argv])
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("sub", SUBMISSIONS, ids=rel)
+def test_multinode_submission_dry_run(sub):
+    # As sbatch runs it: a spooled copy, SLURM_SUBMIT_DIR = where `sbatch` was called.
+    result = dry_run([sub], SLURM_SUBMIT_DIR=REPO, SLURM_JOB_ID="1000", CONTAINER="img:1",
+                     DATA_DIR="/lustre/imagenet")
+    assert result.returncode == 0, result.stderr
+    srun = shlex.split(result.stdout.splitlines()[0])
+    assert srun[:2] == ["srun", "--kill-on-bad-exit=1"]
+    assert "--container-image=img:1" in srun
+    assert "--container-mounts=/lustre/imagenet:/data," + os.path.join(REPO, "results") in " ".join(srun)
+    launch = srun.index("scripts/launch.sh")
+    assert srun[launch + 1:launch + 3] == ["AMP", "1"]  # one GPU per task
+    args = parse(main_py_args(result.stdout))
+    assert args.num_gpus == 1 and args.mode == "train_and_eval"
+
+
+def test_multinode_without_container_runs_from_checkout():
+    result = dry_run(["run_S_multinode.sub"], SLURM_SUBMIT_DIR=REPO, CONTAINER="", PRECISION="TF32",
+                     BATCH="230", RESULTS_DIR="/shared/r")
+    assert result.returncode == 0, result.stderr
+    assert f"--chdir={REPO}" in result.stdout and "MODEL_DIR=/shared/r" in result.stdout
+    args = parse(main_py_args(result.stdout))
+    assert (args.model_dir, args.train_batch_size, args.use_amp) == ("/shared/r", 230, False)
+
+
+def test_docker_scripts():
+    build = dry_run(["scripts/docker/build.sh", "effnet"])
+    assert build.returncode == 0 and shlex.split(build.stdout) == ["docker", "build", "--tag", "effnet", REPO]
+    launch = dry_run(["scripts/docker/launch.sh", "effnet"], DATA_DIR="/imagenet", RESULTS_DIR="/out")
+    words = shlex.split(launch.stdout)
+    assert launch.returncode == 0 and words[:2] == ["docker", "run"]
+    assert "/imagenet:/data" in words and "/out:/results" in words and words[-2:] == ["effnet", "bash"]
+    for script in ("scripts/docker/build.sh", "scripts/docker/launch.sh"):
+        result = dry_run([script])
+        assert result.returncode == 2 and "usage:" in result.stderr
+
+
+def test_dockerfile_uses_official_base_and_keeps_its_gpu_tensorflow():
+    with open(os.path.join(REPO, "Dockerfile")) as f:
+        text = f.read()
+    assert re.search(r"^FROM tensorflow/tensorflow:2\.21\.\d+-gpu$", text, re.M)
+    # The image keeps its GPU TensorFlow: it installs everything but TensorFlow.
+    installed = re.findall(r"pip install -r (\S+)", text)
+    assert installed == ["requirements-base.txt"]
+    with open(os.path.join(REPO, "requirements-base.txt")) as f:
+        requirements = f.read()
+    assert not re.search(r"^tensorflow(-cpu)?\s*[<>=;\[]", requirements, re.M)
+    assert "tensorflow-datasets" in requirements and "keras" in requirements
+    for name in ("requirements.txt", "requirements-gpu.txt"):
+        with open(os.path.join(REPO, name)) as f:
+            assert "-r requirements-base.txt" in f.read()

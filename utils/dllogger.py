@@ -1,0 +1,500 @@
+"""Metrics logging in NVIDIA DLLogger's JSON-lines format, plus a console progress bar.
+
+DLLogger (github.com/NVIDIA/dllogger) is not on PyPI, so this module writes its exact format
+itself; the logs stay readable by NVIDIA's tooling and by `scripts/plot_log.py`:
+
+    DLLL {"timestamp": "1570716921.842053", "datetime": "2019-10-10 14:15:21.842053",
+          "elapsedtime": "5.69", "type": "LOG", "step": [0, 5], "data": {"train.loss": 8.5}}
+
+`step` is "PARAMETER" for the run configuration, `[epoch, step]` (or `[epoch]`,
+`[epoch, step, eval_step]`) for progress and `[]` for the final summary. `timestamp` and
+`elapsedtime` are strings, as DLLogger writes them. METADATA lines
+(`{"type": "METADATA", "metric": ..., "metadata": {"unit": ..., "format": ...}}`) describe a
+metric's unit and print format.
+
+There is one logging path for metrics: a `MetricsLogger` fans each record out to its sinks (the
+JSON file, a stdout sink filtered by verbosity, optional TensorBoard). `create_metrics_logger`
+builds it for the chief only: other workers get a logger with no sinks, so they write nothing.
+Human messages still go through `logging.getLogger(__name__)`.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import IO, Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+Step = str | Sequence[int] | int
+
+
+class Verbosity(enum.IntEnum):
+    """DLLogger's verbosity levels: a sink shows a record when sink level >= record level."""
+
+    OFF = -1
+    DEFAULT = 0
+    VERBOSE = 1
+
+
+class Sink(Protocol):
+    """Something that receives metric records (DLLogger calls these backends)."""
+
+    verbosity: Verbosity
+
+    def log(self, timestamp: datetime, elapsed: float, step: Step, data: Mapping[str, Any],
+            global_step: int | None) -> None: ...
+
+    def metadata(self, timestamp: datetime, elapsed: float, metric: str,
+                 meta: Mapping[str, Any]) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _to_json_value(value: Any) -> Any:
+    """Turn numpy / TF scalars and arrays into plain Python so `json.dumps` accepts them."""
+    if hasattr(value, "numpy"):  # tf.Tensor / tf.Variable
+        value = value.numpy()
+    if hasattr(value, "tolist"):  # numpy scalar or array
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return {str(k): _to_json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_json_value(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    # Anything else (a dtype, a path object, an enum) is recorded by its text, never dropped.
+    return str(value)
+
+
+def _to_json_step(step: Step) -> str | list[int]:
+    if isinstance(step, str):
+        return step
+    if isinstance(step, int):
+        return [step]
+    return [int(s) for s in step]
+
+
+def format_step(step: Step) -> str:
+    """Human-readable form of a DLLogger step, as NVIDIA's stdout backend prints it.
+
+    Args:
+      step: "PARAMETER", [] (summary), [epoch], [epoch, step] or [epoch, step, eval_step].
+
+    Returns:
+      e.g. "Epoch: 1 Step: 20" or "Summary:".
+    """
+    if isinstance(step, str):
+        return step
+    step = _to_json_step(step)
+    if not step:
+        return "Summary:"
+    names = ("Epoch", "Step", "Eval step")
+    return " ".join(f"{n}: {s}" for n, s in zip(names, step, strict=False))
+
+
+def _drop_torn_tail(filename: str) -> None:
+    """Truncate `filename` after its last newline (a killed writer's partial last line)."""
+    if not os.path.isfile(filename):
+        return
+    with open(filename, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+            logger.warning("dropped a torn last line of %s (the earlier run was killed)", filename)
+
+
+def _keep_previous(filename: str) -> str | None:
+    """Move a non-empty earlier log aside as `filename.1` (`.2`, ...) instead of truncating it.
+
+    Returns:
+      The new name of the earlier log, or None when there was none.
+    """
+    if not os.path.isfile(filename) or os.path.getsize(filename) == 0:
+        return None
+    index = 1
+    while os.path.exists(f"{filename}.{index}"):
+        index += 1
+    kept = f"{filename}.{index}"
+    os.replace(filename, kept)
+    logger.info("earlier metrics log kept as %s", kept)
+    return kept
+
+
+class JSONStreamSink:
+    """Writes `DLLL {json}` lines to a file, exactly as DLLogger's JSONStreamBackend.
+
+    Each record is one `write` followed by a flush, so a killed run leaves only whole lines
+    (except possibly a torn last line, which `read_log` skips and an appending sink drops).
+    A new, non-appending sink never truncates: an earlier log is kept as `FILE.1`, `FILE.2`...
+    """
+
+    def __init__(self, filename: str, verbosity: Verbosity = Verbosity.VERBOSE,
+                 append: bool = False) -> None:
+        self.verbosity = verbosity
+        self.filename = filename
+        parent = os.path.dirname(os.path.abspath(filename))
+        os.makedirs(parent, exist_ok=True)
+        if not append:
+            _keep_previous(filename)
+        else:
+            # A run killed mid-write may have left a torn last record: drop it before appending.
+            _drop_torn_tail(filename)
+        self._file: IO[str] | None = open(filename, "a", encoding="utf-8")
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self._file is None:
+            raise ValueError(f"metrics log {self.filename} is already closed")
+        self._file.write("DLLL " + json.dumps(record) + "\n")
+        self._file.flush()
+
+    def log(self, timestamp, elapsed, step, data, global_step) -> None:  # noqa: D102
+        # Key order matches DLLogger's LOG lines.
+        self._write({
+            "timestamp": str(timestamp.timestamp()),
+            "datetime": str(timestamp),
+            "elapsedtime": str(elapsed),
+            "type": "LOG",
+            "step": _to_json_step(step),
+            "data": _to_json_value(dict(data)),
+        })
+
+    def metadata(self, timestamp, elapsed, metric, meta) -> None:  # noqa: D102
+        # NOTE: DLLogger's METADATA lines carry no "step"/"data"; "metric" and "metadata" instead.
+        self._write({
+            "timestamp": str(timestamp.timestamp()),
+            "datetime": str(timestamp),
+            "elapsedtime": str(elapsed),
+            "type": "METADATA",
+            "metric": metric,
+            "metadata": _to_json_value(dict(meta)),
+        })
+
+    def flush(self) -> None:  # noqa: D102
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self) -> None:  # noqa: D102
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class StdOutSink:
+    """Prints records as `DLL <datetime> - Epoch: 0 Step: 5 train.loss : 8.5660 ` lines.
+
+    Units and number formats come from `metadata()` calls (`{"unit": "img/s",
+    "format": ":.2f"}`), as in DLLogger's StdOutBackend.
+    """
+
+    def __init__(self, verbosity: Verbosity = Verbosity.DEFAULT,
+                 stream: IO[str] | None = None) -> None:
+        self.verbosity = verbosity
+        self._stream = stream
+        self._meta: dict[str, dict[str, Any]] = {}
+
+    def _format(self, metric: str, value: Any) -> str:
+        meta = self._meta.get(metric, {})
+        unit = meta.get("unit", "")
+        # NOTE: DLLogger prints unformatted values; 5 significant digits keep lines readable.
+        default = "{:.5g}" if isinstance(value, float) else "{}"
+        fmt = "{" + meta["format"] + "}" if "format" in meta else default
+        try:
+            text = fmt.format(value)
+        except (ValueError, TypeError):
+            text = str(value)
+        return f"{metric} : {text} {unit}".rstrip()
+
+    def log(self, timestamp, elapsed, step, data, global_step) -> None:  # noqa: D102
+        stream = self._stream or sys.stdout
+        if step == "PARAMETER":
+            # The whole config on one line is unreadable; the JSON file keeps it.
+            body = f"{len(data)} parameters logged"
+        else:
+            body = " ".join(self._format(k, v) for k, v in data.items())
+        stream.write(f"DLL {timestamp} - {format_step(step)} {body}\n")
+        stream.flush()
+
+    def metadata(self, timestamp, elapsed, metric, meta) -> None:  # noqa: D102
+        self._meta.setdefault(metric, {}).update(meta)
+
+    def flush(self) -> None:  # noqa: D102
+        (self._stream or sys.stdout).flush()
+
+    def close(self) -> None:  # noqa: D102
+        self.flush()
+
+
+class TensorBoardSink:
+    """Writes numeric metrics of progress records as `tf.summary.scalar` at their global step.
+
+    Only records logged with a `global_step` are written (TensorBoard needs one monotonic
+    x-axis; `[epoch, step]` alone is not one). PARAMETER records become one text summary.
+    """
+
+    def __init__(self, logdir: str, verbosity: Verbosity = Verbosity.VERBOSE) -> None:
+        import tensorflow as tf  # noqa: PLC0415 - only needed when TensorBoard is on
+
+        self._tf = tf
+        self.verbosity = verbosity
+        self._writer = tf.summary.create_file_writer(logdir)
+
+    def log(self, timestamp, elapsed, step, data, global_step) -> None:  # noqa: D102
+        tf = self._tf
+        with self._writer.as_default():
+            if step == "PARAMETER":
+                text = json.dumps(_to_json_value(dict(data)), indent=1, sort_keys=True)
+                tf.summary.text("parameters", "```\n" + text + "\n```", step=0)
+                return
+            if global_step is None:
+                return
+            for name, value in data.items():
+                value = _to_json_value(value)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    tf.summary.scalar(name, float(value), step=int(global_step))
+
+    def metadata(self, timestamp, elapsed, metric, meta) -> None:  # noqa: D102
+        return
+
+    def flush(self) -> None:  # noqa: D102
+        self._writer.flush()
+
+    def close(self) -> None:  # noqa: D102
+        self._writer.close()
+
+
+class MetricsLogger:
+    """Fans metric records out to sinks; the one metrics path of the application.
+
+    Args:
+      sinks: where records go; an empty list makes every call a no-op (non-chief workers).
+    """
+
+    def __init__(self, sinks: Sequence[Sink] = ()) -> None:
+        self.sinks = list(sinks)
+        self._start = datetime.now()
+
+    @property
+    def enabled(self) -> bool:
+        """True when at least one sink receives records (false on non-chief workers)."""
+        return bool(self.sinks)
+
+    def log(self, step: Step, data: Mapping[str, Any], verbosity: Verbosity = Verbosity.DEFAULT,
+            global_step: int | None = None) -> None:
+        """Record metrics.
+
+        Args:
+          step: "PARAMETER", [epoch, step] for progress, [epoch] per epoch, [] for the summary.
+          data: metric name -> value (numpy / TF scalars are converted).
+          verbosity: DEFAULT records reach every sink; VERBOSE ones skip the stdout sink.
+          global_step: the optimizer step, the x-axis for TensorBoard.
+        """
+        if not self.sinks:
+            return
+        now = datetime.now()
+        elapsed = (now - self._start).total_seconds()
+        for sink in self.sinks:
+            if sink.verbosity >= verbosity:
+                sink.log(now, elapsed, step, data, global_step)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Record the run configuration as one PARAMETER line."""
+        self.log("PARAMETER", params)
+
+    def metadata(self, metric: str, meta: Mapping[str, Any]) -> None:
+        """Describe a metric, e.g. `metadata("train.loss", {"format": ":.4f"})`."""
+        if not self.sinks:
+            return
+        now = datetime.now()
+        elapsed = (now - self._start).total_seconds()
+        for sink in self.sinks:
+            sink.metadata(now, elapsed, metric, meta)
+
+    def flush(self) -> None:
+        """Flush every sink."""
+        for sink in self.sinks:
+            sink.flush()
+
+    def close(self) -> None:
+        """Flush and close every sink; further records raise (file) or are dropped."""
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def create_metrics_logger(log_path: str | None, is_chief: bool = True,
+                          tensorboard_dir: str | None = None,
+                          stdout_verbosity: Verbosity = Verbosity.DEFAULT,
+                          append: bool = False, stream: IO[str] | None = None) -> MetricsLogger:
+    """Build the run's metrics logger: JSON file + stdout + optional TensorBoard, chief only.
+
+    Args:
+      log_path: the DLLogger JSON file (e.g. `model_dir/log.json`), or None for no file.
+      is_chief: only the chief writes; other workers get a logger without sinks so that
+        several workers never interleave lines in one file.
+      tensorboard_dir: TensorBoard event directory, or None to leave TensorBoard off.
+      stdout_verbosity: OFF to silence the console sink, VERBOSE to show every record.
+      append: append to an existing log (resumed runs) instead of moving it aside as
+        `log_path.1` (`.2`, ...).
+      stream: console stream (default sys.stdout at write time).
+
+    Returns:
+      A MetricsLogger; use it as a context manager or call `close()` at the end.
+    """
+    if not is_chief:
+        return MetricsLogger([])
+    sinks: list[Sink] = []
+    if log_path:
+        sinks.append(JSONStreamSink(log_path, append=append))
+    if stdout_verbosity != Verbosity.OFF:
+        sinks.append(StdOutSink(stdout_verbosity, stream=stream))
+    if tensorboard_dir:
+        sinks.append(TensorBoardSink(tensorboard_dir))
+    return MetricsLogger(sinks)
+
+
+def read_log(path: str) -> list[dict[str, Any]]:
+    """Parse a DLLogger JSON-lines file.
+
+    Lines without the `DLLL ` prefix are ignored (DLLogger files may be mixed with other
+    output); a torn final line of a killed run is skipped with a warning.
+
+    Args:
+      path: the log file.
+
+    Returns:
+      The records in file order, each the decoded JSON dict.
+
+    Raises:
+      ValueError: a complete line that is not valid JSON (the file is corrupt, not torn).
+    """
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.startswith("DLLL "):
+            continue
+        try:
+            records.append(json.loads(line[5:]))
+        except json.JSONDecodeError as err:
+            if number == len(lines):  # no trailing newline: the writer was killed mid-line
+                logger.warning("%s: skipping a torn last line", path)
+                continue
+            raise ValueError(f"{path}:{number}: not a DLLogger JSON line ({err})") from err
+    return records
+
+
+def _format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "--:--"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+class ProgressBar:
+    """A console progress bar with rate and ETA: `train 12/50 [#####.....] 3.1 it/s ETA 00:12`.
+
+    On a terminal it redraws one line; elsewhere (log files, CI) it prints a full line at most
+    every `min_interval` seconds and at the end, so logs stay short.
+
+    Args:
+      total: number of steps, or None when unknown (no bar, no ETA).
+      desc: label at the start of the line.
+      enabled: False on non-chief workers (nothing is printed).
+      stream: where to draw (default sys.stderr at construction).
+      min_interval: seconds between redraws (at least 10 s off a terminal).
+      width: characters of the bar.
+    """
+
+    def __init__(self, total: int | None, desc: str = "", enabled: bool = True,
+                 stream: IO[str] | None = None, min_interval: float = 0.5,
+                 width: int = 30) -> None:
+        self.total = total
+        self.desc = desc
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self._tty = self.stream.isatty()
+        self.min_interval = min_interval if self._tty else max(min_interval, 10.0)
+        self.width = width
+        self.n = 0
+        self.postfix: dict[str, Any] = {}
+        self._start = time.perf_counter()
+        self._last_draw = -math.inf
+        self._closed = False
+        self._drawn_n: int | None = None
+
+    def eta_seconds(self) -> float:
+        """Seconds left at the mean rate so far; inf when unknown."""
+        elapsed = time.perf_counter() - self._start
+        if not self.total or self.n == 0:
+            return math.inf
+        return elapsed / self.n * max(self.total - self.n, 0)
+
+    def render(self) -> str:
+        """The current line, without carriage return or newline."""
+        elapsed = time.perf_counter() - self._start
+        rate = self.n / elapsed if elapsed > 0 else 0.0
+        parts = [self.desc] if self.desc else []
+        if self.total:
+            filled = int(self.width * min(self.n, self.total) / self.total)
+            parts.append(f"{self.n}/{self.total} [{'#' * filled}{'.' * (self.width - filled)}]")
+        else:
+            parts.append(f"{self.n}")
+        parts.append(f"{rate:.2f} it/s")
+        parts.append(f"elapsed {_format_duration(elapsed)}")
+        if self.total:
+            parts.append(f"ETA {_format_duration(self.eta_seconds())}")
+        parts.extend(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in self.postfix.items())
+        return " ".join(parts)
+
+    def update(self, n: int = 1, **postfix: Any) -> None:
+        """Advance by `n` steps; keyword values (loss=..., lr=...) are shown after the ETA."""
+        self.n += n
+        self.postfix.update({k: _to_json_value(v) for k, v in postfix.items()})
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if now - self._last_draw >= self.min_interval:
+            self._draw(final=False)
+            self._last_draw = now
+
+    def _draw(self, final: bool) -> None:
+        self._drawn_n = self.n
+        line = self.render()
+        if self._tty:
+            # \x1b[K clears what a longer previous line left on the right.
+            self.stream.write("\r" + line + "\x1b[K" + ("\n" if final else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """Draw the final state once and end the line."""
+        # Off a terminal, a line already showing the final count is not printed twice.
+        if self.enabled and not self._closed and (self._tty or self._drawn_n != self.n):
+            self._draw(final=True)
+        self._closed = True
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

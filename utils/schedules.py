@@ -1,0 +1,129 @@
+"""Learning-rate schedules with linear warm-up, as in the EfficientNet training recipes.
+
+The schedule is a pure function of the optimizer's update count, so a resumed run continues
+on exactly the same curve (the count is part of the checkpoint). Under gradient accumulation
+the count advances once per *effective* step, so warm-up and decay see the effective batch.
+
+Kinds (after `warmup_steps` of linear ramp from 0 to the peak):
+- exponential: peak * decay_rate ** floor(t / decay_steps) (staircase, as in Tan & Le 2019,
+  "EfficientNet", rate 0.97 every 2.4 epochs).
+- cosine: half a cosine from the peak to 0 at the last step (Loshchilov & Hutter 2017).
+- piecewise: constant, multiplied by decay_rate at 1x, 2x and 3x decay_steps (the ResNet-style
+  30/60/90-epoch drops when lr_decay_epochs=30, lr_decay_rate=0.1).
+- linearcosine: TF1's `linear_cosine_decay` (Bello et al. 2017, "Neural Optimizer Search"),
+  num_periods=0.5, alpha=0, beta=0.001.
+where t counts steps after warm-up.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+SCHEDULES = ("exponential", "cosine", "piecewise", "linearcosine")
+
+# The recipes quote lr_init for a global batch of 128 (NVIDIA's convention).
+REFERENCE_BATCH_SIZE = 128
+PIECEWISE_DROPS = 3
+
+
+def scaled_learning_rate(lr_init: float, global_batch_size: int) -> float:
+    """The peak learning rate for a global (effective) batch, linear scaling rule.
+
+    Args:
+      lr_init: learning rate for a global batch of 128.
+      global_batch_size: per-replica batch * replicas * gradient-accumulation steps.
+
+    Returns:
+      lr_init * global_batch_size / 128.
+    """
+    return lr_init * global_batch_size / REFERENCE_BATCH_SIZE
+
+
+class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to `peak_lr`, then one of `SCHEDULES`.
+
+    Args:
+      kind: one of SCHEDULES.
+      peak_lr: learning rate at the end of warm-up (already batch-scaled).
+      total_steps: optimizer updates of the whole run (cosine and linearcosine reach their
+        end value there).
+      warmup_steps: updates of linear warm-up (0 for none).
+      decay_steps: updates between exponential / piecewise drops.
+      decay_rate: multiplier per drop.
+    """
+
+    def __init__(self, kind: str, peak_lr: float, total_steps: int, warmup_steps: int = 0,
+                 decay_steps: int = 1, decay_rate: float = 0.97) -> None:
+        super().__init__()
+        if kind not in SCHEDULES:
+            raise ValueError(f"unknown lr_decay {kind!r}; valid: {', '.join(SCHEDULES)}")
+        self.kind = kind
+        self.peak_lr = float(peak_lr)
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(warmup_steps)
+        self.decay_steps = max(int(decay_steps), 1)
+        self.decay_rate = float(decay_rate)
+
+    def _decayed(self, t):
+        """Learning rate `t` steps after warm-up (float32 tensor)."""
+        peak = self.peak_lr
+        if self.kind == "exponential":
+            return peak * ops.power(self.decay_rate, ops.floor(t / self.decay_steps))
+        if self.kind == "piecewise":
+            drops = ops.minimum(ops.floor(t / self.decay_steps), float(PIECEWISE_DROPS))
+            return peak * ops.power(self.decay_rate, drops)
+        span = float(max(self.total_steps - self.warmup_steps, 1))
+        progress = ops.minimum(t, span) / span
+        if self.kind == "cosine":
+            return 0.5 * peak * (1.0 + ops.cos(math.pi * progress))
+        # linearcosine: num_periods=0.5, alpha=0.0, beta=0.001 (TF1 defaults).
+        linear = 1.0 - progress
+        cosine = 0.5 * (1.0 + ops.cos(math.pi * 2.0 * 0.5 * progress))
+        return peak * (linear * cosine + 0.001)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        t = ops.maximum(step - self.warmup_steps, 0.0)
+        decayed = self._decayed(t)
+        if self.warmup_steps <= 0:
+            return decayed
+        warm = self.peak_lr * step / float(self.warmup_steps)
+        return ops.where(step < self.warmup_steps, warm, decayed)
+
+    def get_config(self) -> dict:
+        return {
+            "kind": self.kind, "peak_lr": self.peak_lr, "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps, "decay_steps": self.decay_steps,
+            "decay_rate": self.decay_rate,
+        }
+
+
+def build_schedule(kind: str, lr_init: float, global_batch_size: int, steps_per_epoch: int,
+                   max_epochs: int, warmup_epochs: float, decay_epochs: float,
+                   decay_rate: float) -> WarmupDecaySchedule:
+    """Build the run's schedule from epoch-denominated flags.
+
+    Args:
+      kind: one of SCHEDULES (`--lr_decay`).
+      lr_init: `--lr_init`, the rate for a global batch of 128.
+      global_batch_size: effective global batch (replicas and accumulation included).
+      steps_per_epoch: optimizer updates per epoch.
+      max_epochs: epochs of the whole run.
+      warmup_epochs: `--lr_warmup_epochs`.
+      decay_epochs: `--lr_decay_epochs`.
+      decay_rate: `--lr_decay_rate`.
+
+    Returns:
+      A WarmupDecaySchedule over optimizer updates.
+    """
+    return WarmupDecaySchedule(
+        kind=kind,
+        peak_lr=scaled_learning_rate(lr_init, global_batch_size),
+        total_steps=max_epochs * steps_per_epoch,
+        warmup_steps=int(round(warmup_epochs * steps_per_epoch)),
+        decay_steps=int(round(decay_epochs * steps_per_epoch)),
+        decay_rate=decay_rate,
+    )
