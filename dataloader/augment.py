@@ -40,10 +40,24 @@ def _blend(degenerate, image, factor):
     return tf.clip_by_value(degenerate + factor * (image - degenerate), 0.0, 255.0)
 
 
+GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # ITU-R 601-2 luma, as tf.image.rgb_to_grayscale
+
+
 def _grayscale(image):
     # Same weights as tf.image.rgb_to_grayscale; channel slices are ~2x faster than its
     # tensordot on a single image (measured, TF 2.21 CPU).
-    return image[..., 0:1] * 0.2989 + image[..., 1:2] * 0.5870 + image[..., 2:3] * 0.1140
+    r, g, b = GRAY_WEIGHTS
+    return image[..., 0:1] * r + image[..., 1:2] * g + image[..., 2:3] * b
+
+
+def _per_pixel_linear(image, matrix, bias=0.0):
+    """clip(pixel @ matrix + bias, 0, 255) for every RGB pixel.
+
+    One [H*W, 3] x [3, 3] product: ~3x cheaper than the same arithmetic as elementwise ops on
+    a 224 px image (measured inside tf.data, TF 2.21 CPU).
+    """
+    out = tf.matmul(tf.reshape(image, [-1, 3]), matrix) + bias
+    return tf.reshape(tf.clip_by_value(out, 0.0, 255.0), tf.shape(image))
 
 
 def auto_contrast(image, level, seed):
@@ -52,7 +66,7 @@ def auto_contrast(image, level, seed):
     hi = tf.stack([tf.reduce_max(image[..., c]) for c in range(3)])
     scale = tf.where(hi > lo, 255.0 / tf.maximum(hi - lo, 1e-3), 1.0)
     offset = tf.where(hi > lo, lo, 0.0)
-    return tf.clip_by_value((image - offset) * scale, 0.0, 255.0)
+    return _per_pixel_linear(image, tf.linalg.diag(scale), -offset * scale)
 
 
 def equalize(image, level, seed):
@@ -86,9 +100,15 @@ def _signed(value, seed):
     return tf.where(negate, -value, value)
 
 
-def _round_half_away(x):
-    """std::round: ties away from zero (tf.round rounds ties to even)."""
-    return tf.sign(x) * tf.floor(tf.abs(x) + 0.5)
+def _nearest_source(coords, size):
+    """Integer source index and in-bounds mask for float source coordinates on one axis.
+
+    ImageProjectiveTransformV3 rounds half away from zero and fills outside [0, size). A
+    coordinate is inside exactly when -0.5 < coords < size - 0.5, and there it is > -0.5, so
+    truncating coords + 0.5 toward zero is that rounding: 2 passes instead of 6.
+    """
+    inside = (coords > -0.5) & (coords < tf.cast(size, tf.float32) - 0.5)
+    return tf.cast(coords + 0.5, tf.int32), inside
 
 
 def _transform(image, transform):
@@ -104,10 +124,9 @@ def _transform(image, transform):
     t = tf.unstack(tf.cast(tf.reshape(transform, [8]), tf.float32))
     x = tf.cast(tf.range(width), tf.float32)[None, :]
     y = tf.cast(tf.range(height), tf.float32)[:, None]
-    in_x = tf.cast(_round_half_away(t[0] * x + t[1] * y + t[2]), tf.int32)
-    in_y = tf.cast(_round_half_away(t[3] * x + t[4] * y + t[5]), tf.int32)
-    inside = (in_x >= 0) & (in_x < width) & (in_y >= 0) & (in_y < height)
-    index = tf.where(inside, in_y * width + in_x, height * width)  # the appended fill pixel
+    in_x, inside_x = _nearest_source(t[0] * x + (t[1] * y + t[2]), width)
+    in_y, inside_y = _nearest_source(t[3] * x + (t[4] * y + t[5]), height)
+    index = tf.where(inside_x & inside_y, in_y * width + in_x, height * width)  # fill pixel
     pixels = tf.concat(
         [tf.reshape(image, [-1, 3]), tf.fill([1, 3], tf.cast(FILL_VALUE, image.dtype))], 0
     )
@@ -156,12 +175,10 @@ def translate_y(image, level, seed):
 
 
 def posterize(image, level, seed):
+    """Keep the high `bits` bits of each rounded 0..255 value (float floor: no uint8 casts)."""
     bits = tf.clip_by_value(8 - tf.cast(level / MAX_LEVEL * 4.0, tf.int32), 1, 8)
-    shift = tf.cast(8 - bits, tf.uint8)
-    quantized = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
-    return tf.cast(
-        tf.bitwise.left_shift(tf.bitwise.right_shift(quantized, shift), shift), tf.float32
-    )
+    step = tf.cast(tf.bitwise.left_shift(1, 8 - bits), tf.float32)
+    return tf.floor(tf.round(image) / step) * step
 
 
 def solarize(image, level, seed):
@@ -180,7 +197,10 @@ def _enhance_factor(level):
 
 
 def color(image, level, seed):
-    return _blend(_grayscale(image), image, _enhance_factor(level))
+    # blend(gray, image, f) = f * pixel + (1 - f) * gray(pixel): linear in the pixel.
+    factor = _enhance_factor(level)
+    weights = tf.tile(tf.constant(GRAY_WEIGHTS)[:, None], [1, 3])
+    return _per_pixel_linear(image, factor * tf.eye(3) + (1.0 - factor) * weights)
 
 
 def contrast(image, level, seed):
@@ -189,19 +209,24 @@ def contrast(image, level, seed):
 
 
 def brightness(image, level, seed):
-    return _blend(tf.zeros_like(image), image, _enhance_factor(level))
+    # blend(0, image, f) = f * image with f >= 0 and image >= 0: only the upper clip applies.
+    return tf.minimum(image * _enhance_factor(level), 255.0)
 
 
 def sharpness(image, level, seed):
-    """Blend with PIL's SMOOTH-filtered image; the one-pixel border is left unfiltered."""
-    kernel = tf.constant([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
-    kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
-    smooth = tf.nn.depthwise_conv2d(image[None], kernel, [1, 1, 1, 1], "VALID")[0]
-    smooth = tf.pad(smooth, [[1, 1], [1, 1], [0, 0]])
-    shape = tf.shape(image)
-    border = 1.0 - tf.pad(tf.ones([shape[0] - 2, shape[1] - 2, 1]), [[1, 1], [1, 1], [0, 0]])
-    degenerate = smooth + border * image  # smooth is 0 on the border
-    return _blend(degenerate, image, _enhance_factor(level))
+    """Blend with PIL's SMOOTH-filtered image; the one-pixel border is left unfiltered.
+
+    blend(smooth, image, f) = (1 - f) * smooth + f * image is itself a 3x3 filter: one
+    depthwise convolution of the interior, then the original border around it.
+    """
+    factor = _enhance_factor(level)
+    smooth = tf.constant([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
+    center = tf.constant([[0.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    kernel = tf.tile(((1.0 - factor) * smooth + factor * center)[:, :, None, None], [1, 1, 3, 1])
+    inner = tf.nn.depthwise_conv2d(image[None], kernel, [1, 1, 1, 1], "VALID")[0]
+    inner = tf.clip_by_value(inner, 0.0, 255.0)
+    middle = tf.concat([image[1:-1, :1], inner, image[1:-1, -1:]], 1)
+    return tf.concat([image[:1], middle, image[-1:]], 0)
 
 
 def cutout(image, level, seed):
@@ -281,7 +306,9 @@ def _apply_with_prob(image, op_name, prob, level, seed):
 def randaugment(image: tf.Tensor, num_layers: int, magnitude: float, seed: tf.Tensor) -> tf.Tensor:
     """RandAugment: `num_layers` ops drawn uniformly, each applied with probability in [0.2, 0.8].
 
-    The per-op probability draw follows the EfficientNet reference implementation.
+    The per-op probability draw follows the EfficientNet reference implementation. A skipped
+    op selects an identity branch of the same switch (no nested cond: fewer graph nodes to run
+    per image).
 
     Args:
       image: float32 [H, W, 3] in 0..255.
@@ -292,24 +319,21 @@ def randaugment(image: tf.Tensor, num_layers: int, magnitude: float, seed: tf.Te
     Returns:
       float32 [H, W, 3] in 0..255.
     """
-    seeds = tf.random.experimental.stateless_split(seed, max(num_layers, 1) * 3)
+    num_ops = len(RANDAUGMENT_OPS)
+    seeds = tf.random.experimental.stateless_split(seed, max(num_layers, 1) * 2)
     for layer in range(num_layers):
-        select_seed, prob_seed, op_seed = (
-            seeds[3 * layer],
-            seeds[3 * layer + 1],
-            seeds[3 * layer + 2],
-        )
-        index = tf.random.stateless_uniform(
-            [], select_seed, maxval=len(RANDAUGMENT_OPS), dtype=tf.int32
-        )
-        prob = tf.random.stateless_uniform([], prob_seed, minval=0.2, maxval=0.8)
+        draw_seed, op_seed = seeds[2 * layer], seeds[2 * layer + 1]
+        pick, prob, gate = tf.unstack(tf.random.stateless_uniform([3], draw_seed))
+        index = tf.minimum(tf.cast(pick * num_ops, tf.int32), num_ops - 1)
+        index = tf.where(gate < 0.2 + 0.6 * prob, index, num_ops)
         branches = [
-            lambda name=name, image=image, prob=prob, op_seed=op_seed: _apply_with_prob(
-                image, name, prob, magnitude, op_seed
-            )
+            lambda name=name, image=image, op_seed=op_seed: OPS[name](image, magnitude, op_seed)
             for name in RANDAUGMENT_OPS
         ]
-        image = tf.switch_case(index, branches)
+        branches.append(lambda image=image: tf.identity(image))
+        out = tf.switch_case(index, branches)
+        out.set_shape(image.shape)
+        image = out
     return image
 
 

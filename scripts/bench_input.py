@@ -5,6 +5,8 @@ Generates ImageNet-like JPEG TFRecords (default 500x375, smooth content plus noi
 about 50-60 KB per image: ImageNet's average is ~110 KB at ~400x350) in a temporary directory,
 then measures images/s of
   - decode only: TFRecord -> parse -> full `decode_jpeg` (the upper bound of any pipeline),
+  - the train and eval transforms alone (read, parse, transform, batch: no shuffle, checks or
+    counting): the floor set by the TF ops themselves,
   - our train pipeline (random-resized crop decoding only the window, flip, resize), without
     and with RandAugment, and our eval pipeline (center crop, resize),
   - a PIL/NumPy reference doing the same transforms in a process pool with as many workers as
@@ -37,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 logger = logging.getLogger("bench_input")
 
 RAUG_LAYERS, RAUG_MAGNITUDE = 2, 9.0
+DECODE_ONLY = "decode only (upper bound)"
 
 
 def make_jpeg(rng: np.random.RandomState, height: int, width: int) -> bytes:
@@ -206,19 +209,23 @@ def tf_rate(ds, num_images: int, batch_size: int) -> tuple[float, float]:
     return images / (time.perf_counter() - start), images / (time.process_time() - cpu)
 
 
-def decode_only(data_dir: str, batch_size: int):
+def bare_pipeline(data_dir: str, batch_size: int, transform):
+    """The fewest tf.data stages around `transform(encoded_jpeg, seed)`: read, map, batch.
+
+    No shuffling, bad-record checks, skip counting or labels: what is left is the cost of the
+    ops themselves, the floor for a full pipeline using them.
+    """
     import tensorflow as tf
 
     from dataloader import tfrecord_format
 
     files = tf.io.gfile.glob(os.path.join(data_dir, "train-*"))
 
-    def decode(record):
+    def parse_and_transform(record, seed):
         parsed = tf.io.parse_single_example(
             record, {tfrecord_format.ENCODED: tf.io.FixedLenFeature([], tf.string)}
         )
-        image = tf.io.decode_jpeg(parsed[tfrecord_format.ENCODED], channels=3)
-        return tf.shape(image)  # keep the decoded pixels out of the batch: sizes differ
+        return transform(parsed[tfrecord_format.ENCODED], seed)
 
     ds = tf.data.Dataset.from_tensor_slices(files).repeat()
     ds = ds.interleave(
@@ -227,8 +234,32 @@ def decode_only(data_dir: str, batch_size: int):
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=False,
     )
-    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    ds = tf.data.Dataset.zip(ds, tf.data.Dataset.random(seed=0).batch(2))
+    ds = ds.map(parse_and_transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def bare_transforms(image_size: int) -> dict:
+    """name -> (reference mode, transform) for `bare_pipeline`; the first is decode only."""
+    import tensorflow as tf
+
+    from dataloader import preprocessing
+
+    def decode(encoded, seed):
+        # Keep the decoded pixels out of the batch (sizes differ) but make them needed.
+        return tf.shape(tf.io.decode_jpeg(encoded, channels=3))
+
+    return {
+        DECODE_ONLY: (None, decode),
+        "train transform alone (floor)": (
+            "train",
+            lambda encoded, seed: preprocessing.preprocess_for_train(encoded, image_size, seed),
+        ),
+        "eval transform alone (floor)": (
+            "eval",
+            lambda encoded, seed: preprocessing.preprocess_for_eval(encoded, image_size),
+        ),
+    }
 
 
 def main(argv=None) -> int:
@@ -291,8 +322,9 @@ def main(argv=None) -> int:
             "eval": lambda: build_dataset(base, "validation", repeat=True),
         }
         reference_mode = {"train": "train", "train + RandAugment": "train_raug", "eval": "eval"}
+        bare = bare_transforms(args.image_size)
+        bare_rates = {name: [] for name in bare}
         rates = {name: ([], []) for name in ours}
-        decode_rates = []
         # fork: the reference workers only run PIL/NumPy, never TF.
         with multiprocessing.get_context("fork").Pool(args.workers) as pool:
             pil_rate(
@@ -304,11 +336,9 @@ def main(argv=None) -> int:
             )  # start the workers
             for r in range(args.repeats):
                 print(f"run {r + 1}/{args.repeats}", file=sys.stderr)
-                decode_rates.append(
-                    tf_rate(
-                        decode_only(data_dir, args.batch_size), args.num_images, args.batch_size
-                    )
-                )
+                for name, (_, transform) in bare.items():
+                    ds = bare_pipeline(data_dir, args.batch_size, transform)
+                    bare_rates[name].append(tf_rate(ds, args.num_images, args.batch_size))
                 for name, build in ours.items():
                     rates[name][0].append(tf_rate(build(), args.num_images, args.batch_size))
                     rates[name][1].append(
@@ -320,7 +350,7 @@ def main(argv=None) -> int:
     def median(values, i):
         return statistics.median(v[i] for v in values)
 
-    decode, decode_cpu = median(decode_rates, 0), median(decode_rates, 1)
+    decode, decode_cpu = median(bare_rates[DECODE_ONLY], 0), median(bare_rates[DECODE_ONLY], 1)
     print(
         f"\n{args.num_images} JPEGs {args.image_width}x{args.image_height} (mean {kb:.0f} KB) "
         f"-> {args.image_size}px, batch {args.batch_size}, {os.cpu_count()} CPU cores shared "
@@ -332,8 +362,10 @@ def main(argv=None) -> int:
         "| tf.data img/CPU-s | PIL img/CPU-s | tf.data / PIL (CPU) |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    print(f"| decode only (upper bound) | {decode:.0f} | | | 1.00 | {decode_cpu:.0f} | | |")
-    for name, (tf_values, pil_values) in rates.items():
+    print(f"| {DECODE_ONLY} | {decode:.0f} | | | 1.00 | {decode_cpu:.0f} | | |")
+    rows = [(name, bare_rates[name], rates[mode][1]) for name, (mode, _) in bare.items() if mode]
+    rows += [(name, tf_values, pil_values) for name, (tf_values, pil_values) in rates.items()]
+    for name, tf_values, pil_values in rows:
         t, p = median(tf_values, 0), median(pil_values, 0)
         tc, pc = median(tf_values, 1), median(pil_values, 1)
         print(

@@ -197,3 +197,43 @@ def test_grayscale_matches_tf_image():
     np.testing.assert_allclose(
         augment._grayscale(image), tf.image.rgb_to_grayscale(image), rtol=1e-5, atol=1e-3
     )
+
+
+@pytest.mark.parametrize("level", [2.0, 7.0, 10.0])
+def test_enhance_ops_and_posterize_match_pil(level):
+    """The fused forms (3x3 pixel products, one filter) still compute PIL's operations."""
+    from PIL import Image, ImageEnhance, ImageOps
+
+    array = np.random.RandomState(4).randint(0, 256, (SIZE, SIZE, 3)).astype(np.uint8)
+    image, seed = tf.constant(array, tf.float32), tf.constant([0, 0])
+    factor = level / augment.MAX_LEVEL * 1.8 + 0.1
+    pil = Image.fromarray(array)
+    for op, enhancer in (
+        (augment.color, ImageEnhance.Color),
+        (augment.brightness, ImageEnhance.Brightness),
+        (augment.sharpness, ImageEnhance.Sharpness),
+        (augment.contrast, ImageEnhance.Contrast),
+    ):
+        expected = np.asarray(enhancer(pil).enhance(factor), np.float32)
+        # PIL rounds its intermediates and result to uint8 (measured max difference 1.33).
+        np.testing.assert_allclose(op(image, level, seed).numpy(), expected, atol=1.5)
+    bits = max(8 - int(level / augment.MAX_LEVEL * 4), 1)
+    expected = np.asarray(ImageOps.posterize(pil, bits), np.float32)
+    np.testing.assert_array_equal(augment.posterize(image, level, seed).numpy(), expected)
+
+
+def test_randaugment_applies_each_layer_about_half_the_time():
+    # One layer, probability drawn from U(0.2, 0.8): about half of the images stay untouched.
+    image = random_image()
+    run = tf.function(lambda seed: augment.randaugment(image, 1, 10.0, seed))
+    unchanged = sum(
+        bool(np.array_equal(run(tf.constant([i, 11])).numpy(), image.numpy())) for i in range(200)
+    )
+    assert 70 <= unchanged <= 130, unchanged
+
+
+def test_nearest_source_rounds_half_away_and_masks_outside():
+    coords = tf.constant([-0.5, -0.49, 0.5, 1.49, 3.49, 3.5])
+    index, inside = augment._nearest_source(coords, 4)
+    np.testing.assert_array_equal(inside.numpy(), [False, True, True, True, True, False])
+    np.testing.assert_array_equal(index.numpy()[1:5], [0, 1, 1, 3])

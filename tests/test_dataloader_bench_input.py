@@ -38,7 +38,14 @@ def test_tiny_benchmark_prints_the_table():
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     names = [row.split("|")[1].strip() for row in rows[1:]]
-    assert names == ["decode only (upper bound)", "train", "train + RandAugment", "eval"]
+    assert names == [
+        "decode only (upper bound)",
+        "train transform alone (floor)",
+        "eval transform alone (floor)",
+        "train",
+        "train + RandAugment",
+        "eval",
+    ]
     for row in rows[2:]:
         rates = [float(v) for v in row.split("|")[2:-1] if v.strip()]
         assert len(rates) == 7 and all(r > 0 for r in rates)
