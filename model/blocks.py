@@ -39,13 +39,71 @@ def conv2d(filters: int, kernel: int, strides: int = 1, name: str | None = None)
                          kernel_initializer=CONV_KERNEL_INITIALIZER, name=name)
 
 
+@keras.saving.register_keras_serializable(package="efficientnet")
+class FusedBatchNormalization(layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` that runs TF's fused kernel under the TensorFlow backend.
+
+    Keras 3.15's layer composes moments and normalization from elementwise ops (Mul, Sub,
+    SquaredDifference, Sum, forward and backward); the NVIDIA reference (Keras 2) ran
+    `FusedBatchNormV3` (cuDNN on GPU, one oneDNN kernel on CPU). This layer calls that kernel for
+    4-D NHWC inputs under the TensorFlow backend and falls back to the Keras layer otherwise
+    (other backends, masks, synchronized or renorm BN). Variables, names, momentum and epsilon
+    are the parent's, so checkpoints, EMA and keras.applications weight import are unchanged.
+    Statistics stay float32 under mixed precision; float16/bfloat16 activations go into the kernel
+    as they are (it accumulates in float32), so no float32 copy of the activation is made.
+
+    NOTE: the fused kernel returns the Bessel-corrected batch variance (n / (n - 1)); the moving
+    variance is updated with the biased one, as Keras 3 does, so both paths keep the same
+    statistics.
+    """
+
+    # Layers built while this is False use Keras' composed path (scripts/bench_model.py
+    # compares the two); not part of get_config, a loaded model always takes the fused path.
+    fused_default = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fused = self.fused_default
+
+    def _use_fused(self, inputs, mask) -> bool:
+        return (self.fused and keras.backend.backend() == "tensorflow" and mask is None
+                and len(inputs.shape) == 4
+                and self.axis in (-1, 3) and not self.synchronized and not self.renorm
+                and self.scale and self.center)
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._use_fused(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf  # only under the TensorFlow backend
+
+        x = inputs if inputs.dtype in (tf.float16, tf.bfloat16, tf.float32) else tf.cast(
+            inputs, tf.float32)
+        if training and self.trainable:
+            y, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
+                x=x, scale=self.gamma.value, offset=self.beta.value,
+                mean=tf.zeros([0], tf.float32), variance=tf.zeros([0], tf.float32),
+                epsilon=self.epsilon, data_format="NHWC", is_training=True)
+            shape = tf.shape(x)
+            n = tf.cast(shape[0] * shape[1] * shape[2], tf.float32)
+            variance = variance * ((n - 1.0) / tf.maximum(n, 1.0))
+            self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+            self.moving_variance.assign(
+                self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+        else:
+            y, *_ = tf.raw_ops.FusedBatchNormV3(
+                x=x, scale=self.gamma.value, offset=self.beta.value, mean=self.moving_mean.value,
+                variance=self.moving_variance.value, epsilon=self.epsilon, data_format="NHWC",
+                is_training=False)
+        return tf.cast(y, self.compute_dtype)
+
+
 def batch_norm(momentum: float, epsilon: float, name: str) -> layers.BatchNormalization:
-    """BatchNormalization over channels (NHWC).
+    """BatchNormalization over channels (NHWC), fused under the TensorFlow backend.
 
     NOTE: momentum is the TF/Keras moving-average decay (0.99 v1, 0.9 v2); PyTorch's
     momentum = 1 - this.
     """
-    return layers.BatchNormalization(axis=-1, momentum=momentum, epsilon=epsilon, name=name)
+    return FusedBatchNormalization(axis=-1, momentum=momentum, epsilon=epsilon, name=name)
 
 
 @keras.saving.register_keras_serializable(package="efficientnet")
