@@ -44,14 +44,9 @@ def free_space(path: str) -> str:
             break
         probe = parent
     try:
-        free = shutil.disk_usage(probe).free
+        return _size(shutil.disk_usage(probe).free)
     except OSError:
         return "?"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if free < 1024 or unit == "TiB":
-            return f"{free:.0f} {unit}" if unit == "B" else f"{free:.1f} {unit}"
-        free /= 1024
-    return "?"
 
 
 def write_error(path: str, err: BaseException) -> WriteError:
@@ -61,6 +56,33 @@ def write_error(path: str, err: BaseException) -> WriteError:
     return WriteError(err.errno if isinstance(err, OSError) else errno.EIO,
                       f"cannot write {path}: {reason} ({free_space(path)} free on its filesystem); "
                       "the previous file, if any, is unchanged")
+
+
+def check_free_space(path: str, needed_bytes: int) -> None:
+    """Raise a WriteError when the filesystem of `path` has less than `needed_bytes` free.
+
+    For writers that do not fail cleanly on a full disk: h5py raises an OSError and then
+    crashes the process (segmentation fault) when the failed file object is freed, so the
+    check has to come before the write.
+    """
+    probe = os.path.dirname(os.path.abspath(path))
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return
+    if free < needed_bytes:
+        raise WriteError(errno.ENOSPC,
+                         f"cannot write {path}: it needs about {_size(needed_bytes)}, only "
+                         f"{_size(free)} free on its filesystem; free some space (the previous "
+                         "file, if any, is unchanged)")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def temp_path(path: str) -> str:
