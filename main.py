@@ -25,10 +25,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = flags.parse(argv)  # exits 2 on bad input, before anything is written
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # TF's per-save sharding INFO lines
-    from config.loader import ConfigError
     from dataloader.config import DataError
-    from runtime import components, distribute, run
+    from runtime import components, distribute
     from runtime.errors import RunError
+    from runtime.lock import LockError, claim_model_dir
     from utils.precision import default_use_xla
 
     prog = "main.py"
@@ -42,6 +42,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if params["use_xla"] is None:
         params["use_xla"] = default_use_xla()
     try:
+        # Training: lock model_dir and refuse a resume that cannot fit, before writing there.
+        lock = claim_model_dir(params)
+    except (LockError, RunError, DataError, distribute.ClusterError) as err:
+        sys.stderr.write(f"{prog}: error: {err}\n")
+        return 2
+    except OSError as err:
+        sys.stderr.write(f"{prog}: error: cannot write to --model_dir {params['model_dir']}: {err}\n")
+        return 2
+    try:
+        return _write_params_and_run(params, prog)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _write_params_and_run(params: dict, prog: str) -> int:
+    from config.loader import ConfigError
+    from dataloader.config import DataError
+    from runtime import components, distribute, run
+    from runtime.errors import RunError
+    from utils.fileio import WriteError
+
+    try:
         components.write_json(
             os.path.join(params["model_dir"], flags.params_filename(params["mode"])), params)
     except OSError as err:
@@ -49,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         run(params["mode"], params)
-    except (RunError, ConfigError, DataError, distribute.ClusterError) as err:
+    except (RunError, ConfigError, DataError, distribute.ClusterError, WriteError) as err:
         sys.stderr.write(f"{prog}: error: {err}\n")
         return 1
     except Exception as err:

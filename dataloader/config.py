@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from dataloader.files import DEFAULT_MAX_IMAGE_PIXELS
+
 AUGMENTERS = ("none", "autoaugment", "randaugment")
 RESIZE_METHODS = ("bilinear", "bicubic")
 # Plain source names; "tfds:<name>" is accepted on top of these.
@@ -50,6 +52,8 @@ class DataConfig:
       seed: makes shuffling and augmentation reproducible; None draws fresh randomness.
       one_based_labels: TFRecord label convention; None reads it from the converter's
         `dataset_info.json`, or assumes the standard 1-based ImageNet build when absent.
+      follow_symlinks: "folder": read symlinks that point outside data_dir (dataloader.files).
+      max_image_pixels: "folder": skip (and count) images whose header declares more pixels.
     """
 
     dataset: str = "imagenet"
@@ -71,6 +75,8 @@ class DataConfig:
     shuffle_buffer: int = 10_000
     seed: int | None = None
     one_based_labels: bool | None = None
+    follow_symlinks: bool = False
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
     def __post_init__(self):
         if self.dataset not in SOURCES and not self.dataset.startswith("tfds:"):

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from dataloader.config import DataConfig, DataError, DatasetInfo
+from dataloader.files import FilePolicy, dir_is_followed, report_skipped, skip_reason
 from dataloader.tfrecord_format import ENCODED, LABEL, METADATA_FILE, SPLIT_PREFIXES
 
 logger = logging.getLogger(__name__)
@@ -190,19 +191,19 @@ class FolderSource(_NamedClasses):
     """Class-per-folder tree: `data_dir/train/<class>/*`, `data_dir/val/<class>/*`.
 
     Class names are the sorted sub-folder names of train/; validation folders must use the same
-    names. Files whose bytes are not an image are skipped and counted, not guessed from their
-    extension.
+    names, and a train class folder without a usable file is an error naming it (it would
+    silently become a class no image belongs to). Files whose bytes are not an image are
+    skipped and counted, not guessed from their extension; FIFOs, devices, symlinks out of
+    data_dir and images above `max_image_pixels` are skipped and counted when listing
+    (dataloader.files).
     """
 
     def __init__(self, cfg: DataConfig):
         self.cfg = cfg
         self.data_dir = _require_dir(cfg.data_dir, cfg.dataset)
+        self.policy = FilePolicy(cfg.follow_symlinks, cfg.max_image_pixels)
         train_dir = self._split_dir("train")
-        self.class_names = tuple(
-            sorted(
-                e.name for e in os.scandir(train_dir) if e.is_dir() and not e.name.startswith(".")
-            )
-        )
+        self.class_names = tuple(sorted(e.name for e in self._class_dirs(train_dir)))
         if not self.class_names:
             raise DataError(f"no class folders match {os.path.join(train_dir, '*/')}")
         if cfg.num_classes is not None and cfg.num_classes != len(self.class_names):
@@ -211,6 +212,19 @@ class FolderSource(_NamedClasses):
                 "class folders"
             )
         self._lists = {}
+        self.skipped: dict[str, list[tuple[str, str]]] = {}
+
+    def _class_dirs(self, root: str) -> list[os.DirEntry]:
+        dirs = []
+        for e in os.scandir(root):
+            if not e.is_dir() or e.name.startswith("."):
+                continue
+            if dir_is_followed(e.path, self.data_dir, self.policy):
+                dirs.append(e)
+            else:
+                logger.warning("skipping class folder %s: a symlink out of %s (--follow_symlinks "
+                               "reads it)", e.path, self.data_dir)
+        return dirs
 
     def _split_dir(self, split: str) -> str:
         for name in _FOLDER_SPLIT_DIRS[split]:
@@ -225,19 +239,31 @@ class FolderSource(_NamedClasses):
         if split not in self._lists:
             root = self._split_dir(split)
             index = {name: i for i, name in enumerate(self.class_names)}
-            paths, labels = [], []
-            for entry in sorted(os.scandir(root), key=lambda e: e.name):
-                if not entry.is_dir() or entry.name.startswith("."):
-                    continue
+            paths, labels, skipped = [], [], []
+            for entry in sorted(self._class_dirs(root), key=lambda e: e.name):
                 if entry.name not in index:
                     raise DataError(
                         f"{entry.path} is not a class of the train folder "
                         f"({len(self.class_names)} classes)"
                     )
+                found = 0
                 for f in sorted(os.scandir(entry.path), key=lambda e: e.name):
-                    if f.is_file() and not f.name.startswith("."):
-                        paths.append(f.path)
-                        labels.append(index[entry.name])
+                    if f.name.startswith(".") or f.is_dir():
+                        continue
+                    reason = skip_reason(f.path, self.data_dir, self.policy)
+                    if reason is not None:
+                        skipped.append((f.path, reason))
+                        continue
+                    paths.append(f.path)
+                    labels.append(index[entry.name])
+                    found += 1
+                if not found and split == "train":
+                    raise DataError(
+                        f"class folder {entry.path} holds no usable file; add images or "
+                        "remove the folder (it would become a class without examples)"
+                    )
+            self.skipped[split] = skipped
+            report_skipped(skipped, f"folder/{split}")
             if not paths:
                 raise DataError(f"no files match {os.path.join(root, '*', '*')}")
             self._lists[split] = (paths, labels)

@@ -9,12 +9,25 @@ when complete, and only then rewrites the `checkpoint` index with
 `atomic_write_string_to_file`; old checkpoints are deleted after that. So a process killed at
 any moment leaves the index pointing at a complete checkpoint (tests/test_checkpoint.py
 kills a writer with SIGKILL to check it).
+
+What that leaves behind, and what this module cleans: a save that fails (disk full, read-only)
+or is killed leaves `ckpt-N_temp/` folders and `checkpoint.tmp<hex>` files. A failed save
+removes its own and becomes a one-line RunError with the free space (the previous checkpoint
+stays the latest); `remove_stale_checkpoint_temps` removes those of killed runs at start-up
+(under the model_dir lock, so no other run is writing them).
+
+A resume that cannot work (another architecture, optimizer or class list than the checkpoint's)
+is refused by `check_resume_fits` from the params.json the checkpoint's run wrote, before this
+run writes anything into model_dir.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
+import shutil
 
 import keras
 import tensorflow as tf
@@ -22,11 +35,18 @@ import tensorflow as tf
 from runtime import distribute
 from runtime.errors import RunError
 from utils.ema import ExponentialMovingAverage
+from utils.fileio import free_space, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_SUBDIR = "checkpoints"
 EMA_KEY_PREFIX = "ema/"
+# TensorFlow's temporary names: `<prefix>_temp/` (functional_saver) and `checkpoint.tmp<hex>`
+# (atomic_write_string_to_file of the index).
+_TEMP_ENTRY = re.compile(r"^(ckpt-\d+_temp.*|checkpoint\.tmp[0-9a-f]*)$")
+# Model-config keys that decide the variables' shapes: a checkpoint only fits the same values.
+ARCHITECTURE_KEYS = ("blocks", "width_coefficient", "depth_coefficient", "depth_divisor",
+                     "min_depth", "round_down_guard", "stem_filters", "head_filters", "include_top")
 
 
 def checkpoint_dir(model_dir: str) -> str:
@@ -101,12 +121,127 @@ class TrainingCheckpoint:
           The path written on the chief, None elsewhere.
         """
         self.epoch.assign(epoch)
-        path = self._manager.save(checkpoint_number=epoch)
+        try:
+            path = self._manager.save(checkpoint_number=epoch)
+        except (tf.errors.OpError, OSError) as err:
+            write_dir = self._manager.directory
+            _remove_failed_save(write_dir, epoch, self.latest)
+            reason = getattr(err, "message", None) or str(err)
+            raise RunError(
+                f"cannot write checkpoint {os.path.join(write_dir, f'ckpt-{epoch}')}: "
+                f"{_first_line(Exception(reason))} ({free_space(write_dir)} free on its "
+                f"filesystem); the latest complete checkpoint is still {self.latest}") from err
         if not distribute.is_chief(self.strategy):
             distribute.remove_worker_write_dir(self.directory, self.strategy)
             return None
         logger.info("saved checkpoint %s", path)
         return path
+
+
+def _remove_failed_save(directory: str, epoch: int, latest: str | None) -> None:
+    """Delete what a failed save of `ckpt-<epoch>` left in `directory` (never `latest`)."""
+    if not os.path.isdir(directory):
+        return
+    prefix = f"ckpt-{epoch}"
+    for entry in os.scandir(directory):
+        partial = entry.name.startswith(prefix + ".") and (
+            latest is None or os.path.basename(latest) != prefix)
+        if _TEMP_ENTRY.match(entry.name) or partial:
+            _remove(entry.path)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+
+
+def remove_stale_checkpoint_temps(model_dir: str) -> list[str]:
+    """Delete temporary files of interrupted saves and writes in model_dir (call under the lock).
+
+    Removes `ckpt-N_temp/` folders and `checkpoint.tmp*` files in model_dir/checkpoints, and
+    utils.fileio `.tmp-<pid>-*` files of dead processes in both folders.
+
+    Returns:
+      The removed paths.
+    """
+    directory = checkpoint_dir(model_dir)
+    removed = remove_stale_temps(model_dir) + remove_stale_temps(directory)
+    if os.path.isdir(directory):
+        for entry in os.scandir(directory):
+            if _TEMP_ENTRY.match(entry.name):
+                _remove(entry.path)
+                removed.append(entry.path)
+    if removed:
+        logger.warning("removed %d temporary file(s) of interrupted saves: %s", len(removed),
+                       ", ".join(sorted(os.path.basename(p) for p in removed)))
+    return removed
+
+
+def check_resume_fits(params: dict, saved: dict | None, num_classes: int | None = None,
+                      class_names: tuple[str, ...] | None = None) -> None:
+    """Refuse a resume whose checkpoint cannot fit this run, before anything is written.
+
+    Args:
+      params: this run's resolved configuration.
+      saved: the params.json of the run that wrote the checkpoint (None: not known, no check).
+      num_classes: this run's class count (from the data set), None when unknown.
+      class_names: this run's class names, None when unknown.
+
+    Raises:
+      RunError: one line naming what differs and what to do.
+    """
+    if not saved:
+        return
+    hint = "use another --model_dir, or --no-resume_checkpoint to start over in this one"
+    old_model, new_model = saved.get("model") or {}, params["model"]
+    for key in ARCHITECTURE_KEYS:
+        old, new = old_model.get(key), new_model.get(key)
+        if isinstance(old, list):
+            old = tuple(old)
+        if isinstance(new, list):
+            new = tuple(new)
+        if key in old_model and old != new:
+            raise RunError(f"cannot resume: the checkpoint in {params['model_dir']} was trained "
+                           f"with {key}={old!r} (--cfg {saved.get('cfg')}), this run has "
+                           f"{key}={new!r}; {hint}")
+    if saved.get("optimizer") not in (None, params["optimizer"]):
+        raise RunError(f"cannot resume: the checkpoint in {params['model_dir']} was trained with "
+                       f"--optimizer {saved['optimizer']}, this run has {params['optimizer']}; "
+                       f"{hint}")
+    if saved.get("moving_average_decay") == 0 and params["moving_average_decay"] > 0:
+        raise RunError(f"cannot resume: the checkpoint in {params['model_dir']} has no EMA "
+                       f"(--moving_average_decay 0), this run asks for "
+                       f"{params['moving_average_decay']}; {hint}")
+    saved_classes = _saved_classes(params["model_dir"])
+    if saved_classes is None or num_classes is None:
+        return
+    old_count, old_names = saved_classes
+    if old_count != num_classes:
+        raise RunError(f"cannot resume: the checkpoint in {params['model_dir']} has {old_count} "
+                       f"classes, the data set of this run has {num_classes}; {hint}")
+    if old_names and class_names and tuple(old_names) != tuple(class_names):
+        first = next(i for i, (a, b) in enumerate(zip(old_names, class_names, strict=True)) if a != b)
+        raise RunError(f"cannot resume: class {first} of the checkpoint is {old_names[first]!r}, "
+                       f"of this run's data set {class_names[first]!r} (labels would be mixed "
+                       f"up); {hint}")
+
+
+def _saved_classes(model_dir: str) -> tuple[int, tuple[str, ...] | None] | None:
+    from runtime.components import CLASS_NAMES_FILE
+
+    path = os.path.join(model_dir, CLASS_NAMES_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+        names = saved.get("class_names")
+        return int(saved["num_classes"]), tuple(names) if names else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _first_line(err: BaseException) -> str:

@@ -18,6 +18,7 @@ import keras
 import tensorflow as tf
 
 from dataloader import DataConfig, build_dataset
+from dataloader.files import DEFAULT_MAX_IMAGE_PIXELS
 from model import build_model
 from runtime import distribute
 from utils.dllogger import MetricsLogger, create_metrics_logger
@@ -70,6 +71,8 @@ def data_config(params: Mapping[str, Any], training: bool, **overrides: Any) -> 
         "cache": params["cache"],
         "crop_fraction": params["crop_fraction"],
         "seed": params["seed"],
+        "follow_symlinks": params.get("follow_symlinks", False),
+        "max_image_pixels": params.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS),
     }
     if training:
         fields = {

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ LR_DECAYS = ("exponential", "cosine", "piecewise", "linearcosine")
 AUGMENTERS = ("autoaugment", "randaugment", "none")
 AMP_DTYPES = ("float16", "bfloat16")
 PARAMS_FILE = "params.json"
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 TRAINING_MODES = ("train", "train_and_eval")
 
 
@@ -75,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     bool_flag = argparse.BooleanOptionalAction
 
     g = p.add_argument_group("run")
-    g.add_argument("--cfg", required=True, help="model config module, e.g. config/efficientnet_v2/s_cfg.py")
+    g.add_argument("--cfg", required=True,
+                   help="model config module, e.g. config/efficientnet_v2/s_cfg.py; it is "
+                        "executed as Python code (like any Python config): use trusted files only")
     g.add_argument("--mparams", default=None,
                    help="model config overrides k=v,k=v (unknown keys are an error)")
     g.add_argument("--mode", default="train_and_eval", choices=MODE_NAMES)
@@ -83,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model_dir", default="results",
                    help="checkpoints, logs, params.json and exports go here")
     g.add_argument("--log_steps", type=int, default=100, help="steps between progress log lines")
-    g.add_argument("--log_filename", default="log.json", help="DLLogger JSON-lines file in model_dir")
+    g.add_argument("--log_filename", default="log.json",
+                   help="DLLogger JSON-lines file in model_dir (a file name, not a path)")
     g.add_argument("--enable_tensorboard", action=bool_flag, default=False,
                    help="also write TensorBoard events to model_dir/tensorboard")
     g.add_argument("--seed", type=int, default=None, help="global random seed (None: not seeded)")
@@ -119,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="eval center-crop fraction (default: size / (size + 32))")
     g.add_argument("--cache", action=bool_flag, default=False,
                    help="keep the dataset in host memory after the first epoch")
+    g.add_argument("--follow_symlinks", action=bool_flag, default=False,
+                   help="folder / predict inputs: follow symlinks that point outside the folder")
+    # NOTE: PIL's Image.MAX_IMAGE_PIXELS default (decompression-bomb guard).
+    g.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                   help="folder / predict inputs: skip (and report) images with more pixels, "
+                        "read from the JPEG/PNG header before decoding")
 
     g = p.add_argument_group("training")
     g.add_argument("--train_img_size", type=int, default=None,
@@ -221,10 +232,11 @@ def _reject_unknown(parser: argparse.ArgumentParser, extras: Sequence[str]) -> N
 
 _POSITIVE_INTS = ("log_steps", "max_epochs", "train_batch_size", "eval_batch_size",
                   "predict_batch_size", "predict_top_k", "grad_accum_steps", "save_checkpoint_freq",
-                  "num_epochs_between_eval", "n_stages", "base_img_size", "benchmark_steps")
+                  "num_epochs_between_eval", "n_stages", "base_img_size", "benchmark_steps",
+                  "max_image_pixels")
 _NON_NEGATIVE = ("grad_clip_norm", "weight_decay", "mixup_alpha", "cutmix_alpha", "base_mixup",
                  "base_cutmix", "raug_magnitude", "base_randaug_mag", "lr_warmup_epochs",
-                 "opt_epsilon", "momentum", "benchmark_warmup_steps")
+                 "opt_epsilon", "momentum", "benchmark_warmup_steps", "raug_num_layers")
 
 
 def validate(params: dict[str, Any]) -> None:
@@ -233,6 +245,9 @@ def validate(params: dict[str, Any]) -> None:
     Raises:
       FlagError: the first problem found, as one line naming the flag.
     """
+    for name, value in params.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise FlagError(f"--{name} must be a finite number, got {value}")
     for name in _POSITIVE_INTS:
         if params[name] < 1:
             raise FlagError(f"--{name} must be >= 1, got {params[name]}")
@@ -256,6 +271,10 @@ def validate(params: dict[str, Any]) -> None:
             raise FlagError(f"--{name} must be in [0, 1], got {params[name]}")
     if params["crop_fraction"] is not None and not 0 < params["crop_fraction"] <= 1:
         raise FlagError(f"--crop_fraction must be in (0, 1], got {params['crop_fraction']}")
+    log_name = params["log_filename"]
+    if not log_name or os.path.basename(log_name) != log_name or log_name in (".", ".."):
+        raise FlagError(f"--log_filename must be a file name inside --model_dir, not a path: "
+                        f"{log_name!r}")
     if params["n_stages"] > params["max_epochs"]:
         raise FlagError(f"--n_stages={params['n_stages']} exceeds --max_epochs={params['max_epochs']}")
     if params["dataset"] in DATASETS_NEEDING_DIR and params["mode"] not in (

@@ -24,6 +24,7 @@ import keras
 import tensorflow as tf
 
 from dataloader import DataError, dataset_info
+from dataloader.files import FilePolicy, skip_reason
 from dataloader.preprocessing import preprocess_for_eval
 from runtime import components, distribute
 from runtime.checkpoint import restore_for_inference
@@ -60,12 +61,16 @@ class Prediction:
     probabilities: tuple[float, ...]
 
 
-def find_images(path: str) -> list[str]:
+def find_images(path: str, policy: FilePolicy | None = None,
+                skipped: list[dict[str, str]] | None = None) -> list[str]:
     """List the JPEG/PNG files to classify, in a stable (sorted) order.
 
     Args:
       path: an image file, or a folder searched recursively (extensions case-insensitive;
         hidden files and folders are skipped).
+      policy: which files are safe to read (dataloader.files): FIFOs, devices, symlinks out of
+        the folder and images above the pixel limit are left out (default FilePolicy()).
+      skipped: when given, gets one {"file", "error"} per file left out by the policy.
 
     Returns:
       Absolute file paths.
@@ -75,15 +80,33 @@ def find_images(path: str) -> list[str]:
     """
     if not path:
         raise PredictError("predict needs --predict_img_dir (a folder of images or one image)")
-    if os.path.isfile(path):
-        return [os.path.abspath(path)]
+    policy = policy or FilePolicy()
+    skipped = [] if skipped is None else skipped
     if not os.path.isdir(path):
-        raise PredictError(f"--predict_img_dir {path!r} does not exist")
+        if not os.path.exists(path):
+            raise PredictError(f"--predict_img_dir {path!r} does not exist")
+        reason = skip_reason(path, None, policy)
+        if reason is not None:
+            raise PredictError(f"--predict_img_dir {path!r} cannot be read: {reason}")
+        return [os.path.abspath(path)]
     found = []
-    for root, dirs, files in os.walk(path):
+    # os.walk does not descend into symlinked folders (followlinks=False); files are checked.
+    for root, dirs, files in os.walk(path, followlinks=policy.follow_symlinks):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(os.path.join(root, f) for f in files
-                     if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS))
+        for name in files:
+            if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            file = os.path.join(root, name)
+            reason = skip_reason(file, path, policy)
+            if reason is None:
+                found.append(file)
+            else:
+                skipped.append({"file": os.path.relpath(file, path), "error": reason})
+    for bad in skipped:
+        logger.warning("skipping %s: %s", bad["file"], bad["error"])
+    if not found and skipped:
+        raise PredictError(f"--predict_img_dir {path!r} holds no readable image: "
+                           f"{len(skipped)} skipped, e.g. {skipped[0]['file']}: {skipped[0]['error']}")
     if not found:
         raise PredictError(f"--predict_img_dir {path!r} holds no {'/'.join(IMAGE_EXTENSIONS)} file")
     return sorted(os.path.abspath(f) for f in found)
@@ -278,7 +301,9 @@ def run_predict(params: Mapping[str, Any]) -> dict[str, Any]:
       PredictError: no image file at the path.
       RunError: no checkpoint, or no file could be decoded (outputs are still written).
     """
-    files = find_images(params["predict_img_dir"])
+    refused: list[dict[str, str]] = []
+    files = find_images(params["predict_img_dir"],
+                        FilePolicy(params["follow_symlinks"], params["max_image_pixels"]), refused)
     strategy = components.setup_run(params)
     is_chief = distribute.is_chief(strategy)
     num_classes, class_names = _classes_for_predict(params)
@@ -295,6 +320,8 @@ def run_predict(params: Mapping[str, Any]) -> dict[str, Any]:
         class_names=class_names, jit_compile=bool(params["use_xla"]), relative_to=folder,
         progress=is_chief,
         preprocess_fn=functools.partial(preprocess_for_eval, resize_method=cfg.resize_method))
+    unreadable = refused + unreadable
+    files = [*files, *(bad["file"] for bad in refused)]
     result: dict[str, Any] = {"num_files": len(files), "num_predicted": len(predictions),
                               "num_unreadable": len(unreadable),
                               "checkpoint": loaded["path"], "weights": loaded["weights"]}

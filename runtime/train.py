@@ -52,10 +52,11 @@ from runtime.components import (
     save_class_names,
     setup_run,
 )
-from runtime.errors import NonFiniteLossError
+from runtime.errors import NonFiniteLossError, RunError
 from runtime.evaluate import evaluate, make_eval_step
 from utils.dllogger import MetricsLogger, ProgressBar
 from utils.ema import ExponentialMovingAverage
+from utils.fileio import atomic_dir, atomic_path, check_free_space
 from utils.optimizers import (
     OptimizerConfig,
     build_optimizer,
@@ -516,19 +517,55 @@ def _finish(run: TrainRun, with_eval: bool) -> dict[str, Any]:
             use_ema = averaged["top1"] >= raw["top1"]
             best = averaged if use_ema else raw
             summary.update({f"best.{k}": v for k, v in best.items()})
+        _check_validation(summary, best if run.ema is not None else raw, run)
     summary["exported_weights"] = "ema" if use_ema else "raw"
     if use_ema:
         run.ema.copy_to_model()
     export_dir = distribute.chief_or_temp_dir(params["model_dir"], run.strategy)
     weights_path = os.path.join(export_dir, FINAL_WEIGHTS)
-    run.model.save_weights(weights_path)
+    save_weights_atomically(run.model, weights_path)
     if params["export_SavedModel"]:
         # Keras 3 `Model.export` writes a TF SavedModel with a `serve` endpoint.
-        run.model.export(os.path.join(export_dir, SAVED_MODEL_DIR), verbose=False)
+        with atomic_dir(os.path.join(export_dir, SAVED_MODEL_DIR)) as tmp:
+            run.model.export(tmp, verbose=False)
     if run.is_chief:
         summary["weights_path"] = weights_path
         logger.info("exported %s weights to %s", summary["exported_weights"], weights_path)
     return summary
+
+
+def save_weights_atomically(model: keras.Model, path: str) -> str:
+    """`model.save_weights(path)` through a temporary file and a rename (utils.fileio).
+
+    The free space is checked first (weights bytes + 10% + 1 MiB): h5py crashes the process
+    when a write fails on a full disk, so it must not start one.
+
+    Raises:
+      WriteError: not enough space, or the write failed; the previous file is unchanged.
+    """
+    needed = sum(int(v.numpy().nbytes) for v in model.weights)
+    check_free_space(path, int(needed * 1.1) + (1 << 20))
+    with atomic_path(path) as tmp:
+        model.save_weights(tmp)
+    return path
+
+
+def _check_validation(summary: dict[str, Any], results: Mapping[str, float], run: TrainRun) -> None:
+    """Fail on a non-finite validation loss (nothing exported); warn at or below chance top-1."""
+    loss, top1 = results.get("loss", math.nan), results.get("top1", math.nan)
+    chance = 1.0 / run.num_classes
+    if not top1 > chance:
+        warning = (f"validation top-1 {top1:.4f} is at or below chance (1/{run.num_classes} = "
+                   f"{chance:.4f}): the model has not learned; check --lr_init and the labels")
+        logger.warning(warning)
+        summary.setdefault("warnings", []).append(warning)
+    if not math.isfinite(loss):
+        message = (f"validation loss is {loss} after training (top-1 {top1:.4f}); the weights "
+                   f"are not exported. Checkpoints are in {run.checkpoint.directory}. Lower "
+                   "--lr_init, set --grad_clip_norm, or check the input data")
+        summary.setdefault("warnings", []).append(message)
+        run.log.log([], summary)
+        raise RunError(message)
 
 
 def train(params: Mapping[str, Any], with_eval: bool) -> dict[str, Any]:

@@ -31,3 +31,64 @@ def test_load_config_missing_file_and_missing_dict(tmp_path):
     bad.write_text("x = 1\n")
     with pytest.raises(ConfigError, match="no `config` dict"):
         load_config(str(bad))
+
+
+# One bad value per config key type (and range) of the v1/v2 configs: every one is a
+# ConfigError naming the key, before anything is built or written.
+BAD_MPARAMS = [
+    ("width_coefficient=abc", r"width_coefficient='abc' must be a number"),  # float key, str
+    ("width_coefficient=-1", r"width_coefficient must be a positive number, got -1"),
+    ("depth_coefficient=0", r"depth_coefficient must be a positive number, got 0"),
+    ("width_coefficient=inf", r"width_coefficient='inf' must be a number"),
+    ("dropout_rate=5", r"dropout_rate must be in \[0, 1\), got 5"),
+    ("drop_connect_rate=-0.1", r"drop_connect_rate must be in \[0, 1\), got -0.1"),
+    ("bn_momentum=1.0", r"bn_momentum must be in \[0, 1\), got 1.0"),
+    ("bn_epsilon=0", r"bn_epsilon must be a positive number"),
+    ("train_img_size=abc", r"train_img_size='abc' must be an int"),  # int key, str
+    ("train_img_size=32.5", r"train_img_size=32.5 must be an int"),  # int key, float
+    ("eval_img_size=0", r"eval_img_size must be a positive int, got 0"),
+    ("num_classes=-3", r"num_classes must be a positive int, got -3"),
+    ("stem_filters=true", r"stem_filters=True must be an int"),  # int key, bool
+    ("min_depth=0", r"min_depth must be None or a positive int, got 0"),  # optional int
+    ("include_top=1", r"include_top=1 must be true/false"),  # bool key
+    ("round_down_guard=maybe", r"round_down_guard='maybe' must be true/false"),
+    ("name=3", r"name=3 must be a string"),  # str key
+    ("input_normalization=zscore", r"unknown input_normalization 'zscore'; choose from imagenet"),
+    ("blocks=r1_k3", r"blocks='r1_k3' must be a list"),  # list key, str
+    ("blocks=('r1_k3_s1',)", r"bad block string 'r1_k3_s1': missing"),
+    ("activation=nope", r"unknown activation 'nope'"),
+]
+
+
+@pytest.mark.parametrize("mparams, message", BAD_MPARAMS)
+def test_bad_mparams_values_are_config_errors(mparams, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config("config/efficientnet_v2/s_cfg.py", mparams)
+    assert "\n" not in str(info.value)
+
+
+def test_every_value_type_of_the_model_configs_has_a_bad_value_case():
+    from config.loader import load_module_config
+
+    covered = {m.split("=")[0] for m, _ in BAD_MPARAMS}
+    for path in ("config/efficientnet_v1/b0_cfg.py", "config/efficientnet_v2/s_cfg.py"):
+        types = {}
+        for key, value in load_module_config(path).items():
+            types.setdefault(type(value).__name__, set()).add(key)
+        for type_name, keys in types.items():
+            if type_name != "NoneType":
+                assert keys & covered, (path, type_name, keys)
+
+
+def test_good_overrides_of_every_type_pass():
+    config = load_config("config/efficientnet_v1/b0_cfg.py",
+                         "width_coefficient=2,dropout_rate=0.5,min_depth=8,include_top=false,"
+                         "name=x,train_img_size=64,blocks=('r1_k3_s1_e1_i32_o16_se0.25',)")
+    assert (config["width_coefficient"], config["min_depth"], config["include_top"]) == (2, 8, False)
+
+
+def test_input_normalization_names_agree_with_the_model():
+    from config.loader import INPUT_NORMALIZATION_NAMES
+    from model.efficientnet import INPUT_NORMALIZATIONS
+
+    assert set(INPUT_NORMALIZATION_NAMES) == set(INPUT_NORMALIZATIONS)

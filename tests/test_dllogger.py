@@ -165,3 +165,22 @@ def test_progress_bar_redraws_one_line_on_a_terminal():
     text = term.getvalue()
     assert text.count("\r") == 4 and text.count("\n") == 1 and text.endswith("\x1b[K\n")
     assert "eval 3/3" in text.split("\r")[-1]
+
+
+def test_progress_bar_eta_is_the_median_of_recent_steps_without_the_first(monkeypatch):
+    """Step 1 (tracing) takes 100 s, then 1 s per step (one 30 s outlier): ETA = 1 s x steps left."""
+    from utils import dllogger
+
+    clock = [0.0]
+    monkeypatch.setattr(dllogger.time, "perf_counter", lambda: clock[0])
+    bar = ProgressBar(total=10, stream=io.StringIO(), enabled=False)
+    clock[0] += 100.0
+    bar.update()
+    assert bar.eta_seconds() == math.inf  # only the tracing step so far: unknown
+    for seconds in (1.0, 1.0, 30.0, 1.0):
+        clock[0] += seconds
+        bar.update()
+    assert bar.eta_seconds() == pytest.approx(5 * 1.0)
+    clock[0] += 2.0
+    bar.update(2)  # 1 s per step over a 2-step update
+    assert bar.eta_seconds() == pytest.approx(3 * 1.0)

@@ -20,12 +20,14 @@ Human messages still go through `logging.getLogger(__name__)`.
 
 from __future__ import annotations
 
+import collections
 import enum
 import json
 import logging
 import math
 import os
 import sys
+import statistics
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -411,6 +413,10 @@ def _format_duration(seconds: float) -> str:
 class ProgressBar:
     """A console progress bar with rate and ETA: `train 12/50 [#####.....] 3.1 it/s ETA 00:12`.
 
+    The ETA is the median time per step of the last `ETA_WINDOW` updates times the steps left;
+    the first update is left out (it includes tracing / XLA compilation, which made a job of
+    seconds show an ETA of hours), so the ETA is unknown (--:--) until the second update.
+
     On a terminal it redraws one line; elsewhere (log files, CI) it prints a full line at most
     every `min_interval` seconds and at the end, so logs stay short.
 
@@ -439,13 +445,17 @@ class ProgressBar:
         self._last_draw = -math.inf
         self._closed = False
         self._drawn_n: int | None = None
+        self._last_update = self._start
+        self._step_times: collections.deque[float] = collections.deque(maxlen=self.ETA_WINDOW)
+
+    ETA_WINDOW = 50
 
     def eta_seconds(self) -> float:
-        """Seconds left at the mean rate so far; inf when unknown."""
-        elapsed = time.perf_counter() - self._start
-        if not self.total or self.n == 0:
+        """Seconds left: median seconds per step of recent updates (not the first) x steps left;
+        inf when unknown."""
+        if not self.total or not self._step_times:
             return math.inf
-        return elapsed / self.n * max(self.total - self.n, 0)
+        return statistics.median(self._step_times) * max(self.total - self.n, 0)
 
     def render(self) -> str:
         """The current line, without carriage return or newline."""
@@ -467,11 +477,14 @@ class ProgressBar:
 
     def update(self, n: int = 1, **postfix: Any) -> None:
         """Advance by `n` steps; keyword values (loss=..., lr=...) are shown after the ETA."""
+        now = time.perf_counter()
+        if self.n > 0 and n > 0:
+            self._step_times.append((now - self._last_update) / n)
+        self._last_update = now
         self.n += n
         self.postfix.update({k: _to_json_value(v) for k, v in postfix.items()})
         if not self.enabled:
             return
-        now = time.perf_counter()
         if now - self._last_draw >= self.min_interval:
             self._draw(final=False)
             self._last_draw = now
