@@ -33,6 +33,8 @@ OPTIMIZER_NAMES = ("rmsprop", "sgd", "momentum", "adam", "adamw", "lamb")
 LR_DECAYS = ("exponential", "cosine", "piecewise", "linearcosine")
 AUGMENTERS = ("autoaugment", "randaugment", "none")
 AMP_DTYPES = ("float16", "bfloat16")
+RESIZE_METHODS = ("bilinear", "bicubic")
+EVAL_CROPS = ("crop", "squash")
 PARAMS_FILE = "params.json"
 TRAINING_MODES = ("train", "train_and_eval")
 
@@ -119,6 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="eval center-crop fraction (default: size / (size + 32))")
     g.add_argument("--cache", action=bool_flag, default=False,
                    help="keep the dataset in host memory after the first epoch")
+    # Data recipe overrides (issue 9): None = the model family's value (docs/parity.md).
+    g.add_argument("--crop_area_min", type=float, default=None,
+                   help="smallest random-crop area fraction (default: v1 0.08, v2 0.05)")
+    g.add_argument("--eval_crop", default=None, choices=EVAL_CROPS,
+                   help="eval/predict transform: center crop, or resize the whole image to the "
+                        "square (default: v1 crop; v2 squash at >= 320 px, crop below)")
+    g.add_argument("--resize_method", default=None, choices=RESIZE_METHODS,
+                   help="image resize (default: v1 bicubic, v2 bilinear)")
+    g.add_argument("--label_offset", type=int, default=None, choices=(0, 1),
+                   help="stored TFRecord label of class 0: 1 for the standard ImageNet build, 0 "
+                        "for 0-based shards (default: dataset_info.json, else 1)")
+    g.add_argument("--auto_bn_momentum", action=bool_flag, default=True,
+                   help="lower BN momentum when an epoch has fewer steps than its averaging "
+                        "window 1 / (1 - momentum) (small data; docs/parity.md)")
 
     g = p.add_argument_group("training")
     g.add_argument("--train_img_size", type=int, default=None,
@@ -256,6 +272,8 @@ def validate(params: dict[str, Any]) -> None:
             raise FlagError(f"--{name} must be in [0, 1], got {params[name]}")
     if params["crop_fraction"] is not None and not 0 < params["crop_fraction"] <= 1:
         raise FlagError(f"--crop_fraction must be in (0, 1], got {params['crop_fraction']}")
+    if params["crop_area_min"] is not None and not 0 < params["crop_area_min"] <= 1:
+        raise FlagError(f"--crop_area_min must be in (0, 1], got {params['crop_area_min']}")
     if params["n_stages"] > params["max_epochs"]:
         raise FlagError(f"--n_stages={params['n_stages']} exceeds --max_epochs={params['max_epochs']}")
     if params["dataset"] in DATASETS_NEEDING_DIR and params["mode"] not in (
