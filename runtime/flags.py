@@ -177,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs between decays (exponential, piecewise)")
     g.add_argument("--lr_warmup_epochs", type=float, default=5.0,
                    help="linear warm-up from 0 to the peak learning rate")
+    g.add_argument("--lr_decay_origin", default="warmup_end", choices=("warmup_end", "start"),
+                   help="decay counts from the end of warm-up (NVIDIA) or from step 0 (automl)")
 
     g = p.add_argument_group("stage-wise training (progressive learning)")
     g.add_argument("--n_stages", type=int, default=1,
