@@ -8,6 +8,7 @@ from dataloader.files import DEFAULT_MAX_IMAGE_PIXELS
 
 AUGMENTERS = ("none", "autoaugment", "randaugment")
 RESIZE_METHODS = ("bilinear", "bicubic")
+EVAL_CROPS = ("crop", "squash")
 # Plain source names; "tfds:<name>" is accepted on top of these.
 SOURCES = ("imagenet", "folder", "digits", "synthetic")
 
@@ -41,17 +42,23 @@ class DataConfig:
       cutmix_alpha: CutMix Beta(alpha, alpha) parameter; 0 disables CutMix.
       defer_img_mixing: leave MixUp/CutMix to the caller's step (`mixing.mix_batch`) so they
         run on the accelerator instead of the input pipeline's CPU.
-      crop_fraction: eval center-crop fraction of the shorter side; None means
+      crop_fraction: eval center-crop fraction of the shorter side ("crop" mode); None means
         image_size / (image_size + 32) as in the EfficientNet reference.
+      eval_crop: "crop" (square center crop of `crop_fraction`) or "squash" (the whole image
+        resized to the square, automl v2 at >= 320 px); used by eval, predict and export.
       crop_area_min: smallest random-resized-crop area fraction (0.08 for v1, 0.05 for v2).
+      crop_min_object_covered: the random crop's `min_object_covered` (0.1 for v1, 0 for v2).
       crop_aspect_range: random-resized-crop aspect-ratio range (width / height).
       resize_method: "bilinear" or "bicubic" (bicubic output is clipped to 0..255).
+      The model families' values of the last four come from the model config
+      (runtime.components.data_config; docs/parity.md).
       cache: keep records in memory after the first epoch (train: serialized records;
         validation: preprocessed images). Only for data sets that fit in host memory.
       shuffle_buffer: examples in the train shuffle buffer (serialized records).
       seed: makes shuffling and augmentation reproducible; None draws fresh randomness.
-      one_based_labels: TFRecord label convention; None reads it from the converter's
-        `dataset_info.json`, or assumes the standard 1-based ImageNet build when absent.
+      one_based_labels: TFRecord label convention (`--label_offset`); None reads it from the
+        converter's `dataset_info.json`, or assumes the standard 1-based ImageNet build when
+        absent (and checks the labels when the shards are small enough to scan).
       follow_symlinks: "folder": read symlinks that point outside data_dir (dataloader.files).
       max_image_pixels: "folder": skip (and count) images whose header declares more pixels.
     """
@@ -68,7 +75,9 @@ class DataConfig:
     cutmix_alpha: float = 0.0
     defer_img_mixing: bool = False
     crop_fraction: float | None = None
+    eval_crop: str = "crop"
     crop_area_min: float = 0.08
+    crop_min_object_covered: float = 0.1
     crop_aspect_range: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
     resize_method: str = "bilinear"
     cache: bool = False
@@ -94,6 +103,14 @@ class DataConfig:
             raise DataError(
                 f"unknown resize_method {self.resize_method!r}; expected one of "
                 f"{', '.join(RESIZE_METHODS)}"
+            )
+        if self.eval_crop not in EVAL_CROPS:
+            raise DataError(
+                f"unknown eval_crop {self.eval_crop!r}; expected one of {', '.join(EVAL_CROPS)}"
+            )
+        if not 0 <= self.crop_min_object_covered <= 1:
+            raise DataError(
+                f"crop_min_object_covered must be in [0, 1], got {self.crop_min_object_covered}"
             )
         for name in ("image_size", "batch_size", "shuffle_buffer"):
             if getattr(self, name) < 1:

@@ -92,6 +92,7 @@ def _train_map(source, cfg: DataConfig):
                 area_min=cfg.crop_area_min,
                 aspect_range=cfg.crop_aspect_range,
                 resize_method=cfg.resize_method,
+                min_object_covered=cfg.crop_min_object_covered,
             )
         if cfg.augmenter == "randaugment":
             out = augment.randaugment(out, cfg.raug_num_layers, cfg.raug_magnitude, aug_seed)
@@ -102,14 +103,23 @@ def _train_map(source, cfg: DataConfig):
     return fn
 
 
+def eval_transform(cfg: DataConfig):
+    """`encoded bytes or decoded image -> float32 [S, S, 3]`: the eval transform of `cfg`.
+
+    Validation, predict and export all preprocess with this, so a file is seen the same way.
+    """
+    return functools.partial(
+        preprocessing.preprocess_for_eval, image_size=cfg.image_size,
+        crop_fraction=cfg.eval_crop_fraction, resize_method=cfg.resize_method,
+        eval_crop=cfg.eval_crop)
+
+
 def _eval_map(source, cfg: DataConfig):
     def fn(image, label):
         if isinstance(source, DigitsSource):
             out = preprocessing.resize(image, cfg.image_size, cfg.resize_method)
         else:
-            out = preprocessing.preprocess_for_eval(
-                image, cfg.image_size, cfg.eval_crop_fraction, cfg.resize_method
-            )
+            out = eval_transform(cfg)(image)
         return out, label
 
     return fn

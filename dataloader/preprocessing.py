@@ -1,10 +1,13 @@
 """Per-example decode, crop and resize for training and evaluation (pure TF, graph-safe).
 
-Follows the EfficientNet reference input pipeline (Tan & Le, 2019; Inception-style random
+Follows the EfficientNet reference input pipelines (Tan & Le, 2019; Inception-style random
 resized crop, Szegedy et al., 2015): training decodes only the sampled crop window of a JPEG
-(`tf.image.decode_and_crop_jpeg`), evaluation takes a center crop of
-`image_size / (image_size + 32)` of the shorter side. Every function returns float32 in 0..255:
-normalization happens once, inside the model.
+(`tf.image.decode_and_crop_jpeg`). Evaluation either takes a square center crop of
+`image_size / (image_size + 32)` of the shorter side ("crop", automl's v1 legacy pipeline and
+its v2 pipeline below 320 px) or resizes the whole image to the square ("squash", automl v2 at
+>= 320 px). The crop area, `min_object_covered`, eval mode and resize method are each model
+family's recipe (config/efficientnet_v1, config/efficientnet_v2; docs/parity.md). Every
+function returns float32 in 0..255: normalization happens once, inside the model.
 """
 
 from __future__ import annotations
@@ -55,17 +58,22 @@ def _center_window(height, width, crop_fraction: float):
     return (height - side + 1) // 2, (width - side + 1) // 2, side, side
 
 
-def _random_window(height, width, seed, area_min, aspect_range, crop_fraction):
+EVAL_CROPS = ("crop", "squash")
+
+
+def _random_window(height, width, seed, area_min, aspect_range, crop_fraction,
+                   min_object_covered=0.1):
     """Inception-style random crop window; the center crop when sampling fails.
 
-    NOTE: as in the EfficientNet reference, when 10 attempts find no window inside the area and
-    aspect ranges the sampler returns the whole image and we fall back to the eval center crop.
+    NOTE: as in automl's v1 pipeline, when 10 attempts find no window inside the area and
+    aspect ranges the sampler returns the whole image and we fall back to the eval center crop
+    (automl v2 and NVIDIA make 100 attempts and keep the whole image; docs/parity.md).
     """
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.stack([height, width, 3]),
         bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
         seed=seed,
-        min_object_covered=0.1,
+        min_object_covered=min_object_covered,
         aspect_ratio_range=aspect_range,
         area_range=(area_min, 1.0),
         max_attempts=10,
@@ -127,6 +135,7 @@ def preprocess_for_train(
     area_min: float = 0.08,
     aspect_range: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
     resize_method: str = "bilinear",
+    min_object_covered: float = 0.1,
 ) -> tf.Tensor:
     """Random-resized crop (decoding only the crop window of a JPEG) and random flip.
 
@@ -137,6 +146,8 @@ def preprocess_for_train(
       area_min: smallest crop area as a fraction of the image.
       aspect_range: (min, max) crop aspect ratio, width / height.
       resize_method: "bilinear" or "bicubic".
+      min_object_covered: `tf.image.sample_distorted_bounding_box`'s minimum fraction of the
+        whole-image box the crop must cover (0.1 in automl v1 and NVIDIA, 0 in automl v2).
 
     Returns:
       float32 [image_size, image_size, 3] in 0..255.
@@ -145,7 +156,8 @@ def preprocess_for_train(
     fallback = image_size / (image_size + 32)
     cropped = _decode_window(
         image,
-        lambda h, w: _random_window(h, w, crop_seed, area_min, aspect_range, fallback),
+        lambda h, w: _random_window(h, w, crop_seed, area_min, aspect_range, fallback,
+                                    min_object_covered),
     )
     flipped = tf.image.stateless_random_flip_left_right(cropped, flip_seed)
     return resize(flipped, image_size, resize_method)
@@ -156,22 +168,30 @@ def preprocess_for_eval(
     image_size: int,
     crop_fraction: float | None = None,
     resize_method: str = "bilinear",
+    eval_crop: str = "crop",
 ) -> tf.Tensor:
-    """Center crop of `crop_fraction` of the shorter side, then resize; also used by predict.
+    """The evaluation transform; predict and export use it too.
 
     Args:
       image_bytes: scalar string of encoded bytes (JPEG, PNG, GIF, BMP) or a decoded uint8
         image.
       image_size: output side in pixels.
-      crop_fraction: fraction of the shorter side kept; None means
-        image_size / (image_size + 32).
+      crop_fraction: "crop" mode: fraction of the shorter side kept; None means
+        image_size / (image_size + 32). Ignored by "squash".
       resize_method: "bilinear" or "bicubic".
+      eval_crop: "crop" (square center crop, then resize) or "squash" (resize the whole image
+        to the square, aspect ratio not kept, as automl v2 evaluates at >= 320 px).
 
     Returns:
       float32 [image_size, image_size, 3] in 0..255.
     """
+    if eval_crop not in EVAL_CROPS:
+        raise ValueError(f"unknown eval_crop {eval_crop!r}; expected one of {', '.join(EVAL_CROPS)}")
+    image_bytes = tf.convert_to_tensor(image_bytes)
+    if eval_crop == "squash":
+        image = _decode_any(image_bytes) if image_bytes.dtype == tf.string else image_bytes
+        return resize(image, image_size, resize_method)
     if crop_fraction is None:
         crop_fraction = image_size / (image_size + 32)
-    image_bytes = tf.convert_to_tensor(image_bytes)
     cropped = _decode_window(image_bytes, lambda h, w: _center_window(h, w, crop_fraction))
     return resize(cropped, image_size, resize_method)

@@ -8,6 +8,7 @@ file order reshuffled on every pass, plus a `parse` function turning a raw recor
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -25,6 +26,11 @@ logger = logging.getLogger(__name__)
 IMAGENET_NUM_CLASSES, IMAGENET_NUM_TRAIN, IMAGENET_NUM_EVAL = 1000, 1_281_167, 50_000
 # Counting records of a TFRecord set without metadata reads every byte: only for small sets.
 _MAX_COUNT_BYTES = 2 << 30
+# Records with an out-of-range label are skipped and counted (corrupt records) up to this
+# fraction of a split (at least one record); more means a label convention or class-count mix-up: the run stops.
+MAX_BAD_LABEL_FRACTION = 0.01
+# Stored-label histograms of scanned TFRecord splits, keyed by (file, size) tuples.
+_LABEL_COUNTS: dict[tuple, collections.Counter] = {}
 _FOLDER_SPLIT_DIRS = {"train": ("train",), "validation": ("val", "validation")}
 DIGITS_TRAIN_FRACTION, DIGITS_SPLIT_SEED = 0.8, 0
 
@@ -71,6 +77,11 @@ class TFRecordSource:
 
     Features `image/encoded` and `image/class/label` (1-based in the standard build; see
     `DataConfig.one_based_labels`); `image/class/text` and bounding boxes are not needed.
+
+    Splits up to 2 GiB are scanned once per process for their stored labels (`check_labels`):
+    a few out-of-range labels are corrupt records (skipped and counted by the pipeline); more
+    than 1% (and more than one record) is a label-convention or class-count mix-up and raises
+    DataError naming the flag.
     """
 
     def __init__(self, cfg: DataConfig):
@@ -113,7 +124,43 @@ class TFRecordSource:
         else:
             num_train, num_eval = (self._count(s) for s in ("train", "validation"))
         names = meta.get("class_names")
+        for split in SPLIT_PREFIXES:
+            if self._has_files(split):
+                self.check_labels(split)
         return DatasetInfo(num_classes, num_train, num_eval, tuple(names) if names else None)
+
+    def _has_files(self, split: str) -> bool:
+        pattern = os.path.join(self.data_dir, f"{SPLIT_PREFIXES[split]}-*")
+        return any(not f.endswith(".tmp") for f in tf.io.gfile.glob(pattern))
+
+    def check_labels(self, split: str) -> None:
+        """Raise DataError when more than 1% (and more than one) of `split`'s labels are out of
+        range.
+
+        Only splits up to 2 GiB are scanned (reading the labels reads every byte); larger ones
+        are trusted (the standard build, or our converter's dataset_info.json).
+        """
+        files = self.files(split)
+        sizes = tuple(tf.io.gfile.stat(f).length for f in files)
+        if sum(sizes) > _MAX_COUNT_BYTES:
+            return
+        key = tuple(zip(files, sizes, strict=True))
+        if key not in _LABEL_COUNTS:
+            _LABEL_COUNTS[key] = _stored_label_counts(files)
+        counts = _LABEL_COUNTS[key]
+        num_classes, offset = self.num_classes, self.label_offset
+        total = sum(counts.values())
+        bad = {v: n for v, n in counts.items() if not 0 <= v - offset < num_classes}
+        num_bad = sum(bad.values())
+        if num_bad > max(MAX_BAD_LABEL_FRACTION * total, 1):
+            raise DataError(_label_error(split, self.data_dir, counts, bad, num_bad, total,
+                                         num_classes, offset))
+        present = sum(1 for v in counts if 0 <= v - offset < num_classes)
+        if split == "train" and present < num_classes:
+            logger.warning(
+                "%s: only %d of %d classes have train records (stored labels %d..%d, "
+                "label_offset %d); set --mparams num_classes to the real class count",
+                self.data_dir, present, num_classes, min(counts), max(counts), offset)
 
     def _count(self, split: str) -> int:
         files = self.files(split)
@@ -132,6 +179,7 @@ class TFRecordSource:
         return int(tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda n, _: n + 1))
 
     def records(self, split: str, input_context, train: bool) -> tf.data.Dataset:
+        self.check_labels(split)
         files, shard_records = _shard_list(self.files(split), input_context, "files")
         ds = tf.data.Dataset.from_tensor_slices(files)
         if train:
@@ -164,6 +212,34 @@ class TFRecordSource:
         )
         label = tf.cast(features[LABEL], tf.int32) - self.label_offset
         return features[ENCODED], label, path
+
+
+def _stored_label_counts(files: list[str]) -> collections.Counter:
+    """Histogram of the stored `image/class/label` values of TFRecord files (-1 = missing)."""
+    logger.info("checking the labels of %d TFRecord file(s)", len(files))
+    spec = {LABEL: tf.io.FixedLenFeature([], tf.int64, default_value=-1)}
+    ds = tf.data.TFRecordDataset(files, buffer_size=8 << 20).ignore_errors()
+    ds = ds.map(lambda r: tf.io.parse_single_example(r, spec)[LABEL],
+                num_parallel_calls=tf.data.AUTOTUNE).ignore_errors().batch(4096)
+    counts: collections.Counter = collections.Counter()
+    for labels in ds.as_numpy_iterator():
+        values, n = np.unique(labels, return_counts=True)
+        counts.update(dict(zip(values.tolist(), n.tolist(), strict=True)))
+    return counts
+
+
+def _label_error(split, data_dir, counts, bad, num_bad, total, num_classes, offset) -> str:
+    """One line: how many labels are out of range, the likely cause and the flag to set."""
+    low, high = min(counts), max(counts)
+    head = (f"{num_bad} of {total} {split} records in {data_dir} have a label outside "
+            f"[0, {num_classes}) (stored labels {low}..{high}, label_offset {offset})")
+    if offset == 1 and 0 in bad and high <= num_classes - 1:
+        return (f"{head}: every stored label 0 is a whole class lost; the shards look 0-based: "
+                "pass --label_offset 0")
+    if offset == 0 and low >= 1 and high == num_classes:
+        return f"{head}: the shards look 1-based (the standard build): pass --label_offset 1"
+    return (f"{head}: set --mparams num_classes to the real class count (or fix "
+            f"{METADATA_FILE}), or --label_offset if the label convention is wrong")
 
 
 class _NamedClasses:

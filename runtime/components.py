@@ -17,6 +17,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from config.loader import parse_mparams
 from dataloader import DataConfig, build_dataset
 from dataloader.files import DEFAULT_MAX_IMAGE_PIXELS
 from model import build_model
@@ -51,8 +52,45 @@ def setup_run(params: Mapping[str, Any]) -> tf.distribute.Strategy:
     return strategy
 
 
+def requested_num_classes(params: Mapping[str, Any]) -> int | None:
+    """`num_classes` when the user asked for it (`--mparams num_classes=N`), else None.
+
+    The config modules' default of 1000 is not a request: a folder or TFDS source brings its
+    own count. A requested count is checked against the data (its metadata, folders or TFDS
+    info), and sets it for TFRecords without metadata and for synthetic data.
+    """
+    if params["dataset"] == "synthetic":
+        return int(params["model"]["num_classes"])
+    value = parse_mparams(params.get("mparams")).get("num_classes")
+    return None if value is None else int(params["model"]["num_classes"])
+
+
+def eval_crop_mode(params: Mapping[str, Any], image_size: int) -> str:
+    """"crop" or "squash": `--eval_crop`, else the model family's rule at `image_size`.
+
+    v2 (automl efficientnetv2/preprocessing.py) squashes the whole image at sizes >= 320
+    (`eval_squash_min_size`) and center-crops below; v1 always center-crops.
+    """
+    if params.get("eval_crop"):
+        return params["eval_crop"]
+    squash_from = params["model"].get("eval_squash_min_size")
+    return "squash" if squash_from is not None and image_size >= squash_from else "crop"
+
+
+def _recipe_value(params: Mapping[str, Any], name: str) -> Any:
+    """A data-recipe value: the flag when given, else the model config's, else DataConfig's."""
+    if params.get(name) is not None:
+        return params[name]
+    default = DataConfig.__dataclass_fields__[name].default
+    return params["model"].get(name, default)
+
+
 def data_config(params: Mapping[str, Any], training: bool, **overrides: Any) -> DataConfig:
     """The DataConfig of the train or validation input for `params`.
+
+    The crop area, `min_object_covered`, eval crop mode and resize method are the model
+    family's recipe (config/efficientnet_v1, config/efficientnet_v2) unless `--crop_area_min`,
+    `--eval_crop` or `--resize_method` override them (docs/parity.md).
 
     Args:
       params: resolved configuration.
@@ -62,17 +100,20 @@ def data_config(params: Mapping[str, Any], training: bool, **overrides: Any) -> 
     Returns:
       A DataConfig (raises dataloader's DataError on invalid values).
     """
-    model_cfg = params["model"]
+    label_offset = params.get("label_offset")
     common = {
         "dataset": params["dataset"],
         "data_dir": params["data_dir"],
-        # Synthetic data has no classes of its own: it takes the model's.
-        "num_classes": model_cfg["num_classes"] if params["dataset"] == "synthetic" else None,
+        "num_classes": requested_num_classes(params),
         "cache": params["cache"],
         "crop_fraction": params["crop_fraction"],
+        "crop_area_min": _recipe_value(params, "crop_area_min"),
+        "crop_min_object_covered": _recipe_value(params, "crop_min_object_covered"),
+        "resize_method": _recipe_value(params, "resize_method"),
         "seed": params["seed"],
         "follow_symlinks": params.get("follow_symlinks", False),
         "max_image_pixels": params.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS),
+        "one_based_labels": None if label_offset is None else label_offset == 1,
     }
     if training:
         fields = {
@@ -89,6 +130,7 @@ def data_config(params: Mapping[str, Any], training: bool, **overrides: Any) -> 
     else:
         fields = {**common, "image_size": params["eval_img_size"],
                   "batch_size": params["eval_batch_size"]}
+    fields["eval_crop"] = eval_crop_mode(params, overrides.get("image_size", fields["image_size"]))
     return dataclasses.replace(DataConfig(**fields), **overrides)
 
 

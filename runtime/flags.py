@@ -34,6 +34,8 @@ OPTIMIZER_NAMES = ("rmsprop", "sgd", "momentum", "adam", "adamw", "lamb")
 LR_DECAYS = ("exponential", "cosine", "piecewise", "linearcosine")
 AUGMENTERS = ("autoaugment", "randaugment", "none")
 AMP_DTYPES = ("float16", "bfloat16")
+RESIZE_METHODS = ("bilinear", "bicubic")
+EVAL_CROPS = ("crop", "squash")
 PARAMS_FILE = "params.json"
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 TRAINING_MODES = ("train", "train_and_eval")
@@ -130,6 +132,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
                    help="folder / predict inputs: skip (and report) images with more pixels, "
                         "read from the JPEG/PNG header before decoding")
+    # Data recipe overrides (issue 9): None = the model family's value (docs/parity.md).
+    g.add_argument("--crop_area_min", type=float, default=None,
+                   help="smallest random-crop area fraction (default: v1 0.08, v2 0.05)")
+    g.add_argument("--eval_crop", default=None, choices=EVAL_CROPS,
+                   help="eval/predict transform: center crop, or resize the whole image to the "
+                        "square (default: v1 crop; v2 squash at >= 320 px, crop below)")
+    g.add_argument("--resize_method", default=None, choices=RESIZE_METHODS,
+                   help="image resize (default: v1 bicubic, v2 bilinear)")
+    g.add_argument("--label_offset", type=int, default=None, choices=(0, 1),
+                   help="stored TFRecord label of class 0: 1 for the standard ImageNet build, 0 "
+                        "for 0-based shards (default: dataset_info.json, else 1)")
+    g.add_argument("--auto_bn_momentum", action=bool_flag, default=True,
+                   help="lower BN momentum when an epoch has fewer steps than its averaging "
+                        "window 1 / (1 - momentum) (small data; docs/parity.md)")
 
     g = p.add_argument_group("training")
     g.add_argument("--train_img_size", type=int, default=None,
@@ -172,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs between decays (exponential, piecewise)")
     g.add_argument("--lr_warmup_epochs", type=float, default=5.0,
                    help="linear warm-up from 0 to the peak learning rate")
+    g.add_argument("--lr_decay_origin", default="warmup_end", choices=("warmup_end", "start"),
+                   help="decay counts from the end of warm-up (NVIDIA) or from step 0 (automl)")
 
     g = p.add_argument_group("stage-wise training (progressive learning)")
     g.add_argument("--n_stages", type=int, default=1,
@@ -275,6 +293,8 @@ def validate(params: dict[str, Any]) -> None:
     if not log_name or os.path.basename(log_name) != log_name or log_name in (".", ".."):
         raise FlagError(f"--log_filename must be a file name inside --model_dir, not a path: "
                         f"{log_name!r}")
+    if params["crop_area_min"] is not None and not 0 < params["crop_area_min"] <= 1:
+        raise FlagError(f"--crop_area_min must be in (0, 1], got {params['crop_area_min']}")
     if params["n_stages"] > params["max_epochs"]:
         raise FlagError(f"--n_stages={params['n_stages']} exceeds --max_epochs={params['max_epochs']}")
     if params["dataset"] in DATASETS_NEEDING_DIR and params["mode"] not in (

@@ -319,7 +319,8 @@ def run_predict(params: Mapping[str, Any]) -> dict[str, Any]:
         batch_size=params["predict_batch_size"], top_k=params["predict_top_k"],
         class_names=class_names, jit_compile=bool(params["use_xla"]), relative_to=folder,
         progress=is_chief,
-        preprocess_fn=functools.partial(preprocess_for_eval, resize_method=cfg.resize_method))
+        preprocess_fn=functools.partial(preprocess_for_eval, resize_method=cfg.resize_method,
+                                        eval_crop=cfg.eval_crop))
     unreadable = refused + unreadable
     files = [*files, *(bad["file"] for bad in refused)]
     result: dict[str, Any] = {"num_files": len(files), "num_predicted": len(predictions),

@@ -395,7 +395,7 @@ def build_run(params: Mapping[str, Any]) -> TrainRun:
         schedule = build_schedule(
             params["lr_decay"], params["lr_init"], global_batch, steps_per_epoch,
             params["max_epochs"], params["lr_warmup_epochs"], params["lr_decay_epochs"],
-            params["lr_decay_rate"])
+            params["lr_decay_rate"], params["lr_decay_origin"])
         optimizer = build_optimizer(opt_config, schedule, model.trainable_variables,
                                     loss_scaling=needs_loss_scaling(policy))
         optimizer.build(model.trainable_variables)

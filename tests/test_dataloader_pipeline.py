@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import logging
 
 import numpy as np
@@ -274,3 +275,51 @@ def test_seeded_train_pipeline_is_reproducible(records_dir):
     np.testing.assert_array_equal(first[0][1].numpy(), first[1][1].numpy())
     other = next(iter(build_dataset(dataclasses.replace(cfg, seed=1), "train")))
     assert not np.array_equal(first[0][0].numpy(), other[0].numpy())
+
+
+def zero_based_set(root: str, num_classes: int = 3, per_class: int = 8) -> str:
+    """A train/validation TFRecord set written with 0-based labels and no dataset_info.json."""
+    labels = [c for c in range(num_classes) for _ in range(per_class)]
+    fx.write_tfrecords(root, "train", [labels[0::2], labels[1::2]], one_based=False)
+    fx.write_tfrecords(root, "validation", [labels[::3]], one_based=False)
+    return root
+
+
+def test_zero_based_shards_read_as_one_based_stop_with_the_flag_to_set(tmp_path):
+    # Before: every class-0 record was skipped with a WARNING and the run went on without it.
+    cfg = imagenet_cfg(zero_based_set(str(tmp_path)), num_classes=3)
+    with pytest.raises(DataError, match=r"8 of 24 train records .* have a label outside \[0, 3\) "
+                                        r"\(stored labels 0\.\.2, label_offset 1\).*"
+                                        r"look 0-based: pass --label_offset 0"):
+        dataset_info(cfg)
+    with pytest.raises(DataError, match="pass --label_offset 0"):
+        build_dataset(cfg, "validation")
+    fixed = dataclasses.replace(cfg, one_based_labels=False)
+    assert dataset_info(fixed).num_train == 24
+    images, labels = fx.collect(build_dataset(fixed, "validation"))
+    assert sorted(labels.argmax(1)) == sorted([c for c in range(3) for _ in range(8)][::3])
+    assert_labels_match_pixels(images, labels, num_classes=3)
+
+
+def test_labels_beyond_num_classes_stop_the_run(tmp_path):
+    fx.write_tfrecords(str(tmp_path), "train", [[0, 1, 2, 3, 4, 4, 4]])
+    with pytest.raises(DataError, match=r"5 of 7 train records .*outside \[0, 2\).*"
+                                        r"set --mparams num_classes to the real class count"):
+        build_dataset(imagenet_cfg(str(tmp_path), num_classes=2), "train")
+
+
+def test_one_based_shards_read_as_zero_based_name_the_flag(tmp_path):
+    fx.write_tfrecords(str(tmp_path), "train", [[0, 1, 2, 2, 1, 0]])
+    with pytest.raises(DataError, match="look 1-based .*pass --label_offset 1"):
+        build_dataset(imagenet_cfg(str(tmp_path), num_classes=3, one_based_labels=False), "train")
+
+
+def test_requested_num_classes_disagreeing_with_metadata_is_an_error(records_dir, tmp_path):
+    from dataloader.tfrecord_format import write_metadata
+
+    write_metadata(records_dir, NUM_CLASSES, 12, 8, None)
+    try:
+        with pytest.raises(DataError, match=f"num_classes=5 but .*dataset_info.json says {NUM_CLASSES}"):
+            dataset_info(imagenet_cfg(records_dir, num_classes=5))
+    finally:
+        os.remove(os.path.join(records_dir, "dataset_info.json"))

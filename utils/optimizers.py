@@ -1,12 +1,17 @@
 """Optimizers for the training runtime: Keras 3 built-ins, weight decay and loss scaling.
 
 Weight decay has two meanings, chosen by the optimizer's name:
-- rmsprop, sgd, momentum, adam: an L2 penalty `weight_decay * sum(w**2) / 2` added to the
-  loss (`l2_penalty`), which is how the EfficientNet recipes' 5e-6 was tuned (NVIDIA's TF2
-  ConvNets and google/automl add it to the loss);
+- rmsprop, sgd, momentum, adam: an L2 penalty `weight_decay * sum(w**2)` added to the loss
+  (`l2_penalty`), exactly NVIDIA's TF2 ConvNets: `keras.regularizers.l2(weight_decay)` on
+  every conv and dense kernel *and bias* (the SE convolutions' and the classifier's biases),
+  none on BatchNorm. NOTE: NVIDIA passes `kernel_regularizer` to `DepthwiseConv2D` too, which
+  ignores it (its kernel takes `depthwise_regularizer`), so depthwise kernels are not decayed
+  there and are not decayed here (`is_l2_decayed`). google/automl adds
+  `1e-5 * tf.nn.l2_loss(w)` = `5e-6 * sum(w**2)`, the same strength, over every variable but
+  biases and BN, depthwise kernels included (docs/parity.md).
 - adamw, lamb: decoupled decay inside the optimizer (Loshchilov & Hutter 2019; You et al.
-  2020), which is what makes them AdamW / LAMB.
-Either way, 1-D variables (BatchNorm gamma/beta, biases) are not decayed.
+  2020), which is what makes them AdamW / LAMB; 1-D variables (BatchNorm gamma/beta, biases)
+  are not decayed (`is_decayed`).
 """
 
 from __future__ import annotations
@@ -48,13 +53,31 @@ class OptimizerConfig:
     grad_clip_norm: float | None = None
 
 
+# Layer names of model/ whose variables the L2 penalty skips: BatchNorm's gamma/beta and the
+# depthwise convolution of MBConv blocks (model/blocks.py names it "dwconv").
+_BN_VARIABLES = ("gamma", "beta")
+_DEPTHWISE_LAYER = "dwconv"
+
+
 def is_decayed(variable) -> bool:
-    """Whether weight decay applies: kernels yes, 1-D variables (BN, biases) no."""
+    """Whether decoupled weight decay (adamw, lamb) applies: kernels yes, 1-D variables no."""
     return len(variable.shape) > 1
 
 
+def is_l2_decayed(variable) -> bool:
+    """Whether the L2 penalty covers `variable`, as in NVIDIA's TF2 ConvNets.
+
+    Conv and dense kernels and biases yes; BatchNorm gamma/beta and depthwise kernels no (see
+    the module docstring).
+    """
+    parts = getattr(variable, "path", variable.name).split("/")
+    return parts[-1] not in _BN_VARIABLES and _DEPTHWISE_LAYER not in parts[:-1]
+
+
 def l2_penalty(variables: Sequence, weight_decay: float):
-    """`weight_decay * sum(w**2) / 2` over the decayed variables (0 when weight_decay is 0).
+    """`weight_decay * sum(w**2)` over the L2-decayed variables (0 when weight_decay is 0).
+
+    This is `keras.regularizers.l2(weight_decay)` summed over NVIDIA's regularized variables.
 
     Args:
       variables: the model's trainable variables.
@@ -63,11 +86,11 @@ def l2_penalty(variables: Sequence, weight_decay: float):
     Returns:
       A float32 scalar tensor.
     """
-    decayed = [v for v in variables if is_decayed(v)]
+    decayed = [v for v in variables if is_l2_decayed(v)]
     if not weight_decay or not decayed:
         return ops.convert_to_tensor(0.0, "float32")
     total = ops.sum(ops.stack([ops.sum(ops.square(ops.cast(v, "float32"))) for v in decayed]))
-    return 0.5 * weight_decay * total
+    return weight_decay * total
 
 
 def uses_l2_penalty(config: OptimizerConfig) -> bool:

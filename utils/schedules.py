@@ -12,7 +12,13 @@ Kinds (after `warmup_steps` of linear ramp from 0 to the peak):
   30/60/90-epoch drops when lr_decay_epochs=30, lr_decay_rate=0.1).
 - linearcosine: TF1's `linear_cosine_decay` (Bello et al. 2017, "Neural Optimizer Search"),
   num_periods=0.5, alpha=0, beta=0.001.
-where t counts steps after warm-up.
+where t counts steps after warm-up (`origin="warmup_end"`, NVIDIA's TF2 ConvNets:
+`WarmupDecaySchedule` evaluates the decay at `step - warmup_steps`) or from step 0
+(`origin="start"`, google/automl `WarmupLearningRateSchedule`: the warm-up replaces the first
+steps of a curve that starts at step 0, so exponential decay is 0.97 ** (5 / 2.4) = 6% lower
+after the default warm-up). Step counts are not rounded: NVIDIA's `decay_steps` is
+`lr_decay_epochs * steps_per_epoch` as a float (748.8 for 2.4 x 312), so the staircase drops
+at the same updates as NVIDIA's.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import keras
 from keras import ops
 
 SCHEDULES = ("exponential", "cosine", "piecewise", "linearcosine")
+ORIGINS = ("warmup_end", "start")
 
 # The recipes quote lr_init for a global batch of 128 (NVIDIA's convention).
 REFERENCE_BATCH_SIZE = 128
@@ -50,22 +57,28 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
       peak_lr: learning rate at the end of warm-up (already batch-scaled).
       total_steps: optimizer updates of the whole run (cosine and linearcosine reach their
         end value there).
-      warmup_steps: updates of linear warm-up (0 for none).
-      decay_steps: updates between exponential / piecewise drops.
+      warmup_steps: updates of linear warm-up (0 for none; may be fractional).
+      decay_steps: updates between exponential / piecewise drops (may be fractional).
       decay_rate: multiplier per drop.
+      origin: "warmup_end" (NVIDIA: the decay curve starts when warm-up ends) or "start"
+        (automl: it starts at step 0 and warm-up overrides its first steps).
     """
 
-    def __init__(self, kind: str, peak_lr: float, total_steps: int, warmup_steps: int = 0,
-                 decay_steps: int = 1, decay_rate: float = 0.97) -> None:
+    def __init__(self, kind: str, peak_lr: float, total_steps: int, warmup_steps: float = 0,
+                 decay_steps: float = 1, decay_rate: float = 0.97,
+                 origin: str = "warmup_end") -> None:
         super().__init__()
         if kind not in SCHEDULES:
             raise ValueError(f"unknown lr_decay {kind!r}; valid: {', '.join(SCHEDULES)}")
+        if origin not in ORIGINS:
+            raise ValueError(f"unknown lr_decay_origin {origin!r}; valid: {', '.join(ORIGINS)}")
         self.kind = kind
         self.peak_lr = float(peak_lr)
         self.total_steps = int(total_steps)
-        self.warmup_steps = int(warmup_steps)
-        self.decay_steps = max(int(decay_steps), 1)
+        self.warmup_steps = float(warmup_steps)
+        self.decay_steps = max(float(decay_steps), 1.0)
         self.decay_rate = float(decay_rate)
+        self.origin = origin
 
     def _decayed(self, t):
         """Learning rate `t` steps after warm-up (float32 tensor)."""
@@ -75,7 +88,8 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
         if self.kind == "piecewise":
             drops = ops.minimum(ops.floor(t / self.decay_steps), float(PIECEWISE_DROPS))
             return peak * ops.power(self.decay_rate, drops)
-        span = float(max(self.total_steps - self.warmup_steps, 1))
+        offset = self.warmup_steps if self.origin == "warmup_end" else 0.0
+        span = float(max(self.total_steps - offset, 1))
         progress = ops.minimum(t, span) / span
         if self.kind == "cosine":
             return 0.5 * peak * (1.0 + ops.cos(math.pi * progress))
@@ -86,7 +100,8 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def __call__(self, step):
         step = ops.cast(step, "float32")
-        t = ops.maximum(step - self.warmup_steps, 0.0)
+        offset = self.warmup_steps if self.origin == "warmup_end" else 0.0
+        t = ops.maximum(step - offset, 0.0)
         decayed = self._decayed(t)
         if self.warmup_steps <= 0:
             return decayed
@@ -97,13 +112,13 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
         return {
             "kind": self.kind, "peak_lr": self.peak_lr, "total_steps": self.total_steps,
             "warmup_steps": self.warmup_steps, "decay_steps": self.decay_steps,
-            "decay_rate": self.decay_rate,
+            "decay_rate": self.decay_rate, "origin": self.origin,
         }
 
 
 def build_schedule(kind: str, lr_init: float, global_batch_size: int, steps_per_epoch: int,
                    max_epochs: int, warmup_epochs: float, decay_epochs: float,
-                   decay_rate: float) -> WarmupDecaySchedule:
+                   decay_rate: float, origin: str = "warmup_end") -> WarmupDecaySchedule:
     """Build the run's schedule from epoch-denominated flags.
 
     Args:
@@ -115,6 +130,7 @@ def build_schedule(kind: str, lr_init: float, global_batch_size: int, steps_per_
       warmup_epochs: `--lr_warmup_epochs`.
       decay_epochs: `--lr_decay_epochs`.
       decay_rate: `--lr_decay_rate`.
+      origin: `--lr_decay_origin`, see WarmupDecaySchedule.
 
     Returns:
       A WarmupDecaySchedule over optimizer updates.
@@ -123,7 +139,8 @@ def build_schedule(kind: str, lr_init: float, global_batch_size: int, steps_per_
         kind=kind,
         peak_lr=scaled_learning_rate(lr_init, global_batch_size),
         total_steps=max_epochs * steps_per_epoch,
-        warmup_steps=int(round(warmup_epochs * steps_per_epoch)),
-        decay_steps=int(round(decay_epochs * steps_per_epoch)),
+        warmup_steps=warmup_epochs * steps_per_epoch,
+        decay_steps=decay_epochs * steps_per_epoch,
         decay_rate=decay_rate,
+        origin=origin,
     )

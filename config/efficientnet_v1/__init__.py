@@ -20,6 +20,17 @@ V1_BLOCKS = (
     "r1_k3_s1_e6_i192_o320_se0.25",
 )
 
+# The data recipe of automl's v1 pipeline (efficientnetv2/preprocess_legacy.py, the one behind
+# the published B0-B7 accuracies and the keras.applications weights): random crop of area
+# [0.08, 1] covering >= 10% of the image, eval center crop size / (size + 32), bicubic.
+# NOTE: NVIDIA's TF2 pipeline uses area 0.05 and bilinear for v1 too (docs/parity.md).
+V1_DATA_RECIPE = {
+    "crop_area_min": 0.08,
+    "crop_min_object_covered": 0.1,
+    "eval_squash_min_size": None,  # never squash: always the center crop
+    "resize_method": "bicubic",
+}
+
 
 def v1_config(name: str, width: float, depth: float, resolution: int, dropout: float) -> dict[str, Any]:
     """A v1 variant's config: shared defaults + v1 block table + this variant's scaling.
@@ -45,4 +56,5 @@ def v1_config(name: str, width: float, depth: float, resolution: int, dropout: f
         "round_down_guard": True,
         "train_img_size": resolution,
         "eval_img_size": resolution,
+        **V1_DATA_RECIPE,
     }

@@ -49,6 +49,18 @@ V2_XL_BLOCKS = (
     "r8_k3_s1_e6_i512_o640_se0.25",
 )
 
+# The data recipe of automl efficientnetv2/preprocessing.py: random crop of area [0.05, 1] with
+# min_object_covered 0; evaluation resizes the whole image to the square (no crop) at sizes
+# >= 320 and center-crops size / (size + 32) below; bilinear throughout.
+# NOTE: NVIDIA's v2 pipeline keeps min_object_covered 0.1 and always center-crops
+# (docs/parity.md).
+V2_DATA_RECIPE = {
+    "crop_area_min": 0.05,
+    "crop_min_object_covered": 0.0,
+    "eval_squash_min_size": 320,
+    "resize_method": "bilinear",
+}
+
 
 def v2_config(name: str, blocks: Sequence[str], stem_filters: int, train_size: int,
               eval_size: int, dropout: float) -> dict[str, Any]:
@@ -82,4 +94,5 @@ def v2_config(name: str, blocks: Sequence[str], stem_filters: int, train_size: i
         "input_normalization": "scale128",
         "train_img_size": train_size,
         "eval_img_size": eval_size,
+        **V2_DATA_RECIPE,
     }
