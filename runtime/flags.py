@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from config.loader import ConfigError, load_config
+from runtime import run_params
 from runtime.distribute import ALL_REDUCE_CHOICES
 
 # NOTE: the choice lists below mirror utils.optimizers.OPTIMIZERS, utils.schedules.SCHEDULES,
@@ -33,7 +34,7 @@ OPTIMIZER_NAMES = ("rmsprop", "sgd", "momentum", "adam", "adamw", "lamb")
 LR_DECAYS = ("exponential", "cosine", "piecewise", "linearcosine")
 AUGMENTERS = ("autoaugment", "randaugment", "none")
 AMP_DTYPES = ("float16", "bfloat16")
-PARAMS_FILE = "params.json"
+PARAMS_FILE = run_params.PARAMS_FILE
 TRAINING_MODES = ("train", "train_and_eval")
 
 
@@ -75,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     bool_flag = argparse.BooleanOptionalAction
 
     g = p.add_argument_group("run")
-    g.add_argument("--cfg", required=True, help="model config module, e.g. config/efficientnet_v2/s_cfg.py")
+    g.add_argument("--cfg", default=None,
+                   help="model config module, e.g. config/efficientnet_v2/s_cfg.py (optional "
+                        "for modes that read --model_dir/params.json: "
+                        f"{', '.join(run_params.RUN_READING_MODES)})")
     g.add_argument("--mparams", default=None,
                    help="model config overrides k=v,k=v (unknown keys are an error)")
     g.add_argument("--mode", default="train_and_eval", choices=MODE_NAMES)
@@ -271,18 +275,37 @@ def validate(params: dict[str, Any]) -> None:
             raise FlagError(f"--predict_img_dir {params['predict_img_dir']} does not exist")
 
 
-def resolve(args: argparse.Namespace) -> dict[str, Any]:
+def resolve(args: argparse.Namespace, saved: dict[str, Any] | None = None,
+            explicit: dict[str, Any] | None = None) -> dict[str, Any]:
     """Flags + model config -> the params dict every mode receives.
 
     Derived values are filled in here, once: image sizes from the model config when not
     given. use_xla stays None ("auto") here: main.py resolves it once TensorFlow is imported.
+
+    Args:
+      args: the parsed flags (for a run-reading mode already merged with `saved`).
+      saved: the training run's params.json (runtime.run_params), or None.
+      explicit: the flags given on the command line (with `saved`).
 
     Raises:
       ConfigError: bad --cfg / --mparams.
       FlagError: bad flag values.
     """
     params = dict(vars(args))
-    params["model"] = load_config(args.cfg, args.mparams)
+    if saved is not None:
+        explicit = explicit or {}
+        params["model"] = run_params.model_config(saved, args.model_dir, explicit.get("cfg"),
+                                                  explicit.get("mparams"))
+        # Image sizes follow an --mparams / --cfg override of the model's sizes.
+        for flag in ("train_img_size", "eval_img_size"):
+            if flag not in explicit and ("cfg" in explicit or "mparams" in explicit):
+                params[flag] = None
+    elif args.cfg is None:
+        raise FlagError("the following arguments are required: --cfg (or, for --mode "
+                        f"{'/'.join(run_params.RUN_READING_MODES)}, a --model_dir holding a "
+                        f"training run's {PARAMS_FILE})")
+    else:
+        params["model"] = load_config(args.cfg, args.mparams)
     for flag, key in (("train_img_size", "train_img_size"), ("eval_img_size", "eval_img_size")):
         if params[flag] is None:
             if key not in params["model"]:
@@ -290,6 +313,19 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
             params[flag] = int(params["model"][key])
     validate(params)
     return params
+
+
+def _defaults(parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Every flag's default value by destination."""
+    return {a.dest: a.default for a in parser._actions if a.dest != "help"}
+
+
+def _explicit_flags(argv: Sequence[str]) -> dict[str, Any]:
+    """The flags given in `argv` (with their parsed values), without the defaults."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return vars(parser.parse_known_args(argv)[0])
 
 
 def parse(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -302,10 +338,18 @@ def parse(argv: Sequence[str] | None = None) -> dict[str, Any]:
       The params dict (use_xla may still be None = auto).
     """
     parser = build_parser()
-    args, extras = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, extras = parser.parse_known_args(argv)
     if extras:
         _reject_unknown(parser, extras)
     try:
-        return resolve(args)
+        saved = None
+        if run_params.reads_run(args.mode):
+            saved = run_params.load_saved_params(args.model_dir)
+        explicit = {}
+        if saved is not None:
+            explicit = _explicit_flags(argv)
+            args = argparse.Namespace(**run_params.merge(_defaults(parser), saved, explicit))
+        return resolve(args, saved, explicit)
     except (ConfigError, FlagError) as err:
         parser.error(str(err))
