@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -142,6 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume_checkpoint", action=bool_flag, default=True,
                    help="continue from the latest checkpoint in model_dir")
 
+    g = p.add_argument_group("fine-tuning (docs/finetune.md)")
+    g.add_argument("--pretrained", default=None,
+                   help="start from these weights: a keras.applications EfficientNet(V2) .h5 / "
+                        ".weights.h5 file, or a run directory, checkpoint or model.weights.h5 of "
+                        "ours (not a resume: optimizer, step and EMA start fresh)")
+    g.add_argument("--freeze_until", default=None,
+                   help="freeze layers up to this one: stem, stageN, stageN_blockM, a layer "
+                        "name, or head (train only the classifier)")
+    g.add_argument("--freeze_bn", action=bool_flag, default=False,
+                   help="BatchNormalization in inference mode, not trained (small data sets)")
+    g.add_argument("--unfreeze_epoch", type=int, default=None,
+                   help="two phases: before this epoch train with --freeze_until (default "
+                        "head), from it everything, with the learning-rate warm-up again")
+
     g = p.add_argument_group("optimizer")
     g.add_argument("--optimizer", default="rmsprop", choices=OPTIMIZER_NAMES)
     g.add_argument("--momentum", type=float, default=0.9, help="rmsprop / momentum")
@@ -268,11 +283,36 @@ def validate(params: dict[str, Any]) -> None:
     if params["data_dir"] and params["dataset"] in DATASETS_NEEDING_DIR \
             and not os.path.isdir(params["data_dir"]):
         raise FlagError(f"--data_dir {params['data_dir']} is not a directory")
+    _validate_finetune(params)
     if params["mode"] == "predict":
         if not params["predict_img_dir"]:
             raise FlagError("--mode predict needs --predict_img_dir (an image file or a folder)")
         if not os.path.exists(params["predict_img_dir"]):
             raise FlagError(f"--predict_img_dir {params['predict_img_dir']} does not exist")
+
+
+_FREEZE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def _validate_finetune(params: dict[str, Any]) -> None:
+    """--pretrained, --freeze_until, --unfreeze_epoch (training modes only)."""
+    if params["mode"] not in TRAINING_MODES:
+        return
+    path = params["pretrained"]
+    if path is not None and not (os.path.exists(path) or os.path.isfile(path + ".index")):
+        raise FlagError(f"--pretrained {path} does not exist (a weights file, run directory "
+                        "or checkpoint prefix)")
+    until = params["freeze_until"]
+    if until is not None:
+        stage = re.match(r"^stage(\d+)(_|$)", until)
+        stages = len(params["model"].get("blocks", ()))
+        if not _FREEZE_NAME.match(until) or (stage and not 1 <= int(stage[1]) <= stages):
+            raise FlagError(f"--freeze_until {until!r}: use stem, stage1..stage{stages}, "
+                            "stageN_blockM, head (train only the classifier) or a layer name")
+    epoch = params["unfreeze_epoch"]
+    if epoch is not None and not 1 <= epoch < params["max_epochs"]:
+        raise FlagError(f"--unfreeze_epoch must be in 1..{params['max_epochs'] - 1} "
+                        f"(--max_epochs {params['max_epochs']}), got {epoch}")
 
 
 def resolve(args: argparse.Namespace, saved: dict[str, Any] | None = None,
