@@ -23,6 +23,7 @@ run writes anything into model_dir.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -99,17 +100,12 @@ class TrainingCheckpoint:
         path = self.latest
         if path is None:
             return None
-        try:
-            status = self.checkpoint.restore(path)
-            # Values this run does not use (e.g. EMA shadows after turning EMA off) are
-            # dropped without a warning; every object of this run must be found, though.
-            status.expect_partial()
-            status.assert_existing_objects_matched()
-        except (AssertionError, ValueError, tf.errors.OpError) as err:
-            raise RunError(
-                f"checkpoint {path} does not match this model/optimizer ({_first_line(err)}); "
-                "use another --model_dir or --no-resume_checkpoint"
-            ) from err
+        # Values this run does not use (e.g. EMA shadows after turning EMA off) are dropped
+        # without a warning; every object of this run must be found, though.
+        reason = restore_or_explain(self.checkpoint, path)
+        if reason is not None:
+            raise RunError(f"checkpoint {path} does not match this model/optimizer ({reason}); "
+                           "use another --model_dir or --no-resume_checkpoint")
         epoch = int(self.epoch.numpy())
         logger.info("resumed from %s (epoch %d)", path, epoch)
         return epoch
@@ -242,6 +238,39 @@ def _saved_classes(model_dir: str) -> tuple[int, tuple[str, ...] | None] | None:
         return int(saved["num_classes"]), tuple(names) if names else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
+class _UnrestoredValuesFilter(logging.Filter):
+    """Drops TF's per-variable "could not be found" lines of a checkpoint that failed to load."""
+
+    PREFIXES = ("Value in checkpoint could not be found", "An attribute in the restored object",
+                "Detecting that an object or model or tf.train.Checkpoint is being deleted")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.PREFIXES)
+
+
+def restore_or_explain(checkpoint: tf.train.Checkpoint, path: str) -> str | None:
+    """Restore `path` into `checkpoint` expecting every object of it to be found.
+
+    Values of the file that the objects do not use are dropped without a warning. When the
+    file does not fit, TF would log one warning per unused checkpoint value (hundreds) as the
+    failed restore is garbage collected; those are silenced, so the caller's one-line error
+    is all the user sees.
+
+    Returns:
+      None when restored, else the first line of the reason it does not fit.
+    """
+    try:
+        status = checkpoint.restore(path)
+        status.expect_partial()
+        status.assert_existing_objects_matched()
+        return None
+    except (AssertionError, ValueError, tf.errors.OpError) as err:
+        reason = _first_line(err)
+    # Installed for the rest of the process: the failed restore's bookkeeping may live as long
+    # as the model does, and logs when it is collected.
+    logging.getLogger("tensorflow").addFilter(_UnrestoredValuesFilter())
+    gc.collect()
+    return reason
 
 
 def _first_line(err: BaseException) -> str:
@@ -295,11 +324,10 @@ def restore_for_inference(model: keras.Model, model_dir: str, checkpoint: str | 
     has_ema = any(k.startswith(EMA_KEY_PREFIX) for k in keys)
     ema = ExponentialMovingAverage(model, decay=0.0) if (has_ema and prefer_ema) else None
     objects = {"model": model} if ema is None else {"model": model, "ema": ema}
-    try:
-        tf.train.Checkpoint(**objects).restore(path).expect_partial() \
-            .assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.OpError) as err:
-        raise RunError(f"checkpoint {path} does not fit this model ({_first_line(err)})") from err
+    reason = restore_or_explain(tf.train.Checkpoint(**objects), path)
+    if reason is not None:
+        raise RunError(f"checkpoint {path} does not fit this model ({reason}): it was trained "
+                       "with another architecture or class count")
     if ema is not None:
         ema.copy_to_model()
     weights = "ema" if ema is not None else "raw"

@@ -23,6 +23,8 @@ import tensorflow as tf
 from dataloader import dataset_info
 from runtime import components, distribute
 from runtime.checkpoint import restore_for_inference
+from runtime.class_names import class_names_for
+from runtime.eval_report import write_eval_report
 from utils.dllogger import ProgressBar
 
 logger = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ def latency_stats(latencies_s: Sequence[float], prefix: str = "latency") -> dict
 
 
 def _batch_sums(model: keras.Model, images: tf.Tensor, labels: tf.Tensor,
-                top_k: int) -> dict[str, tf.Tensor]:
+                top_k: int, confusion_classes: int | None = None) -> dict[str, tf.Tensor]:
     """Per-replica sums (not means) so that partial batches and replicas weigh correctly.
 
     An empty batch sums to zero without running the model. Under MultiWorkerMirroredStrategy
@@ -60,13 +62,20 @@ def _batch_sums(model: keras.Model, images: tf.Tensor, labels: tf.Tensor,
     and TF 2.21's CPU convolution passes an empty batch through unconvolved, so the next layer
     fails on its channel count.
     """
+    def empty():
+        zeros = {k: tf.constant(0.0) for k in ("loss_sum", "top1_sum", "top5_sum", "count")}
+        if confusion_classes:
+            zeros["confusion"] = tf.zeros([confusion_classes, confusion_classes], tf.float32)
+        return zeros
+
     return tf.cond(tf.shape(images)[0] > 0,
-                   lambda: _nonempty_batch_sums(model, images, labels, top_k),
-                   lambda: {k: tf.constant(0.0) for k in ("loss_sum", "top1_sum", "top5_sum", "count")})
+                   lambda: _nonempty_batch_sums(model, images, labels, top_k, confusion_classes),
+                   empty)
 
 
 def _nonempty_batch_sums(model: keras.Model, images: tf.Tensor, labels: tf.Tensor,
-                         top_k: int) -> dict[str, tf.Tensor]:
+                         top_k: int, confusion_classes: int | None = None
+                         ) -> dict[str, tf.Tensor]:
     logits = tf.cast(model(images, training=False), tf.float32)
     num_classes = tf.shape(logits)[-1]
     if labels.shape.rank == logits.shape.rank:  # one-hot (or soft) labels
@@ -84,16 +93,31 @@ def _nonempty_batch_sums(model: keras.Model, images: tf.Tensor, labels: tf.Tenso
     finite = tf.math.is_finite(target_logit)
     top1 = tf.logical_and(others_ahead < 1, finite)
     topk = tf.logical_and(others_ahead < top_k, finite)
-    return {
+    sums = {
         "loss_sum": tf.reduce_sum(loss),
         "top1_sum": tf.reduce_sum(tf.cast(top1, tf.float32)),
         "top5_sum": tf.reduce_sum(tf.cast(topk, tf.float32)),
         "count": tf.cast(tf.shape(logits)[0], tf.float32),
     }
+    if confusion_classes:
+        # Rows: true class, columns: predicted class. A prediction counts on the diagonal
+        # exactly when it counts for top-1 (a tie or a NaN logit goes off the diagonal).
+        predicted = tf.where(top1, target, _runner_up(logits, target))
+        sums["confusion"] = tf.math.confusion_matrix(target, predicted, confusion_classes,
+                                                     dtype=tf.float32)
+    return sums
+
+
+def _runner_up(logits: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
+    """The best-scoring class other than `target` (the prediction of a wrong top-1)."""
+    masked = tf.where(tf.one_hot(target, tf.shape(logits)[-1]) > 0,
+                      tf.constant(-math.inf, logits.dtype), tf.where(tf.math.is_nan(logits),
+                                                                     -math.inf, logits))
+    return tf.argmax(masked, axis=-1, output_type=tf.int32)
 
 
 def make_eval_step(model: keras.Model, strategy: tf.distribute.Strategy, top_k: int = 5,
-                   jit_compile: bool = False) -> Callable:
+                   jit_compile: bool = False, confusion_classes: int | None = None) -> Callable:
     """Build the distributed evaluation step.
 
     Args:
@@ -101,11 +125,12 @@ def make_eval_step(model: keras.Model, strategy: tf.distribute.Strategy, top_k: 
       strategy: the distribution strategy the model was built under.
       top_k: k of the top-k accuracy (5, or fewer when there are fewer classes).
       jit_compile: compile the per-replica forward pass with XLA.
+      confusion_classes: also sum the [C, C] confusion matrix ("confusion") of C classes.
 
     Returns:
       A tf.function `(images, labels) -> dict of global sums` over all replicas.
     """
-    replica_fn = tf.function(lambda x, y: _batch_sums(model, x, y, top_k),
+    replica_fn = tf.function(lambda x, y: _batch_sums(model, x, y, top_k, confusion_classes),
                              jit_compile=jit_compile, reduce_retracing=True)
 
     @tf.function(reduce_retracing=True)
@@ -130,7 +155,7 @@ def _num_steps(dataset: Any, num_steps: int | None) -> int | None:
 def evaluate(model: keras.Model, dataset: Any, strategy: tf.distribute.Strategy | None = None,
              num_steps: int | None = None, warmup_steps: int = 1, jit_compile: bool = False,
              num_classes: int | None = None, progress: bool = True, desc: str = "eval",
-             eval_step: Callable | None = None) -> dict[str, float]:
+             eval_step: Callable | None = None, confusion: bool = False) -> dict[str, Any]:
     """Evaluate `model` on `dataset` and time every batch.
 
     Args:
@@ -165,7 +190,9 @@ def evaluate(model: keras.Model, dataset: Any, strategy: tf.distribute.Strategy 
     if num_classes is None:
         num_classes = int(model.output_shape[-1])
     step = eval_step or make_eval_step(model, strategy, top_k=min(5, num_classes),
-                                       jit_compile=jit_compile)
+                                       jit_compile=jit_compile,
+                                       confusion_classes=num_classes if confusion else None)
+    matrix = np.zeros((num_classes, num_classes), np.int64) if confusion else None
 
     sums = {"loss_sum": 0.0, "top1_sum": 0.0, "top5_sum": 0.0, "count": 0.0}
     latencies: list[float] = []
@@ -182,8 +209,11 @@ def evaluate(model: keras.Model, dataset: Any, strategy: tf.distribute.Strategy 
         except (StopIteration, tf.errors.OutOfRangeError):
             break
         t_start = time.perf_counter()
-        result = {k: float(v.numpy()) for k, v in step(images, labels).items()}
+        outputs = step(images, labels)
+        result = {k: float(v.numpy()) for k, v in outputs.items() if k != "confusion"}
         t_end = time.perf_counter()
+        if matrix is not None:
+            matrix += np.rint(outputs["confusion"].numpy()).astype(np.int64)
         for key, value in result.items():
             sums[key] += value
         full_batch = full_batch or result["count"]
@@ -204,7 +234,9 @@ def evaluate(model: keras.Model, dataset: Any, strategy: tf.distribute.Strategy 
 
     count = sums["count"]
     images_per_sec = timed_images / timed_wall if timed_wall > 0 else math.nan
+    extra = {"confusion_matrix": matrix} if matrix is not None else {}
     return {
+        **extra,
         "top1": sums["top1_sum"] / count,
         "top5": sums["top5_sum"] / count,
         "loss": sums["loss_sum"] / count,
@@ -244,10 +276,27 @@ def run_eval(params: Mapping[str, Any]) -> dict[str, Any]:
         log.log_params(params)
         results = evaluate(model, components.eval_dataset(params, strategy), strategy=strategy,
                            jit_compile=bool(params["use_xla"]), num_classes=info.num_classes,
-                           progress=is_chief)
-        log.log([], {f"val.{k}": v for k, v in results.items()})
+                           progress=is_chief, confusion=True)
+        matrix = results.pop("confusion_matrix")
+        report = _write_report(params, matrix, info) if is_chief else {}
+        log.log([], {f"val.{k}": v for k, v in results.items()}
+                | ({"val.mean_class_accuracy": report["mean_class_accuracy"]} if report else {}))
     logger.info("eval of %s (%s weights): top-1 %.4f, top-5 %.4f, loss %.4f, %.1f images/s, "
                 "p99 latency %.2f ms", loaded["path"], loaded["weights"], results["top1"],
                 results["top5"], results["loss"], results["images_per_sec"],
                 results["latency_p99_ms"])
-    return {**results, "checkpoint": loaded["path"], "weights": loaded["weights"]}
+    return {**results, "checkpoint": loaded["path"], "weights": loaded["weights"], **report}
+
+
+def _write_report(params: Mapping[str, Any], matrix: np.ndarray, info) -> dict[str, Any]:
+    """Per-class accuracy and confusion matrix files (runtime.eval_report), class names from
+    training's class_names.json, the data set, or the ImageNet-1k names."""
+    saved = components.load_class_names(params["model_dir"])
+    names = saved[1] if saved is not None and saved[0] == info.num_classes else None
+    names = class_names_for(info.num_classes, names or info.class_names)
+    report = write_eval_report(params["model_dir"], matrix, names)
+    worst = ", ".join(f"{n} {a:.3f}" for n, a in report["worst_classes"])
+    logger.info("per-class accuracy: mean %.4f, lowest: %s; confusion matrix in %s%s",
+                report["mean_class_accuracy"], worst, report["confusion_csv"],
+                f" and {report['confusion_png']}" if report["confusion_png"] else "")
+    return report

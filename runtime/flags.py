@@ -15,11 +15,13 @@ import argparse
 import difflib
 import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from config.loader import ConfigError, load_config
+from runtime import run_params
 from runtime.distribute import ALL_REDUCE_CHOICES
 
 # NOTE: the choice lists below mirror utils.optimizers.OPTIMIZERS, utils.schedules.SCHEDULES,
@@ -36,7 +38,7 @@ AUGMENTERS = ("autoaugment", "randaugment", "none")
 AMP_DTYPES = ("float16", "bfloat16")
 RESIZE_METHODS = ("bilinear", "bicubic")
 EVAL_CROPS = ("crop", "squash")
-PARAMS_FILE = "params.json"
+PARAMS_FILE = run_params.PARAMS_FILE
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 TRAINING_MODES = ("train", "train_and_eval")
 
@@ -79,9 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     bool_flag = argparse.BooleanOptionalAction
 
     g = p.add_argument_group("run")
-    g.add_argument("--cfg", required=True,
+    g.add_argument("--cfg", default=None,
                    help="model config module, e.g. config/efficientnet_v2/s_cfg.py; it is "
-                        "executed as Python code (like any Python config): use trusted files only")
+                        "executed as Python code (like any Python config): use trusted files "
+                        "only. Optional for modes that read --model_dir/params.json: "
+                        f"{', '.join(run_params.RUN_READING_MODES)}")
     g.add_argument("--mparams", default=None,
                    help="model config overrides k=v,k=v (unknown keys are an error)")
     g.add_argument("--mode", default="train_and_eval", choices=MODE_NAMES)
@@ -164,6 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save_checkpoint_freq", type=int, default=5, help="epochs between checkpoints")
     g.add_argument("--resume_checkpoint", action=bool_flag, default=True,
                    help="continue from the latest checkpoint in model_dir")
+
+    g = p.add_argument_group("fine-tuning (docs/finetune.md)")
+    g.add_argument("--pretrained", default=None,
+                   help="start from these weights: a keras.applications EfficientNet(V2) .h5 / "
+                        ".weights.h5 file, or a run directory, checkpoint or model.weights.h5 of "
+                        "ours (not a resume: optimizer, step and EMA start fresh)")
+    g.add_argument("--freeze_until", default=None,
+                   help="freeze layers up to this one: stem, stageN, stageN_blockM, a layer "
+                        "name, or head (train only the classifier)")
+    g.add_argument("--freeze_bn", action=bool_flag, default=False,
+                   help="BatchNormalization in inference mode, not trained (small data sets)")
+    g.add_argument("--unfreeze_epoch", type=int, default=None,
+                   help="two phases: before this epoch train with --freeze_until (default "
+                        "head), from it everything, with the learning-rate warm-up again")
 
     g = p.add_argument_group("optimizer")
     g.add_argument("--optimizer", default="rmsprop", choices=OPTIMIZER_NAMES)
@@ -303,6 +321,7 @@ def validate(params: dict[str, Any]) -> None:
     if params["data_dir"] and params["dataset"] in DATASETS_NEEDING_DIR \
             and not os.path.isdir(params["data_dir"]):
         raise FlagError(f"--data_dir {params['data_dir']} is not a directory")
+    _validate_finetune(params)
     if params["mode"] == "predict":
         if not params["predict_img_dir"]:
             raise FlagError("--mode predict needs --predict_img_dir (an image file or a folder)")
@@ -310,18 +329,61 @@ def validate(params: dict[str, Any]) -> None:
             raise FlagError(f"--predict_img_dir {params['predict_img_dir']} does not exist")
 
 
-def resolve(args: argparse.Namespace) -> dict[str, Any]:
+_FREEZE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def _validate_finetune(params: dict[str, Any]) -> None:
+    """--pretrained, --freeze_until, --unfreeze_epoch (training modes only)."""
+    if params["mode"] not in TRAINING_MODES:
+        return
+    path = params["pretrained"]
+    if path is not None and not (os.path.exists(path) or os.path.isfile(path + ".index")):
+        raise FlagError(f"--pretrained {path} does not exist (a weights file, run directory "
+                        "or checkpoint prefix)")
+    until = params["freeze_until"]
+    if until is not None:
+        stage = re.match(r"^stage(\d+)(_|$)", until)
+        stages = len(params["model"].get("blocks", ()))
+        if not _FREEZE_NAME.match(until) or (stage and not 1 <= int(stage[1]) <= stages):
+            raise FlagError(f"--freeze_until {until!r}: use stem, stage1..stage{stages}, "
+                            "stageN_blockM, head (train only the classifier) or a layer name")
+    epoch = params["unfreeze_epoch"]
+    if epoch is not None and not 1 <= epoch < params["max_epochs"]:
+        raise FlagError(f"--unfreeze_epoch must be in 1..{params['max_epochs'] - 1} "
+                        f"(--max_epochs {params['max_epochs']}), got {epoch}")
+
+
+def resolve(args: argparse.Namespace, saved: dict[str, Any] | None = None,
+            explicit: dict[str, Any] | None = None) -> dict[str, Any]:
     """Flags + model config -> the params dict every mode receives.
 
     Derived values are filled in here, once: image sizes from the model config when not
     given. use_xla stays None ("auto") here: main.py resolves it once TensorFlow is imported.
+
+    Args:
+      args: the parsed flags (for a run-reading mode already merged with `saved`).
+      saved: the training run's params.json (runtime.run_params), or None.
+      explicit: the flags given on the command line (with `saved`).
 
     Raises:
       ConfigError: bad --cfg / --mparams.
       FlagError: bad flag values.
     """
     params = dict(vars(args))
-    params["model"] = load_config(args.cfg, args.mparams)
+    if saved is not None:
+        explicit = explicit or {}
+        params["model"] = run_params.model_config(saved, args.model_dir, explicit.get("cfg"),
+                                                  explicit.get("mparams"))
+        # Image sizes follow an --mparams / --cfg override of the model's sizes.
+        for flag in ("train_img_size", "eval_img_size"):
+            if flag not in explicit and ("cfg" in explicit or "mparams" in explicit):
+                params[flag] = None
+    elif args.cfg is None:
+        raise FlagError("the following arguments are required: --cfg (or, for --mode "
+                        f"{'/'.join(run_params.RUN_READING_MODES)}, a --model_dir holding a "
+                        f"training run's {PARAMS_FILE})")
+    else:
+        params["model"] = load_config(args.cfg, args.mparams)
     for flag, key in (("train_img_size", "train_img_size"), ("eval_img_size", "eval_img_size")):
         if params[flag] is None:
             if key not in params["model"]:
@@ -329,6 +391,19 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
             params[flag] = int(params["model"][key])
     validate(params)
     return params
+
+
+def _defaults(parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Every flag's default value by destination."""
+    return {a.dest: a.default for a in parser._actions if a.dest != "help"}
+
+
+def _explicit_flags(argv: Sequence[str]) -> dict[str, Any]:
+    """The flags given in `argv` (with their parsed values), without the defaults."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return vars(parser.parse_known_args(argv)[0])
 
 
 def parse(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -341,10 +416,18 @@ def parse(argv: Sequence[str] | None = None) -> dict[str, Any]:
       The params dict (use_xla may still be None = auto).
     """
     parser = build_parser()
-    args, extras = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, extras = parser.parse_known_args(argv)
     if extras:
         _reject_unknown(parser, extras)
     try:
-        return resolve(args)
+        saved = None
+        if run_params.reads_run(args.mode):
+            saved = run_params.load_saved_params(args.model_dir)
+        explicit = {}
+        if saved is not None:
+            explicit = _explicit_flags(argv)
+            args = argparse.Namespace(**run_params.merge(_defaults(parser), saved, explicit))
+        return resolve(args, saved, explicit)
     except (ConfigError, FlagError) as err:
         parser.error(str(err))

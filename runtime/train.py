@@ -42,8 +42,8 @@ import tensorflow as tf
 
 from dataloader import build_dataset, dataset_info
 from dataloader.mixing import mix_batch
-from runtime import distribute
-from runtime.checkpoint import TrainingCheckpoint
+from runtime import distribute, finetune
+from runtime.checkpoint import TrainingCheckpoint, checkpoint_dir
 from runtime.components import (
     create_model,
     data_config,
@@ -390,12 +390,16 @@ def build_run(params: Mapping[str, Any]) -> TrainRun:
     steps_per_epoch = params["steps_per_epoch"] or max(math.ceil(info.num_train / global_batch), 1)
     opt_config = _optimizer_config(params)
     policy = keras.mixed_precision.global_policy().name
+    freeze = finetune.FreezePlan.from_params(params)
     with strategy.scope():
         model = create_model(params, info.num_classes)
-        schedule = build_schedule(
+        _start_from_pretrained(params, model)
+        # The optimizer holds slots for every variable trained in some epoch of the run.
+        freeze.apply(model, epoch=None)
+        schedule = finetune.schedule_for(build_schedule(
             params["lr_decay"], params["lr_init"], global_batch, steps_per_epoch,
             params["max_epochs"], params["lr_warmup_epochs"], params["lr_decay_epochs"],
-            params["lr_decay_rate"], params["lr_decay_origin"])
+            params["lr_decay_rate"], params["lr_decay_origin"]), params, steps_per_epoch)
         optimizer = build_optimizer(opt_config, schedule, model.trainable_variables,
                                     loss_scaling=needs_loss_scaling(policy))
         optimizer.build(model.trainable_variables)
@@ -410,8 +414,20 @@ def build_run(params: Mapping[str, Any]) -> TrainRun:
                            append=checkpoint.latest is not None and params["resume_checkpoint"])
     if is_chief:
         save_class_names(params["model_dir"], info.num_classes, info.class_names)
-    return TrainRun(params, strategy, model, optimizer, ema, checkpoint, stages_from_params(params),
+    stages = finetune.split_at(stages_from_params(params), freeze.unfreeze_epoch)
+    return TrainRun(params, strategy, model, optimizer, ema, checkpoint, stages,
                 steps_per_epoch, global_batch, info.num_classes, step_config, log, is_chief)
+
+
+def _start_from_pretrained(params: Mapping[str, Any], model: keras.Model) -> None:
+    """Load --pretrained weights unless the run resumes from its own checkpoint."""
+    if not params.get("pretrained"):
+        return
+    latest = tf.train.latest_checkpoint(checkpoint_dir(params["model_dir"]))
+    if latest and params["resume_checkpoint"]:
+        logger.info("--pretrained %s not loaded: resuming from %s", params["pretrained"], latest)
+        return
+    finetune.load_pretrained(model, params["pretrained"], params["model"])
 
 
 def train_dataset(run: TrainRun, stage: Stage):
@@ -430,7 +446,7 @@ def train_dataset(run: TrainRun, stage: Stage):
         return dataset
 
     logger.info("stage %d/%d: epochs %d-%d, image size %d, RandAugment magnitude %.2f, "
-                "mixup %.3f, cutmix %.3f%s", stage.index + 1, len(run.stages),
+                "mixup %.3f, cutmix %.3f%s", stage.index + 1, run.stages[-1].index + 1,
                 stage.first_epoch + 1, stage.end_epoch, stage.image_size, stage.raug_magnitude,
                 stage.mixup_alpha, stage.cutmix_alpha, " (in the step)" if defer else "")
     return run.strategy.distribute_datasets_from_function(dataset_fn)
@@ -453,6 +469,11 @@ def _train_epochs(run: TrainRun, start_epoch: int, with_eval: bool) -> None:
     for stage in run.stages:
         if stage.end_epoch <= start_epoch:
             continue
+        freeze = finetune.FreezePlan.from_params(params)
+        if freeze.active:
+            freeze.apply(run.model, max(stage.first_epoch, start_epoch))
+            logger.info("epochs %d-%d: %s", max(stage.first_epoch, start_epoch) + 1,
+                        stage.end_epoch, finetune.describe_trainable(run.model))
         iterator = iter(train_dataset(run, stage))
         mixing = ({"mixup_alpha": stage.mixup_alpha, "cutmix_alpha": stage.cutmix_alpha}
                   if params["defer_img_mixing"] else {})
