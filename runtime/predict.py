@@ -311,7 +311,7 @@ def run_predict(params: Mapping[str, Any]) -> dict[str, Any]:
         csv_path, json_path = write_predictions(
             params["model_dir"], predictions, unreadable,
             extra={"input": os.path.abspath(params["predict_img_dir"]),
-                   "checkpoint": loaded["path"], "weights": loaded["weights"],
+                   "runtime": params["runtime"], "checkpoint": loaded["path"], "weights": loaded["weights"],
                    "image_size": cfg.image_size, "crop_fraction": cfg.eval_crop_fraction})
         result.update(csv=csv_path, json=json_path)
         print(format_summary(predictions, unreadable))
