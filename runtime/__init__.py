@@ -19,6 +19,7 @@ MODES: dict[str, str] = {
     "predict": "runtime.predict:run_predict",
     "training_benchmark": "runtime.benchmark:run_training_benchmark",
     "inference_benchmark": "runtime.benchmark:run_inference_benchmark",
+    "export": "runtime.export:run_export",
 }
 
 

@@ -216,6 +216,10 @@ def run_inference_benchmark(params: Mapping[str, Any]) -> dict[str, Any]:
       batch_size, global_batch_size, images_per_sec, images_per_sec_per_device,
       latency_mean_ms and latency_p{50,90,95,99}_ms per batch; or "error" (out of memory).
     """
+    if params["runtime"] != "keras":
+        from runtime import export
+
+        return export.run_runtime_benchmark(params)
     strategy = components.setup_run(params)
     is_chief = distribute.is_chief(strategy)
     info = dataset_info(components.data_config(params, training=False))

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from config.loader import ConfigError, load_config
-from runtime import run_params
+from runtime import run_params, runtimes
 from runtime.distribute import ALL_REDUCE_CHOICES
 
 # NOTE: the choice lists below mirror utils.optimizers.OPTIMIZERS, utils.schedules.SCHEDULES,
@@ -29,7 +29,7 @@ from runtime.distribute import ALL_REDUCE_CHOICES
 # loads TensorFlow (seconds), and a typo on the command line must fail at once.
 # tests/test_main.py checks that the copies agree.
 MODE_NAMES = ("train", "train_and_eval", "eval", "predict", "training_benchmark",
-              "inference_benchmark")
+              "inference_benchmark", "export")
 DATASET_SOURCES = ("imagenet", "folder", "digits", "synthetic")
 DATASETS_NEEDING_DIR = ("imagenet", "folder")
 OPTIMIZER_NAMES = ("rmsprop", "sgd", "momentum", "adam", "adamw", "lamb")
@@ -69,6 +69,16 @@ def _int_list(text: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(
             f"invalid batch size list {text!r} (comma-separated integers >= 1, e.g. 32,64,128)")
+    return values
+
+
+def _format_list(text: str) -> tuple[str, ...]:
+    values = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    bad = [v for v in values if v not in runtimes.FORMATS]
+    if not values or bad:
+        raise argparse.ArgumentTypeError(
+            f"invalid export format {','.join(bad) or text!r} (comma-separated subset of "
+            f"{','.join(runtimes.FORMATS)})")
     return values
 
 
@@ -235,6 +245,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--export_SavedModel", action=bool_flag, default=False,
                    help="also export the final (better of raw/EMA) weights as a TF SavedModel")
     g.add_argument("--predict_top_k", type=int, default=5, help="classes reported per image")
+    g.add_argument("--export_format", type=_format_list, default=("saved_model",),
+                   help="--mode export: comma-separated subset of " + ",".join(runtimes.FORMATS))
+    g.add_argument("--export_quantize", default="none", choices=runtimes.QUANTIZATIONS,
+                   help="LiteRT (tflite) post-training quantization; --runtime litert runs that file")
+    g.add_argument("--export_preprocessing", action=bool_flag, default=False,
+                   help="bake the eval crop+resize into the export: uint8 images of any size in "
+                        "(SavedModel: also serve_bytes for encoded JPEG/PNG)")
+    g.add_argument("--export_dir", default=None,
+                   help="where --mode export writes and --runtime reads (default: model_dir/export)")
+    g.add_argument("--runtime", default="keras", choices=runtimes.RUNTIMES,
+                   help="predict / inference_benchmark: the Keras model or an exported file")
+    g.add_argument("--runtime_threads", type=int, default=None,
+                   help="CPU threads of onnxruntime / litert (default: all cores)")
 
     g = p.add_argument_group("benchmarks (training_benchmark, inference_benchmark)")
     g.add_argument("--benchmark_batch_sizes", type=_int_list, default=None,
@@ -316,7 +339,7 @@ def validate(params: dict[str, Any]) -> None:
     if params["n_stages"] > params["max_epochs"]:
         raise FlagError(f"--n_stages={params['n_stages']} exceeds --max_epochs={params['max_epochs']}")
     if params["dataset"] in DATASETS_NEEDING_DIR and params["mode"] not in (
-            "predict", "training_benchmark", "inference_benchmark") and not params["data_dir"]:
+            "predict", "training_benchmark", "inference_benchmark", "export") and not params["data_dir"]:
         raise FlagError(f"--dataset {params['dataset']} needs --data_dir")
     if params["data_dir"] and params["dataset"] in DATASETS_NEEDING_DIR \
             and not os.path.isdir(params["data_dir"]):
@@ -327,6 +350,31 @@ def validate(params: dict[str, Any]) -> None:
             raise FlagError("--mode predict needs --predict_img_dir (an image file or a folder)")
         if not os.path.exists(params["predict_img_dir"]):
             raise FlagError(f"--predict_img_dir {params['predict_img_dir']} does not exist")
+    _validate_export(params)
+
+
+def _validate_export(params: dict[str, Any]) -> None:
+    """Export and --runtime checks: never overwrite an export, never run a missing one."""
+    if params["runtime_threads"] is not None and params["runtime_threads"] < 1:
+        raise FlagError(f"--runtime_threads must be >= 1, got {params['runtime_threads']}")
+    if params["mode"] == "export":
+        if params["export_quantize"] != "none" and "tflite" not in params["export_format"]:
+            raise FlagError(f"--export_quantize {params['export_quantize']} applies to LiteRT "
+                            "only; add tflite to --export_format")
+        for path in runtimes.planned_artifacts(params).values():
+            if os.path.exists(path):
+                raise FlagError(f"{path} exists; remove it or pass another --export_dir")
+    if params["runtime"] != "keras":
+        if params["mode"] not in ("predict", "inference_benchmark"):
+            raise FlagError(f"--runtime {params['runtime']} is for --mode predict and "
+                            "inference_benchmark only")
+        path = runtimes.runtime_artifact(params)
+        if not os.path.exists(path):
+            fmt = runtimes.RUNTIME_FORMATS[params["runtime"]]
+            quant = (f" --export_quantize {params['export_quantize']}"
+                     if params["export_quantize"] != "none" else "")
+            raise FlagError(f"--runtime {params['runtime']} runs {path}, which does not exist; "
+                            f"write it with --mode export --export_format {fmt}{quant}")
 
 
 _FREEZE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")

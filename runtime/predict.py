@@ -133,7 +133,8 @@ def predict_files(model: keras.Model, files: Sequence[str], image_size: int,
     """Classify image files.
 
     Args:
-      model: returns logits [B, num_classes].
+      model: returns logits [B, num_classes]: a keras.Model, or a runtime.runtimes.Runtime
+        (an exported model run by ONNX Runtime, LiteRT, a SavedModel) called on numpy.
       files: image paths (see `find_images`).
       image_size: model input size (the eval image size).
       crop_fraction: center-crop fraction, as in evaluation.
@@ -182,7 +183,10 @@ def predict_files(model: keras.Model, files: Sequence[str], image_size: int,
     seen: set[str] = set()
     bar = ProgressBar(len(files), desc="predict", enabled=progress)
     for paths, images in dataset:
-        values, indices = top_k_probs(images)
+        if isinstance(model, keras.Model):
+            values, indices = top_k_probs(images)
+        else:
+            values, indices = tf.math.top_k(tf.nn.softmax(model(images.numpy()), axis=-1), k=k)
         for path, probs, classes in zip(paths.numpy(), values.numpy(), indices.numpy(),
                                         strict=True):
             path = path.decode()
@@ -307,9 +311,14 @@ def run_predict(params: Mapping[str, Any]) -> dict[str, Any]:
     strategy = components.setup_run(params)
     is_chief = distribute.is_chief(strategy)
     num_classes, class_names = _classes_for_predict(params)
-    with strategy.scope():
-        model = components.create_model(params, num_classes)
-    loaded = restore_for_inference(model, params["model_dir"], params["predict_ckpt"])
+    if params["runtime"] == "keras":
+        with strategy.scope():
+            model = components.create_model(params, num_classes)
+        loaded = restore_for_inference(model, params["model_dir"], params["predict_ckpt"])
+    else:
+        from runtime import export
+
+        model, loaded = export.open_exported(params, num_classes)
     folder = params["predict_img_dir"] if os.path.isdir(params["predict_img_dir"]) else None
     # The evaluation data config fixes size, crop and resize method: a file is seen as the
     # validation pipeline would see it.
@@ -324,13 +333,13 @@ def run_predict(params: Mapping[str, Any]) -> dict[str, Any]:
     unreadable = refused + unreadable
     files = [*files, *(bad["file"] for bad in refused)]
     result: dict[str, Any] = {"num_files": len(files), "num_predicted": len(predictions),
-                              "num_unreadable": len(unreadable),
+                              "num_unreadable": len(unreadable), "runtime": params["runtime"],
                               "checkpoint": loaded["path"], "weights": loaded["weights"]}
     if is_chief:
         csv_path, json_path = write_predictions(
             params["model_dir"], predictions, unreadable,
             extra={"input": os.path.abspath(params["predict_img_dir"]),
-                   "checkpoint": loaded["path"], "weights": loaded["weights"],
+                   "runtime": params["runtime"], "checkpoint": loaded["path"], "weights": loaded["weights"],
                    "image_size": cfg.image_size, "crop_fraction": cfg.eval_crop_fraction})
         result.update(csv=csv_path, json=json_path)
         print(format_summary(predictions, unreadable))

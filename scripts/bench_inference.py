@@ -1,0 +1,183 @@
+"""CPU inference benchmark: our EfficientNet through every runtime vs keras.applications (and timm).
+
+    python scripts/bench_inference.py                     # B0 @ 224 and V2-S @ 384, batch 1 and 32
+    python scripts/bench_inference.py --models b0 --batch_sizes 1 --steps 10
+
+For each model, our network (random weights: speed does not depend on them) is exported with
+runtime.export to a temporary folder (SavedModel, ONNX, LiteRT; optionally a dynamic-range int8
+LiteRT file) and timed next to keras.applications' EfficientNet (TensorFlow backend) and, when
+torch and timm are installed, timm's (PyTorch CPU). Runtimes take turns: `--rounds` rounds of
+`--steps` calls each, so a change in machine load hits every runtime alike; after one untimed
+warm-up call per runtime. Latency is one call on a host batch (random 0..255 images); img/s is
+batch / median latency. Prints a Markdown table (docs/deployment.md has the one we measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+MODELS = {
+    # name: (our config, image size, keras.applications constructor, timm model name)
+    "b0": ("config/efficientnet_v1/b0_cfg.py", 224, "EfficientNetB0", "efficientnet_b0"),
+    "v2s": ("config/efficientnet_v2/s_cfg.py", 384, "EfficientNetV2S", "tf_efficientnetv2_s"),
+}
+BASELINE = "keras.applications (TF)"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def tf_runner(model):
+    """A Keras model in a tf.function (no XLA: slower on CPU), numpy in, numpy out."""
+    import tensorflow as tf
+
+    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return lambda images: np.asarray(forward(tf.constant(images)))
+
+
+def timm_runner(name: str, image_size: int, threads: int | None):
+    import timm
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = timm.create_model(name, pretrained=False).eval()
+
+    def run(images):
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+            return model(x).numpy()
+
+    return run
+
+
+def build_runners(key: str, workdir: str, threads: int | None, int8: bool) -> dict:
+    """{runtime label: callable(images)} for one model, exporting ours into `workdir`."""
+    import keras
+
+    from config.loader import load_config
+    from model import build_model
+    from runtime import export, runtimes
+
+    cfg_path, size, app_name, timm_name = MODELS[key]
+    config = load_config(cfg_path, None)
+    keras.utils.set_random_seed(0)
+    ours = build_model(config, num_classes=1000)
+    serving = export.serving_model(ours, size, size / (size + 32))
+    runners = {BASELINE: tf_runner(getattr(keras.applications, app_name)(
+        weights=None, input_shape=(size, size, 3)))}
+    runners["ours: keras (TF)"] = runtimes.KerasRuntime(ours)
+    check = np.random.default_rng(1).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
+    plan = [("saved_model", "none", "saved_model"), ("onnx", "none", "onnxruntime"),
+            ("tflite", "none", "litert")]
+    if int8:
+        plan.append(("tflite", "dynamic_int8", "litert"))
+    for fmt, quantize, runtime_name in plan:
+        path = os.path.join(workdir, f"{key}_{runtimes.artifact_name(fmt, quantize)}")
+        start = time.perf_counter()
+        export.write_artifact(fmt, serving, path, quantize)
+        diff = export.verify_artifact(fmt, path, serving, check, quantize, False)
+        label = f"ours: {runtime_name}" + ("" if quantize == "none" else f" ({quantize})")
+        print(f"  {label}: exported in {time.perf_counter() - start:.0f} s, max abs logit diff "
+              f"vs Keras {diff['max_abs_diff_logits']:.2g}", flush=True)
+        runners[label] = runtimes.load_runtime(runtime_name, path, threads)
+    if importlib.util.find_spec("timm") and importlib.util.find_spec("torch"):
+        runners["timm (PyTorch)"] = timm_runner(timm_name, size, threads)
+    return runners
+
+
+def measure(runners: dict, images: np.ndarray, steps: int, rounds: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for run in runners.values():  # warm-up: tracing, memory planning
+        run(images)
+    for _ in range(rounds):
+        for name, run in runners.items():
+            for _ in range(steps):
+                start = time.perf_counter()
+                run(images)
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="b0,v2s", help=f"comma-separated: {','.join(MODELS)}")
+    parser.add_argument("--batch_sizes", default="1,32")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed calls per runtime per round (default: 10 at batch 1, 2 above)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="onnxruntime / litert / torch threads (default: all cores)")
+    parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time a dynamic-range int8 LiteRT file")
+    args = parser.parse_args(argv)
+    models = [m for m in args.models.split(",") if m]
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        parser.error(f"unknown model(s) {','.join(unknown)}; choose from {','.join(MODELS)}")
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+
+    import keras
+    import tensorflow as tf
+
+    print(f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; CPU: {cpu_name()}, "
+          f"{os.cpu_count()} cores; TF {tf.__version__}, Keras {keras.__version__}")
+    print(f"load before: {load_average()}")
+    rows = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for key in models:
+            size = MODELS[key][1]
+            print(f"{key} @ {size}: exporting", flush=True)
+            runners = build_runners(key, workdir, args.threads, args.int8)
+            for batch in batch_sizes:
+                steps = args.steps or (10 if batch == 1 else 2)
+                images = np.random.default_rng(0).uniform(
+                    0, 255, (batch, size, size, 3)).astype(np.float32)
+                print(f"{key} @ {size}, batch {batch}: {args.rounds} x {steps} calls per runtime",
+                      flush=True)
+                times = measure(runners, images, steps, args.rounds)
+                base = batch / np.median(times[BASELINE])
+                for name, values in times.items():
+                    ms = np.percentile(np.asarray(values) * 1000, [50, 90, 99])
+                    ips = batch / np.median(values)
+                    rows.append((f"{key} @ {size}", batch, name, *ms, ips, ips / base))
+            del runners
+    print(f"load after: {load_average()}")
+    print("\n| model | batch | runtime | p50 ms | p90 ms | p99 ms | img/s | vs keras.applications |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    for model_name, batch, name, p50, p90, p99, ips, ratio in rows:
+        print(f"| {model_name} | {batch} | {name} | {p50:.1f} | {p90:.1f} | {p99:.1f} | "
+              f"{ips:.1f} | {ratio:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
