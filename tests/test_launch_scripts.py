@@ -180,3 +180,22 @@ def test_dockerfile_uses_official_base_and_keeps_its_gpu_tensorflow():
     for name in ("requirements.txt", "requirements-gpu.txt"):
         with open(os.path.join(REPO, name)) as f:
             assert "-r requirements-base.txt" in f.read()
+
+
+@pytest.mark.parametrize("sub, name, batch", [
+    ("run_S_multinode.sub", "efficientnet_v2-s", "460"),
+    ("run_B0_multinode.sub", "efficientnet-b0", "1024"),
+    ("run_B4_multinode.sub", "efficientnet-b4", "160")])
+def test_submissions_are_thin_settings_over_one_job(sub, name, batch):
+    with open(os.path.join(REPO, sub)) as f:
+        lines = f.read().splitlines()
+    assert len(lines) <= 20 and lines[-1].endswith('/scripts/multinode.sh"')
+    result = dry_run([sub], SLURM_SUBMIT_DIR=REPO, CONTAINER="", BATCH="")
+    assert result.returncode == 0, result.stderr
+    assert f"MODEL_DIR={os.path.join(REPO, 'results', name)}" in result.stdout
+    assert parse(main_py_args(result.stdout)).train_batch_size == int(batch)
+
+
+def test_multinode_job_needs_a_recipe():
+    result = dry_run(["scripts/multinode.sh"], SLURM_SUBMIT_DIR=REPO)
+    assert result.returncode != 0 and "RECIPE: set by the .sub file" in result.stderr
