@@ -51,6 +51,7 @@ from runtime.components import (
     open_metrics_log,
     save_class_names,
     setup_run,
+    small_data_bn_momentum,
 )
 from runtime.errors import NonFiniteLossError
 from runtime.evaluate import evaluate, make_eval_step
@@ -384,6 +385,9 @@ def build_run(params: Mapping[str, Any]) -> TrainRun:
     accum = params["grad_accum_steps"]
     global_batch = distribute.global_batch_size(params["train_batch_size"], strategy, accum)
     steps_per_epoch = params["steps_per_epoch"] or max(math.ceil(info.num_train / global_batch), 1)
+    momentum = small_data_bn_momentum(params, steps_per_epoch)
+    if momentum != params["model"]["bn_momentum"]:
+        params = {**params, "model": {**params["model"], "bn_momentum": momentum}}
     opt_config = _optimizer_config(params)
     policy = keras.mixed_precision.global_policy().name
     with strategy.scope():
