@@ -3,6 +3,7 @@ each model family's data recipe reaches the pipeline, and the flags that overrid
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -279,3 +280,26 @@ def test_training_builds_the_model_with_the_small_data_momentum(tmp_path):
                if isinstance(layer, keras.layers.BatchNormalization)]
     assert momenta and momenta == pytest.approx([1 - 1 / 23] * len(momenta))
     run.log.close()
+
+
+@pytest.mark.parametrize("eval_crop", ["squash", "crop"])
+def test_predict_sees_a_file_as_the_eval_transform_does(tmp_path, eval_crop):
+    from runtime.predict import run_predict
+    from tests.tiny_run import save_random_checkpoint, tiny_params
+
+    image = photo(60, 100)
+    path = tmp_path / "wide.png"
+    path.write_bytes(fx.encode(image, "PNG"))
+    params = tiny_params(tmp_path / "run", "predict", "--predict_img_dir", str(path),
+                         "--eval_crop", eval_crop, "--resize_method", "bicubic")
+    (tmp_path / "run").mkdir()
+    model = save_random_checkpoint(params)
+    run_predict(params)
+    with open(tmp_path / "run" / "predictions.json") as f:
+        top = json.load(f)["predictions"][0]["top_k"][0]
+    cfg = components.data_config(params, training=False)
+    assert (cfg.eval_crop, cfg.resize_method) == (eval_crop, "bicubic")
+    x = eval_transform(cfg)(tf.constant(path.read_bytes()))[None]
+    probs = tf.nn.softmax(model(x, training=False)).numpy()[0]
+    assert top["class_id"] == int(probs.argmax())
+    assert top["probability"] == pytest.approx(float(probs.max()), rel=1e-4)
