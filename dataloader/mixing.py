@@ -4,7 +4,14 @@ The input pipeline calls `mix_batch` after batching; with `defer_img_mixing` the
 it inside its compiled train step instead, so mixing runs on the accelerator. Each batch is
 mixed with itself reversed along the batch axis and one mixing weight is drawn per batch (timm's
 "batch" mode). When both alphas are positive, each batch uses CutMix or MixUp with equal
-probability, as in timm and the NVIDIA reference.
+probability (timm's `switch_prob` 0.5).
+
+NOTE: this is not NVIDIA's scheme. NVIDIA's TF2 ConvNets (dataloader/dataset_factory.py) draws
+a MixUp weight per sample, max(lambda, 1 - lambda), and with both alphas on splits every batch:
+MixUp on the first half, CutMix on the second. We keep one weight and one box per batch: one
+fused op per batch on the accelerator, and in expectation the same half-and-half mixture of the
+two; the shipped recipes use at most one of them (B4: MixUp 0.2), where only the per-sample vs
+per-batch weight differs (docs/parity.md).
 """
 
 from __future__ import annotations

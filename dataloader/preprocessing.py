@@ -59,6 +59,8 @@ def _center_window(height, width, crop_fraction: float):
 
 
 EVAL_CROPS = ("crop", "squash")
+# Random-crop sampling attempts before the center-crop fallback (automl v1; docs/parity.md).
+CROP_MAX_ATTEMPTS = 10
 
 
 def _random_window(height, width, seed, area_min, aspect_range, crop_fraction,
@@ -76,7 +78,7 @@ def _random_window(height, width, seed, area_min, aspect_range, crop_fraction,
         min_object_covered=min_object_covered,
         aspect_ratio_range=aspect_range,
         area_range=(area_min, 1.0),
-        max_attempts=10,
+        max_attempts=CROP_MAX_ATTEMPTS,
         use_image_if_no_bounding_boxes=True,
     )
     failed = tf.logical_and(tf.equal(size[0], height), tf.equal(size[1], width))

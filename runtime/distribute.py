@@ -13,7 +13,7 @@ API for the training loop (runtime/train.py):
     dataset = strategy.distribute_datasets_from_function(
         lambda ctx: build_dataset(data_cfg, "train", input_context=ctx))  # disjoint shard/worker
     # in the replica function: loss = sum(per-example loss) / global_batch, then one all-reduce
-    reduced = replica_ctx.all_reduce("sum", compress_gradients(grads, strategy)) -> cast to f32
+    grads = all_reduce_gradients(grads, strategy)    # SUM; float16 on the wire when compressed
     # checkpoints: every worker saves (MultiWorkerMirroredStrategy needs all of them in the
     # save), only the chief's copy is kept; every worker restores from model_dir:
     manager = tf.train.CheckpointManager(ckpt, checkpoint_write_dir(ckpt_dir, strategy), ...)
@@ -653,9 +653,8 @@ def compress_gradients(grads: Sequence[Any], strategy) -> list[Any]:
 
     Halves the all-reduce bytes; the caller casts the reduced sum back to float32 before the
     update. Only done when `create_strategy(..., fp16_compression=True)` built the strategy and
-    it has more than one replica. With float16 loss scaling the gradients are still scaled: an
-    overflow (> 65504) becomes inf and the LossScaleOptimizer skips the step and lowers the
-    scale, as for any overflow; magnitudes below ~6e-8 flush to zero.
+    it has more than one replica. A bare cast overflows above 65504 and flushes magnitudes
+    below ~6e-8: the training step reduces through `all_reduce_gradients`, which scales first.
 
     Args:
       grads: per-replica gradients (None entries are kept).
@@ -669,6 +668,49 @@ def compress_gradients(grads: Sequence[Any], strategy) -> list[Any]:
     import tensorflow as tf
 
     return [g if g is None or g.dtype != tf.float32 else tf.cast(g, tf.float16) for g in grads]
+
+
+# The float16 all-reduce scales each tensor so that its sum over replicas has max-abs <= this:
+# far from float16's 65504 and 2**39 above its smallest subnormal (2**-24).
+_FP16_SUM_MAX = 2.0 ** 15
+
+
+def all_reduce_gradients(grads: Sequence[Any], strategy) -> list[Any]:
+    """Sum per-replica gradients over replicas (call in replica context).
+
+    With `--fp16_compression` (and more than one replica) the sum travels in float16, half the
+    bytes, scale-aware: float16 holds 6e-8..65504, so loss-scaled gradients (x32768 under AMP)
+    would overflow to inf (a skipped step) and small float32 gradients would flush to zero.
+    Each tensor is multiplied by `2**15 / S` before the cast, where S is the sum over replicas
+    of the tensor's max-abs (one float32 all-reduce of one number per tensor); S bounds the
+    max-abs of the reduced sum, so the float16 sum never overflows, and the result is divided
+    back in float32. Inf/NaN stay non-finite, so the LossScaleOptimizer still skips such steps.
+    NVIDIA's Horovod `Compression.fp16` casts unscaled gradients without this scaling.
+
+    Args:
+      grads: per-replica float gradients (None entries are kept).
+      strategy: the strategy returned by `create_strategy`.
+
+    Returns:
+      The summed gradients, in their original dtypes.
+    """
+    import tensorflow as tf
+
+    ctx = tf.distribute.get_replica_context()
+    compressed = compress_gradients(grads, strategy)
+    if all(c is g for c, g in zip(compressed, grads, strict=True)):
+        return list(ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(grads)))
+    index = [i for i, g in enumerate(grads) if g is not None and g.dtype == tf.float32]
+    peaks = tf.stack([tf.reduce_max(tf.abs(grads[i])) for i in index])
+    total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, peaks)
+    scales = tf.where(total > 0, _FP16_SUM_MAX / total, tf.ones_like(total))
+    wire = list(grads)
+    for k, i in enumerate(index):
+        wire[i] = tf.cast(grads[i] * scales[k], tf.float16)
+    reduced = list(ctx.all_reduce(tf.distribute.ReduceOp.SUM, wire))
+    for k, i in enumerate(index):
+        reduced[i] = tf.cast(reduced[i], tf.float32) / scales[k]
+    return reduced
 
 
 def describe_worker_failure(exc: BaseException) -> str | None:

@@ -8,8 +8,8 @@ same code with no strategy, MirroredStrategy and MultiWorkerMirroredStrategy:
 1. each replica runs `grad_accum_steps` micro-batches in a `tf.while_loop`, summing gradients of
    `sum(per-example loss) / effective global batch` (plus the L2 penalty / replicas / steps), so
    the summed gradient is the gradient of the mean loss over the effective batch;
-2. one all-reduce (SUM) per effective step, in float16 with `--fp16_compression`
-   (runtime.distribute.compress_gradients);
+2. one all-reduce (SUM) per effective step, in float16 with `--fp16_compression`, scaled per
+   tensor so it neither overflows nor flushes (runtime.distribute.all_reduce_gradients);
 3. `optimizer.apply`: a LossScaleOptimizer unscales and skips non-finite steps (float16), the
    optimizer clips the *global* norm of the reduced gradient (`global_clipnorm`) and updates;
    its update count drives the LR schedule, so warm-up and decay see effective steps;
@@ -51,6 +51,7 @@ from runtime.components import (
     open_metrics_log,
     save_class_names,
     setup_run,
+    small_data_bn_momentum,
 )
 from runtime.errors import NonFiniteLossError, RunError
 from runtime.evaluate import evaluate, make_eval_step
@@ -304,10 +305,7 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, *
             _, grads, loss_sum, correct, count = tf.while_loop(
                 lambda i, *_: i < accum, body,
                 (tf.constant(0), zeros, tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)))
-        dtypes = [g.dtype for g in grads]
-        reduced = tf.distribute.get_replica_context().all_reduce(
-            tf.distribute.ReduceOp.SUM, distribute.compress_gradients(grads, strategy))
-        grads = [tf.cast(g, d) for g, d in zip(reduced, dtypes, strict=True)]
+        grads = distribute.all_reduce_gradients(grads, strategy)
         optimizer.apply(grads, variables)
         return loss_sum, correct, count
 
@@ -388,6 +386,9 @@ def build_run(params: Mapping[str, Any]) -> TrainRun:
     accum = params["grad_accum_steps"]
     global_batch = distribute.global_batch_size(params["train_batch_size"], strategy, accum)
     steps_per_epoch = params["steps_per_epoch"] or max(math.ceil(info.num_train / global_batch), 1)
+    momentum = small_data_bn_momentum(params, steps_per_epoch)
+    if momentum != params["model"]["bn_momentum"]:
+        params = {**params, "model": {**params["model"], "bn_momentum": momentum}}
     opt_config = _optimizer_config(params)
     policy = keras.mixed_precision.global_policy().name
     freeze = finetune.FreezePlan.from_params(params)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import logging
+import os
 
 import numpy as np
 import pytest

@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 
 from runtime.distribute import (
@@ -359,3 +360,59 @@ def test_missing_worker_fails_at_startup_instead_of_hanging():
     assert "main.py: error: multi-worker startup: not all 2 workers joined within 3s" in result.stderr
     assert f"peers 127.0.0.1:{ports[0]}, 127.0.0.1:{ports[1]}" in result.stderr
     assert time.monotonic() - started < 90
+
+
+def test_fp16_all_reduce_is_scale_aware_in_both_precisions():
+    """A bare float16 cast overflowed the *sum* of loss-scaled gradients (x32768 under AMP: each
+    replica's float16 gradient fits, two of them near the top do not: inf, a skipped step) and
+    flushed small float32 gradients to zero; the scaled all-reduce keeps both."""
+    result = run_python("""
+        import json
+        import keras
+        import numpy as np
+        import tensorflow as tf
+        from runtime import distribute as d
+        from tests.train_fixtures import batch, build_trainer
+
+        mirrored = d.create_strategy(cpu_replicas=2, fp16_compression=True)
+
+        @tf.function
+        def reduce(values):
+            return mirrored.run(lambda g: d.all_reduce_gradients([g], mirrored)[0], args=(values,))
+
+        def summed(r0, r1):
+            values = mirrored.experimental_distribute_values_from_function(
+                lambda ctx: tf.constant([r0, r1][ctx.replica_id_in_sync_group], tf.float32))
+            return mirrored.experimental_local_results(reduce(values))[0].numpy().tolist()
+
+        out = {
+            "amp": summed([40000.0, -30000.0, 1.5], [40000.0, 20000.0, 2.5]),
+            "small": summed([1e-9, 3e-10], [2e-9, -1e-10]),
+            "nonfinite": summed([float("inf"), 1.0], [1.0, 1.0]),
+            "zeros": summed([0.0, 0.0], [0.0, 0.0]),
+        }
+        # One AMP training step (dynamic loss scale 32768): 2 replicas with the float16
+        # all-reduce take the same step as one device.
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        images, labels = batch(8)
+        single, compressed = build_trainer(loss_scaling=True), build_trainer(mirrored, loss_scaling=True)
+        start = [w.numpy() for w in single[0].weights]
+        single[3]((images, labels))
+        halves = [mirrored.experimental_distribute_values_from_function(
+            lambda ctx, a=a: a[4 * ctx.replica_id_in_sync_group:][:4]) for a in (images, labels)]
+        compressed[3](tuple(halves))
+        out["amp_moved"] = max(float(np.max(np.abs(a - b.numpy())))
+                               for a, b in zip(start, compressed[0].weights))
+        out["amp_diff"] = max(float(np.max(np.abs(a.numpy() - b.numpy()))) / max(
+            float(np.max(np.abs(a.numpy() - s))), 1e-12)
+            for a, b, s in zip(single[0].weights, compressed[0].weights, start))
+        print(json.dumps(out))
+    """)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(out["amp"], [80000.0, -10000.0, 4.0], rtol=2e-3, atol=80000 * 1e-3)
+    np.testing.assert_allclose(out["small"], [3e-9, 2e-10], rtol=2e-3)
+    assert not np.isfinite(out["nonfinite"][0])
+    assert out["zeros"] == [0.0, 0.0]
+    assert out["amp_moved"] > 0, "the float16 all-reduce overflowed and the step was skipped"
+    assert out["amp_diff"] < 1e-2
