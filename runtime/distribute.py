@@ -536,8 +536,9 @@ def _addresses(spec: ClusterSpec) -> list[str]:
 def _multi_worker_strategy(tf, spec: ClusterSpec, gpus: list, all_reduce: str,
                            collective_timeout_s: float, heartbeat_timeout_s: int,
                            startup_timeout_s: float):
-    from tensorflow.python.eager import context
+    from runtime import compat
 
+    context = compat.eager_context()
     if all_reduce == "nccl" and not gpus:
         raise ClusterError("all_reduce='nccl' needs GPUs; this worker has none (use auto or ring)")
     implementation = tf.distribute.experimental.CommunicationImplementation
@@ -547,8 +548,7 @@ def _multi_worker_strategy(tf, spec: ClusterSpec, gpus: list, all_reduce: str,
     # when none is configured): heartbeats detect a dead worker in seconds and abort everyone's
     # pending collectives, so a lost worker fails the job instead of hanging it.
     if context.context().coordination_service is None:
-        from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
-
+        coordination_config_pb2 = compat.coordination_config_pb2()
         jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=len(addresses))
                 for job, addresses in spec.jobs.items()]
         leader = "/job:chief/replica:0/task:0" if "chief" in spec.jobs else "/job:worker/replica:0/task:0"
@@ -581,7 +581,7 @@ def _task(strategy) -> tuple[str | None, int | None]:
 def is_chief(strategy) -> bool:
     """True for the process that writes checkpoints, logs and exports (always, on one process)."""
     task_type, task_id = _task(strategy)
-    if task_type is None or getattr(strategy.extended, "_num_workers", 1) <= 1:
+    if task_type is None or num_workers(strategy) <= 1:
         return True
     if task_type == "chief":
         return True
@@ -591,7 +591,11 @@ def is_chief(strategy) -> bool:
 
 def num_workers(strategy) -> int:
     """Number of training processes in the strategy's cluster (1 on one host)."""
-    return int(getattr(strategy.extended, "_num_workers", 1) or 1)
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    jobs = resolver.cluster_spec().as_dict()
+    return max(sum(len(jobs.get(job, ())) for job in ("chief", "worker")), 1)
 
 
 def worker_index(strategy) -> int:

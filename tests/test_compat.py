@@ -1,0 +1,64 @@
+"""runtime/compat.py: the one module that touches private Keras/TF attributes checks them."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from runtime import compat, distribute
+
+
+def test_skip_all_reduce_takes_effect():
+    """The patched method is on Keras' live update path and passes gradients through."""
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        var = keras.Variable(np.zeros(3, "float32"))
+        optimizer = keras.optimizers.SGD(1.0)
+        optimizer.build([var])
+    compat.skip_optimizer_all_reduce(optimizer)
+    patched, calls = optimizer._all_reduce_sum_gradients, []
+
+    def spy(grads_and_vars):
+        calls.append(1)
+        return patched(grads_and_vars)
+
+    optimizer._all_reduce_sum_gradients = spy
+
+    @tf.function
+    def step():
+        strategy.run(lambda: optimizer.apply([tf.fill([3], 2.0)], [var]))
+
+    step()
+    assert calls, "Keras no longer calls _all_reduce_sum_gradients: the patch does nothing"
+    np.testing.assert_allclose(var.numpy(), [-2.0] * 3)
+
+
+def test_skip_all_reduce_fails_in_one_line_when_keras_renames_it(monkeypatch):
+    optimizer = keras.optimizers.SGD(1.0)
+    for klass in type(optimizer).__mro__:
+        if "_all_reduce_sum_gradients" in vars(klass):
+            monkeypatch.delattr(klass, "_all_reduce_sum_gradients")
+    with pytest.raises(compat.CompatError, match="no longer sums gradients through "
+                                                 "_all_reduce_sum_gradients"):
+        compat.skip_optimizer_all_reduce(optimizer)
+
+
+def test_untested_versions_are_refused_unless_allowed(monkeypatch):
+    compat.check_versions(keras.__version__, tf.__version__)
+    with pytest.raises(compat.CompatError, match=r"keras 4\.0\.0 is untested .*"
+                                                 "EFFICIENTNET_ALLOW_UNTESTED=1"):
+        compat.check_versions("4.0.0", tf.__version__)
+    monkeypatch.setenv(compat.ALLOW_UNTESTED_ENV, "1")
+    compat.check_versions("4.0.0", "3.0.0")
+
+
+def test_tf_internals_are_there():
+    assert hasattr(compat.coordination_config_pb2(), "CoordinatedJob")
+    assert compat.eager_context().context().coordination_service is None
+
+
+def test_worker_count_from_public_cluster_resolver():
+    assert distribute.num_workers(tf.distribute.get_strategy()) == 1
+    assert distribute.is_chief(tf.distribute.get_strategy())
