@@ -10,6 +10,7 @@ batches as "p90/p95/p99"; that understates tail latency, so it is not reproduced
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -28,6 +29,13 @@ from runtime.eval_report import write_eval_report
 from utils.dllogger import ProgressBar
 
 logger = logging.getLogger(__name__)
+
+
+@functools.cache
+def _warn_untimed(steps: int, warmup_steps: int) -> None:
+    """Once per process and size: a small validation set would repeat it every epoch."""
+    logger.warning("all %d evaluation steps were warm-up: no timing reported; evaluate more "
+                   "than %d batches for images/s and latency", steps, warmup_steps)
 
 PERCENTILES = (50, 90, 95, 99)
 
@@ -228,9 +236,7 @@ def evaluate(model: keras.Model, dataset: Any, strategy: tf.distribute.Strategy 
     if steps_done == 0:
         raise ValueError("evaluation dataset is empty: no batch to evaluate")
     if not latencies:
-        logger.warning("all %d evaluation steps were warm-up: no timing reported; "
-                       "evaluate more than %d batches for images/s and latency",
-                       steps_done, warmup_steps)
+        _warn_untimed(steps_done, warmup_steps)
 
     count = sums["count"]
     images_per_sec = timed_images / timed_wall if timed_wall > 0 else math.nan
@@ -247,6 +253,13 @@ def evaluate(model: keras.Model, dataset: Any, strategy: tf.distribute.Strategy 
         "images_per_sec_per_device": images_per_sec / strategy.num_replicas_in_sync,
         **latency_stats(latencies),
     }
+
+
+def without_missing_timing(results: Mapping[str, Any]) -> dict[str, Any]:
+    """`results` less the timing entries that are NaN (an evaluation too short to time)."""
+    return {k: v for k, v in results.items()
+            if not (k.startswith(("images_per_sec", "latency_")) and isinstance(v, float)
+                    and math.isnan(v))}
 
 
 def run_eval(params: Mapping[str, Any]) -> dict[str, Any]:

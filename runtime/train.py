@@ -54,7 +54,8 @@ from runtime.components import (
     small_data_bn_momentum,
 )
 from runtime.errors import NonFiniteLossError, RunError
-from runtime.evaluate import evaluate, make_eval_step
+from runtime.evaluate import evaluate, make_eval_step, without_missing_timing
+from runtime.flags import TRAINING_MODES
 from utils.dllogger import MetricsLogger, ProgressBar
 from utils.ema import ExponentialMovingAverage
 from utils.fileio import atomic_dir, atomic_path, check_free_space
@@ -356,10 +357,10 @@ class TrainRun:
             self._eval_step = make_eval_step(self.model, self.strategy,
                                              top_k=min(5, self.num_classes),
                                              jit_compile=self.params["use_xla"])
-        return evaluate(self.model, eval_dataset(self.params, self.strategy),
+        return without_missing_timing(evaluate(self.model, eval_dataset(self.params, self.strategy),
                         strategy=self.strategy, jit_compile=self.params["use_xla"],
                         num_classes=self.num_classes, progress=self.is_chief, desc=desc,
-                        eval_step=self._eval_step)
+                        eval_step=self._eval_step))
 
 
 def _optimizer_config(params: Mapping[str, Any]) -> OptimizerConfig:
@@ -446,11 +447,24 @@ def train_dataset(run: TrainRun, stage: Stage):
             dataset = dataset.batch(accum, drop_remainder=True)
         return dataset
 
-    logger.info("stage %d/%d: epochs %d-%d, image size %d, RandAugment magnitude %.2f, "
-                "mixup %.3f, cutmix %.3f%s", stage.index + 1, run.stages[-1].index + 1,
-                stage.first_epoch + 1, stage.end_epoch, stage.image_size, stage.raug_magnitude,
-                stage.mixup_alpha, stage.cutmix_alpha, " (in the step)" if defer else "")
+    logger.info("%s", describe_stage(stage, len(run.stages), params["augmenter_name"], defer,
+                                     with_epochs=params["mode"] in TRAINING_MODES))
     return run.strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def describe_stage(stage: Stage, n_stages: int, augmenter: str, defer: bool,
+                   with_epochs: bool = True) -> str:
+    """One log line of what a stage trains on: only the settings that are in effect."""
+    parts = [f"epochs {stage.first_epoch + 1}-{stage.end_epoch}"] if with_epochs else []
+    parts.append(f"image size {stage.image_size}")
+    if augmenter == "randaugment":
+        parts.append(f"RandAugment magnitude {stage.raug_magnitude:.2f}")
+    elif augmenter != "none":
+        parts.append(augmenter)
+    where = " (in the step)" if defer else ""
+    parts += [f"{name} {alpha:.3f}{where}" for name, alpha in
+              (("mixup", stage.mixup_alpha), ("cutmix", stage.cutmix_alpha)) if alpha > 0]
+    return f"stage {stage.index + 1}/{n_stages}: " + ", ".join(parts)
 
 
 def _check_finite(loss: float, epoch: int, step: int, run: TrainRun) -> None:
@@ -530,6 +544,9 @@ def _finish(run: TrainRun, with_eval: bool) -> dict[str, Any]:
                                "epochs": params["max_epochs"]}
     use_ema = run.ema is not None
     if with_eval:
+        logger.info("training done: final evaluation of the %s weights on the validation split "
+                    "(building the eval input and tracing the eval step first)",
+                    "raw and EMA" if use_ema else "raw")
         raw = run.evaluate("final eval (raw)")
         summary.update({f"val.{k}": v for k, v in raw.items()})
         if run.ema is not None:

@@ -199,3 +199,16 @@ def test_empty_batch_of_a_finished_worker_sums_to_zero():
         "loss_sum": 0.0, "top1_sum": 0.0, "top5_sum": 0.0, "count": 0.0}
     full = step(tf.zeros([2, 32, 32, 3]), tf.one_hot([0, 1], 4))
     assert float(full["count"]) == 2.0 and math.isfinite(float(full["loss_sum"]))
+
+
+def test_untimed_evaluation_warns_once_and_drops_nan_timing(caplog):
+    from runtime.evaluate import _warn_untimed, without_missing_timing
+
+    _warn_untimed.cache_clear()
+    with caplog.at_level("WARNING", logger="runtime.evaluate"):
+        for _ in range(3):  # three epochs of a one-batch validation set
+            _warn_untimed(1, 1)
+    assert sum("were warm-up" in r.getMessage() for r in caplog.records) == 1
+    results = {"top1": 0.5, "images_per_sec": float("nan"), "latency_p99_ms": float("nan"),
+               "timed_steps": 0}
+    assert without_missing_timing(results) == {"top1": 0.5, "timed_steps": 0}

@@ -199,3 +199,10 @@ def test_submissions_are_thin_settings_over_one_job(sub, name, batch):
 def test_multinode_job_needs_a_recipe():
     result = dry_run(["scripts/multinode.sh"], SLURM_SUBMIT_DIR=REPO)
     assert result.returncode != 0 and "RECIPE: set by the .sub file" in result.stderr
+
+
+def test_docker_launch_help_is_not_an_image_name():
+    shown = dry_run(["scripts/docker/launch.sh", "--help"])
+    assert shown.returncode == 0 and shown.stdout.startswith("usage:") and "docker run" not in shown.stdout
+    bad = dry_run(["scripts/docker/launch.sh", "--gpus"])
+    assert bad.returncode == 2 and "NAME is an image name, not an option: --gpus" in bad.stderr

@@ -158,3 +158,17 @@ def test_xla_step_matches_plain_step(accum, scaling):
         weights.append([v.numpy() for v in model.trainable_variables])
     for a, b in zip(*weights, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_stage_line_names_only_the_settings_in_effect():
+    from runtime.train import Stage, describe_stage
+
+    stage = Stage(index=0, first_epoch=0, end_epoch=300, image_size=224, raug_magnitude=10.0,
+                  mixup_alpha=0.0, cutmix_alpha=0.0)
+    assert describe_stage(stage, 1, "none", False) == "stage 1/1: epochs 1-300, image size 224"
+    assert describe_stage(stage, 1, "none", False, with_epochs=False) == "stage 1/1: image size 224"
+    mixed = Stage(index=1, first_epoch=3, end_epoch=6, image_size=128, raug_magnitude=5.0,
+                  mixup_alpha=0.2, cutmix_alpha=0.0)
+    assert describe_stage(mixed, 2, "randaugment", True) == (
+        "stage 2/2: epochs 4-6, image size 128, RandAugment magnitude 5.00, mixup 0.200 (in the step)")
+    assert "autoaugment" in describe_stage(stage, 1, "autoaugment", False)

@@ -5,8 +5,18 @@
 # Environment: DATA_DIR (host dataset dir, default /data), RESULTS_DIR (host results dir,
 # default ./results), DRY_RUN=1 prints the command.
 set -euo pipefail
+usage="usage: $0 NAME [COMMAND...]   (env: DATA_DIR, RESULTS_DIR, DRY_RUN=1)"
 if [[ $# -lt 1 ]]; then
-  echo "usage: $0 NAME [COMMAND...]" >&2
+  echo "$usage" >&2
+  exit 2
+fi
+if [[ $1 == -h || $1 == --help ]]; then
+  echo "$usage"
+  exit 0
+fi
+if [[ $1 == -* ]]; then
+  echo "$0: error: NAME is an image name, not an option: $1" >&2
+  echo "$usage" >&2
   exit 2
 fi
 name=$1
