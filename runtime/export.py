@@ -114,8 +114,12 @@ def serving_model(model: keras.Model, image_size: int, crop_fraction: float,
         images = inputs
     logits = model(images, training=False)
     probabilities = keras.layers.Softmax(dtype="float32", name="probabilities")(logits)
-    return keras.Model(inputs, {"logits": logits, "probabilities": probabilities},
-                       name=f"{model.name}_serving")
+    serving = keras.Model(inputs, {"logits": logits, "probabilities": probabilities},
+                          name=f"{model.name}_serving")
+    # Keras' ONNX exporter refuses a model that was never called ("has never called").
+    serving(np.zeros((1, image_size, image_size, 3), "uint8" if preprocessing else "float32"),
+            training=False)
+    return serving
 
 
 def _input_spec(serving: keras.Model) -> tf.TensorSpec:
