@@ -193,3 +193,28 @@ def test_finetune_flag_errors(tmp_path, capsys, extra, message):
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_two_phase_run_trains_head_first_then_everything(tmp_path):
+    """--unfreeze_epoch 1: after epoch 1 only the classifier moved; after epoch 2 the backbone
+    did too (checkpoints of both epochs; the pretrained start is a fresh step count)."""
+    from runtime.checkpoint import restore_for_inference
+
+    source = tiny_model(num_classes=10)
+    path = str(tmp_path / "model.weights.h5")
+    source.save_weights(path)
+    run = tmp_path / "run"
+    assert main.main(tiny_args(run, "train", "--pretrained", path, "--unfreeze_epoch", "1",
+                               "--max_epochs", "2", "--steps_per_epoch", "2",
+                               "--save_checkpoint_freq", "1", "--lr_warmup_epochs", "0",
+                               "--lr_init", "0.5")) == 0
+    epochs = {}
+    for epoch in (1, 2):
+        model = tiny_model(num_classes=10)
+        restore_for_inference(model, str(run), str(run / "checkpoints" / f"ckpt-{epoch}"))
+        epochs[epoch] = model
+    stem = source.get_layer("stem_conv").get_weights()[0]
+    np.testing.assert_array_equal(epochs[1].get_layer("stem_conv").get_weights()[0], stem)
+    assert not np.array_equal(epochs[2].get_layer("stem_conv").get_weights()[0], stem)
+    assert not np.array_equal(epochs[1].get_layer("logits").get_weights()[0],
+                              source.get_layer("logits").get_weights()[0])
