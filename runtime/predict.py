@@ -28,6 +28,7 @@ from dataloader.files import FilePolicy, skip_reason
 from dataloader.preprocessing import preprocess_for_eval
 from runtime import components, distribute
 from runtime.checkpoint import restore_for_inference
+from runtime.class_names import class_names_for
 from runtime.errors import RunError
 from utils.dllogger import ProgressBar
 from utils.fileio import atomic_write_text
@@ -205,6 +206,25 @@ def predict_files(model: keras.Model, files: Sequence[str], image_size: int,
     return predictions, unreadable
 
 
+def output_paths(out_dir: str) -> tuple[str, str]:
+    """The CSV and JSON paths of a new predict run: predictions.csv/.json, or, when an earlier
+    run's files are there, the first free predictions_N.csv/.json (N = 2, 3, ...): a predict
+    run never overwrites another's results."""
+    stem_csv, ext_csv = os.path.splitext(PREDICTIONS_CSV)
+    stem_json, ext_json = os.path.splitext(PREDICTIONS_JSON)
+    n = 1
+    while True:
+        suffix = "" if n == 1 else f"_{n}"
+        paths = (os.path.join(out_dir, f"{stem_csv}{suffix}{ext_csv}"),
+                 os.path.join(out_dir, f"{stem_json}{suffix}{ext_json}"))
+        if not any(os.path.exists(p) for p in paths):
+            if n > 1:
+                logger.info("%s exists (an earlier predict run): writing %s and %s",
+                            PREDICTIONS_CSV, *(os.path.basename(p) for p in paths))
+            return paths
+        n += 1
+
+
 def write_predictions(out_dir: str, predictions: Sequence[Prediction],
                       unreadable: Sequence[dict[str, str]],
                       extra: dict[str, Any] | None = None) -> tuple[str, str]:
@@ -217,9 +237,11 @@ def write_predictions(out_dir: str, predictions: Sequence[Prediction],
       extra: more fields for the JSON header (checkpoint, image size...).
 
     Returns:
-      (csv path, json path).
+      (csv path, json path): predictions.csv/.json, or predictions_N.* when taken
+      (`output_paths`).
     """
     os.makedirs(out_dir, exist_ok=True)
+    csv_path, json_path = output_paths(out_dir)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["file", "rank", "class_id", "class_name", "probability"])
@@ -227,7 +249,6 @@ def write_predictions(out_dir: str, predictions: Sequence[Prediction],
         for rank, (cls, name, prob) in enumerate(
                 zip(pred.classes, pred.names, pred.probabilities, strict=True), start=1):
             writer.writerow([pred.file, rank, cls, name, f"{prob:.6f}"])
-    csv_path = os.path.join(out_dir, PREDICTIONS_CSV)
     atomic_write_text(csv_path, buffer.getvalue())
 
     document = {
@@ -242,7 +263,6 @@ def write_predictions(out_dir: str, predictions: Sequence[Prediction],
             for p in predictions],
         "unreadable": list(unreadable),
     }
-    json_path = os.path.join(out_dir, PREDICTIONS_JSON)
     components.write_json(json_path, document)
     return csv_path, json_path
 
@@ -275,18 +295,18 @@ def _classes_for_predict(params: Mapping[str, Any]) -> tuple[int, tuple[str, ...
     training, else the dataset named by the flags, else the model config (names = indices)."""
     saved = components.load_class_names(params["model_dir"])
     if saved is not None:
-        return saved
+        return saved[0], class_names_for(*saved)
     try:
         info = dataset_info(components.data_config(params, training=False))
         logger.warning("%s has no %s: class names taken from --dataset %s",
                        params["model_dir"], components.CLASS_NAMES_FILE, params["dataset"])
-        return info.num_classes, info.class_names
+        return info.num_classes, class_names_for(info.num_classes, info.class_names)
     except (DataError, OSError) as err:
         num_classes = int(params["model"]["num_classes"])
         logger.warning("%s has no %s and the dataset gives no classes (%s): reporting class "
                        "indices of the config's %d classes", params["model_dir"],
                        components.CLASS_NAMES_FILE, err, num_classes)
-        return num_classes, None
+        return num_classes, class_names_for(num_classes, None)
 
 
 def run_predict(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -157,11 +157,19 @@ def test_run_predict_end_to_end(tmp_path, capsys):
         probs = [e["probability"] for e in entry["top_k"]]
         assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
 
-    # A single image and an explicit .weights.h5 give the same numbers for that file.
+    # A single image and an explicit .weights.h5 give the same numbers for that file; the
+    # second run writes new files instead of overwriting the first run's.
+    first_csv = (model_dir / "predictions.csv").read_text()
     single = tiny_params(model_dir, "predict", "--predict_img_dir", str(images / "a.jpg"),
                          "--predict_ckpt", str(tmp_path / "final.weights.h5"))
-    assert run_predict(single)["num_predicted"] == 1
+    again = run_predict(single)
+    assert again["num_predicted"] == 1
+    assert (again["csv"], again["json"]) == (str(model_dir / "predictions_2.csv"),
+                                             str(model_dir / "predictions_2.json"))
+    assert (model_dir / "predictions.csv").read_text() == first_csv
     with open(model_dir / "predictions.json") as f:
+        assert len(json.load(f)["predictions"]) == 4
+    with open(model_dir / "predictions_2.json") as f:
         one = json.load(f)["predictions"]
     assert one[0]["file"] == str(images / "a.jpg")
     assert one[0]["top_k"] == doc["predictions"][0]["top_k"]
@@ -193,6 +201,31 @@ def test_predict_bad_inputs_exit_codes(tmp_path, capsys):
     assert captured.err.strip().splitlines()[-1] == (
         f"main.py: error: none of the 1 image file(s) under {broken} could be decoded")
     assert "unreadable: x.jpg" in captured.out
+
+
+def test_output_paths_take_the_next_free_number(tmp_path):
+    from runtime.predict import output_paths
+
+    assert output_paths(str(tmp_path)) == (str(tmp_path / "predictions.csv"),
+                                           str(tmp_path / "predictions.json"))
+    (tmp_path / "predictions.json").write_text("{}")  # either file taken: both move on
+    (tmp_path / "predictions_2.csv").write_text("")
+    assert output_paths(str(tmp_path)) == (str(tmp_path / "predictions_3.csv"),
+                                           str(tmp_path / "predictions_3.json"))
+
+
+def test_imagenet_models_get_human_readable_names(tmp_path):
+    from runtime.class_names import class_names_for
+    from runtime.components import save_class_names
+    from runtime.predict import _classes_for_predict
+    from tests.tiny_run import tiny_params
+
+    names = class_names_for(1000, None)
+    assert len(names) == 1000 and names[:2] == ("tench", "goldfish") and names[999] == "toilet paper"
+    assert class_names_for(10, None) is None and class_names_for(3, ["a", "b", "c"]) == ("a", "b", "c")
+    save_class_names(str(tmp_path), 1000, None)  # e.g. imported weights, TFRecords without names
+    params = tiny_params(tmp_path, "predict", "--predict_img_dir", str(tmp_path))
+    assert _classes_for_predict(params)[1][1] == "goldfish"
 
 
 def test_class_names_fallbacks_without_class_names_json(tmp_path):
