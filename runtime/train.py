@@ -52,10 +52,11 @@ from runtime.components import (
     save_class_names,
     setup_run,
     small_data_bn_momentum,
+    write_json,
 )
 from runtime.errors import NonFiniteLossError, RunError
 from runtime.evaluate import evaluate, make_eval_step, without_missing_timing
-from runtime.flags import TRAINING_MODES
+from runtime.flags import TRAINING_MODES, params_filename
 from utils.dllogger import MetricsLogger, ProgressBar
 from utils.ema import ExponentialMovingAverage
 from utils.fileio import atomic_dir, atomic_path, check_free_space
@@ -414,11 +415,38 @@ def build_run(params: Mapping[str, Any]) -> TrainRun:
         jit_compile=params["use_xla"])
     log = open_metrics_log(params, is_chief,
                            append=checkpoint.latest is not None and params["resume_checkpoint"])
+    stages = finetune.split_at(stages_from_params(params), freeze.unfreeze_epoch)
+    derived = derived_values(strategy, global_batch, steps_per_epoch, schedule, stages,
+                             params["max_epochs"])
+    logger.info("run: %d replica(s) on %d worker(s), global batch %d, %d steps/epoch, %d steps, "
+                "peak LR %.6g", derived["num_replicas"], derived["num_workers"],
+                derived["global_batch_size"], steps_per_epoch, derived["total_steps"],
+                derived["peak_lr"])
     if is_chief:
         save_class_names(params["model_dir"], info.num_classes, info.class_names)
-    stages = finetune.split_at(stages_from_params(params), freeze.unfreeze_epoch)
+        # params.json was written before the strategy existed; add what a user checks a run by.
+        write_json(os.path.join(params["model_dir"], params_filename(params["mode"])),
+                   {**params, "derived": derived})
     return TrainRun(params, strategy, model, optimizer, ema, checkpoint, stages,
                 steps_per_epoch, global_batch, info.num_classes, step_config, log, is_chief)
+
+
+def derived_values(strategy: tf.distribute.Strategy, global_batch: int, steps_per_epoch: int,
+                   schedule, stages: Sequence[Stage], max_epochs: int) -> dict[str, Any]:
+    """The values a run derives from its flags and cluster (params.json's "derived" entry)."""
+    while not hasattr(schedule, "peak_lr") and hasattr(schedule, "base"):  # RewarmSchedule
+        schedule = schedule.base
+    return {
+        "num_replicas": strategy.num_replicas_in_sync,
+        "num_workers": distribute.num_workers(strategy),
+        "global_batch_size": global_batch,
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": steps_per_epoch * max_epochs,
+        "peak_lr": float(schedule.peak_lr),
+        "stages": [{"epochs": [st.first_epoch + 1, st.end_epoch], "image_size": st.image_size,
+                    "raug_magnitude": st.raug_magnitude, "mixup_alpha": st.mixup_alpha,
+                    "cutmix_alpha": st.cutmix_alpha} for st in stages],
+    }
 
 
 def _start_from_pretrained(params: Mapping[str, Any], model: keras.Model) -> None:

@@ -95,6 +95,9 @@ def test_each_runtime_predicts_the_same_top1_as_keras(exported, runtime, tmp_pat
     def top1(name):
         argv = tiny_args(model_dir, "predict", "--predict_img_dir", str(folder),
                          "--runtime", name, "--predict_top_k", "3")
+        # Predict never overwrites (it writes predictions_2.json next): start from none.
+        for old in model_dir.glob("predictions*.*"):
+            old.unlink()
         assert main.main(argv) == 0
         with open(model_dir / "predictions.json", encoding="utf-8") as f:
             document = json.load(f)
