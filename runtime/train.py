@@ -414,13 +414,29 @@ def build_run(params: Mapping[str, Any]) -> TrainRun:
                 steps_per_epoch, global_batch, info.num_classes, step_config, log, is_chief)
 
 
-def train_dataset(run: TrainRun, stage: Stage):
-    """The distributed, repeated train input of `stage` ([A, B, ...] batches with accumulation)."""
+def epoch_data_seed(seed: int | None, epoch: int | None) -> int | None:
+    """The data seed (shuffle, augmentation, mixing) of 0-based `epoch` of a run seeded `seed`.
+
+    A function of (seed, epoch) only, so a resumed run reads epoch k exactly as the
+    uninterrupted run did; None when the run is not seeded or no epoch is given.
+    """
+    if seed is None or epoch is None:
+        return seed
+    return seed + 7919 * (epoch + 1)
+
+
+def train_dataset(run: TrainRun, stage: Stage, epoch: int | None = None, announce: bool = True):
+    """The distributed, repeated train input of `stage` ([A, B, ...] batches with accumulation).
+
+    With `epoch` (seeded runs) the data seed is that epoch's (`epoch_data_seed`); `announce`
+    logs the stage's settings.
+    """
     params = run.params
     defer = params["defer_img_mixing"]
     cfg = data_config(params, training=True, image_size=stage.image_size,
                       raug_magnitude=stage.raug_magnitude,
-                      mixup_alpha=stage.mixup_alpha, cutmix_alpha=stage.cutmix_alpha)
+                      mixup_alpha=stage.mixup_alpha, cutmix_alpha=stage.cutmix_alpha,
+                      seed=epoch_data_seed(params["seed"], epoch))
     accum = run.step_config.grad_accum_steps
 
     def dataset_fn(input_context):
@@ -429,6 +445,8 @@ def train_dataset(run: TrainRun, stage: Stage):
             dataset = dataset.batch(accum, drop_remainder=True)
         return dataset
 
+    if not announce:
+        return run.strategy.distribute_datasets_from_function(dataset_fn)
     logger.info("stage %d/%d: epochs %d-%d, image size %d, RandAugment magnitude %.2f, "
                 "mixup %.3f, cutmix %.3f%s", stage.index + 1, len(run.stages),
                 stage.first_epoch + 1, stage.end_epoch, stage.image_size, stage.raug_magnitude,
@@ -453,13 +471,19 @@ def _train_epochs(run: TrainRun, start_epoch: int, with_eval: bool) -> None:
     for stage in run.stages:
         if stage.end_epoch <= start_epoch:
             continue
-        iterator = iter(train_dataset(run, stage))
+        # Seeded runs read every epoch from its own seed, so that a resumed run reads what the
+        # uninterrupted one did (the iterator's position is not part of the checkpoint).
+        per_epoch = params["seed"] is not None
+        iterator = None if per_epoch else iter(train_dataset(run, stage))
         mixing = ({"mixup_alpha": stage.mixup_alpha, "cutmix_alpha": stage.cutmix_alpha}
                   if params["defer_img_mixing"] else {})
         step_fn = make_train_step(run.model, run.optimizer, strategy=run.strategy,
                                   config=dataclasses.replace(run.step_config, **mixing),
                                   metrics=metrics, ema=run.ema)
-        for epoch in range(max(stage.first_epoch, start_epoch), stage.end_epoch):
+        first = max(stage.first_epoch, start_epoch)
+        for epoch in range(first, stage.end_epoch):
+            if per_epoch:
+                iterator = iter(train_dataset(run, stage, epoch, announce=epoch == first))
             metrics.reset()
             bar = ProgressBar(run.steps_per_epoch, desc=f"epoch {epoch + 1}/{max_epochs}",
                               enabled=run.is_chief)
