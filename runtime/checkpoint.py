@@ -2,7 +2,11 @@
 
 A training checkpoint holds the model's weights, the optimizer's slots and update count (the
 LR schedule is a function of it), the loss scale of a LossScaleOptimizer (part of the
-optimizer), the EMA shadows and the number of finished epochs (which fixes the stage).
+optimizer), the EMA shadows, the number of finished epochs (which fixes the stage) and the
+random state: the Keras SeedGenerator states of dropout and stochastic depth (not part of
+`model`'s checkpoint dependencies) and TensorFlow's global tf.random.Generator. With the
+per-epoch data seeds of runtime.train, a killed and resumed seeded run draws the same random
+numbers as the uninterrupted one.
 
 Atomicity: TensorFlow writes a checkpoint's data files under temporary names, renames them
 when complete, and only then rewrites the `checkpoint` index with
@@ -76,7 +80,8 @@ class TrainingCheckpoint:
                  ema: ExponentialMovingAverage | None = None,
                  strategy: tf.distribute.Strategy | None = None, max_to_keep: int = 3) -> None:
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        objects = {"model": model, "optimizer": optimizer, "epoch": self.epoch}
+        objects = {"model": model, "optimizer": optimizer, "epoch": self.epoch,
+                   "rng": random_state(model)}
         if ema is not None:
             objects["ema"] = ema
         self.checkpoint = tf.train.Checkpoint(**objects)
@@ -271,6 +276,29 @@ def restore_or_explain(checkpoint: tf.train.Checkpoint, path: str) -> str | None
     logging.getLogger("tensorflow").addFilter(_UnrestoredValuesFilter())
     gc.collect()
     return reason
+
+
+SEED_STATE_NAME = "seed_generator_state"
+
+
+def seed_states(model: keras.Model) -> list[tf.Variable]:
+    """The state variables of the model's Keras SeedGenerators (dropout, stochastic depth), in
+    the model's (deterministic) variable order."""
+    states = []
+    for variable in model.variables:
+        if variable.name == SEED_STATE_NAME:
+            value = variable.value
+            if not isinstance(value, tf.Variable):
+                raise RunError(f"Keras seed state {variable.path} is not backed by a tf.Variable "
+                               f"({type(value).__name__}); this Keras version is not supported")
+            states.append(value)
+    return states
+
+
+def random_state(model: keras.Model) -> tf.train.Checkpoint:
+    """A checkpointable object with the model's seed states and the global tf.random.Generator."""
+    seeds = {f"seed_{i}": v for i, v in enumerate(seed_states(model))}
+    return tf.train.Checkpoint(generator=tf.random.get_global_generator(), **seeds)
 
 
 def _first_line(err: BaseException) -> str:

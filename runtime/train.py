@@ -460,13 +460,29 @@ def _start_from_pretrained(params: Mapping[str, Any], model: keras.Model) -> Non
     finetune.load_pretrained(model, params["pretrained"], params["model"])
 
 
-def train_dataset(run: TrainRun, stage: Stage):
-    """The distributed, repeated train input of `stage` ([A, B, ...] batches with accumulation)."""
+def epoch_data_seed(seed: int | None, epoch: int | None) -> int | None:
+    """The data seed (shuffle, augmentation, mixing) of 0-based `epoch` of a run seeded `seed`.
+
+    A function of (seed, epoch) only, so a resumed run reads epoch k exactly as the
+    uninterrupted run did; None when the run is not seeded or no epoch is given.
+    """
+    if seed is None or epoch is None:
+        return seed
+    return seed + 7919 * (epoch + 1)
+
+
+def train_dataset(run: TrainRun, stage: Stage, epoch: int | None = None, announce: bool = True):
+    """The distributed, repeated train input of `stage` ([A, B, ...] batches with accumulation).
+
+    With `epoch` (seeded runs) the data seed is that epoch's (`epoch_data_seed`); `announce`
+    logs the stage's settings.
+    """
     params = run.params
     defer = params["defer_img_mixing"]
     cfg = data_config(params, training=True, image_size=stage.image_size,
                       raug_magnitude=stage.raug_magnitude,
-                      mixup_alpha=stage.mixup_alpha, cutmix_alpha=stage.cutmix_alpha)
+                      mixup_alpha=stage.mixup_alpha, cutmix_alpha=stage.cutmix_alpha,
+                      seed=epoch_data_seed(params["seed"], epoch))
     accum = run.step_config.grad_accum_steps
 
     def dataset_fn(input_context):
@@ -475,8 +491,9 @@ def train_dataset(run: TrainRun, stage: Stage):
             dataset = dataset.batch(accum, drop_remainder=True)
         return dataset
 
-    logger.info("%s", describe_stage(stage, len(run.stages), params["augmenter_name"], defer,
-                                     with_epochs=params["mode"] in TRAINING_MODES))
+    if announce:
+        logger.info("%s", describe_stage(stage, len(run.stages), params["augmenter_name"], defer,
+                                         with_epochs=params["mode"] in TRAINING_MODES))
     return run.strategy.distribute_datasets_from_function(dataset_fn)
 
 
@@ -517,13 +534,19 @@ def _train_epochs(run: TrainRun, start_epoch: int, with_eval: bool) -> None:
             freeze.apply(run.model, max(stage.first_epoch, start_epoch))
             logger.info("epochs %d-%d: %s", max(stage.first_epoch, start_epoch) + 1,
                         stage.end_epoch, finetune.describe_trainable(run.model))
-        iterator = iter(train_dataset(run, stage))
+        # Seeded runs read every epoch from its own seed, so that a resumed run reads what the
+        # uninterrupted one did (the iterator's position is not part of the checkpoint).
+        per_epoch = params["seed"] is not None
+        iterator = None if per_epoch else iter(train_dataset(run, stage))
         mixing = ({"mixup_alpha": stage.mixup_alpha, "cutmix_alpha": stage.cutmix_alpha}
                   if params["defer_img_mixing"] else {})
         step_fn = make_train_step(run.model, run.optimizer, strategy=run.strategy,
                                   config=dataclasses.replace(run.step_config, **mixing),
                                   metrics=metrics, ema=run.ema)
-        for epoch in range(max(stage.first_epoch, start_epoch), stage.end_epoch):
+        first = max(stage.first_epoch, start_epoch)
+        for epoch in range(first, stage.end_epoch):
+            if per_epoch:
+                iterator = iter(train_dataset(run, stage, epoch, announce=epoch == first))
             metrics.reset()
             bar = ProgressBar(run.steps_per_epoch, desc=f"epoch {epoch + 1}/{max_epochs}",
                               enabled=run.is_chief)

@@ -351,7 +351,9 @@ def convert(args) -> dict:
         for split in ("train", "validation")
     }
     skipped = [s for v in manifest["shards"].values() for s in v["skipped"]]
-    with open(os.path.join(args.output_dir, SKIPPED_FILE), "w") as f:
+    from utils.fileio import atomic_write
+
+    with atomic_write(os.path.join(args.output_dir, SKIPPED_FILE)) as f:
         f.writelines(f"{path}\t{reason}\n" for path, reason in skipped)
     tfrecord_format.write_metadata(
         args.output_dir,

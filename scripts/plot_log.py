@@ -21,6 +21,7 @@ from collections import defaultdict
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.dllogger import read_log  # noqa: E402
+from utils.fileio import atomic_path  # noqa: E402
 
 PANELS = (
     ("loss", lambda k: "loss" in k),
@@ -105,7 +106,8 @@ def plot(series: dict[str, list[tuple[float, float]]], xlabel: str, title: str,
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    with atomic_path(out_path) as tmp:  # temp name + rename: never a half-written PNG
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return drawn
 
