@@ -21,25 +21,20 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from config.loader import ConfigError, load_config
-from runtime import run_params, runtimes
+from dataloader.config import AUGMENTERS, EVAL_CROPS, RESIZE_METHODS, SOURCES
+from dataloader.files import DEFAULT_MAX_IMAGE_PIXELS
+from runtime import MODES, run_params, runtimes
 from runtime.distribute import ALL_REDUCE_CHOICES
+from utils.choices import AMP_DTYPES, OPTIMIZERS, SCHEDULE_ORIGINS, SCHEDULES
 
-# NOTE: the choice lists below mirror utils.optimizers.OPTIMIZERS, utils.schedules.SCHEDULES,
-# utils.precision.AMP_DTYPES and dataloader.config.AUGMENTERS / SOURCES: importing those modules
-# loads TensorFlow (seconds), and a typo on the command line must fail at once.
-# tests/test_main.py checks that the copies agree.
-MODE_NAMES = ("train", "train_and_eval", "eval", "predict", "training_benchmark",
-              "inference_benchmark", "export")
-DATASET_SOURCES = ("imagenet", "folder", "digits", "synthetic")
+# The choice lists come from their implementing packages' TensorFlow-free modules, so a typo on
+# the command line fails before TensorFlow loads (seconds).
+MODE_NAMES = tuple(MODES)
+DATASET_SOURCES = SOURCES
 DATASETS_NEEDING_DIR = ("imagenet", "folder")
-OPTIMIZER_NAMES = ("rmsprop", "sgd", "momentum", "adam", "adamw", "lamb")
-LR_DECAYS = ("exponential", "cosine", "piecewise", "linearcosine")
-AUGMENTERS = ("autoaugment", "randaugment", "none")
-AMP_DTYPES = ("float16", "bfloat16")
-RESIZE_METHODS = ("bilinear", "bicubic")
-EVAL_CROPS = ("crop", "squash")
+OPTIMIZER_NAMES = OPTIMIZERS
+LR_DECAYS = SCHEDULES
 PARAMS_FILE = run_params.PARAMS_FILE
-DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 TRAINING_MODES = ("train", "train_and_eval")
 
 
@@ -216,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs between decays (exponential, piecewise)")
     g.add_argument("--lr_warmup_epochs", type=float, default=5.0,
                    help="linear warm-up from 0 to the peak learning rate")
-    g.add_argument("--lr_decay_origin", default="warmup_end", choices=("warmup_end", "start"),
+    g.add_argument("--lr_decay_origin", default="warmup_end", choices=SCHEDULE_ORIGINS,
                    help="decay counts from the end of warm-up (NVIDIA) or from step 0 (automl)")
 
     g = p.add_argument_group("stage-wise training (progressive learning)")

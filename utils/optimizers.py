@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import keras
 from keras import ops
 
-OPTIMIZERS = ("rmsprop", "sgd", "momentum", "adam", "adamw", "lamb")
+from utils.choices import OPTIMIZERS  # noqa: F401 (re-exported)
+
 DECOUPLED_DECAY = ("adamw", "lamb")
 
 

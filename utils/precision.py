@@ -12,9 +12,10 @@ import logging
 import keras
 import tensorflow as tf
 
+from utils.choices import AMP_DTYPES  # noqa: F401 (re-exported)
+
 logger = logging.getLogger(__name__)
 
-AMP_DTYPES = ("float16", "bfloat16")
 
 
 def precision_policy(use_amp: bool, amp_dtype: str = "float16") -> str:

@@ -28,8 +28,7 @@ import math
 import keras
 from keras import ops
 
-SCHEDULES = ("exponential", "cosine", "piecewise", "linearcosine")
-ORIGINS = ("warmup_end", "start")
+from utils.choices import SCHEDULE_ORIGINS, SCHEDULES  # noqa: F401 (re-exported)
 
 # The recipes quote lr_init for a global batch of 128 (NVIDIA's convention).
 REFERENCE_BATCH_SIZE = 128
@@ -70,8 +69,8 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
         super().__init__()
         if kind not in SCHEDULES:
             raise ValueError(f"unknown lr_decay {kind!r}; valid: {', '.join(SCHEDULES)}")
-        if origin not in ORIGINS:
-            raise ValueError(f"unknown lr_decay_origin {origin!r}; valid: {', '.join(ORIGINS)}")
+        if origin not in SCHEDULE_ORIGINS:
+            raise ValueError(f"unknown lr_decay_origin {origin!r}; valid: {', '.join(SCHEDULE_ORIGINS)}")
         self.kind = kind
         self.peak_lr = float(peak_lr)
         self.total_steps = int(total_steps)
