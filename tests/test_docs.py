@@ -1,0 +1,88 @@
+"""The documentation stays true to the code: docs/flags.md is what the parser generates, every
+relative link in README.md and docs/*.md names a file that exists, and the README stays a front
+door."""
+
+import glob
+import os
+import re
+import subprocess
+import sys
+
+from scripts import flags_doc
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STALE = "docs/flags.md is stale: run python scripts/flags_doc.py --write"
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _pages():
+    return [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
+
+
+def test_flags_doc_is_current():
+    with open(os.path.join(ROOT, flags_doc.DOC_PATH), encoding="utf-8") as f:
+        assert f.read() == flags_doc.generate(), STALE
+
+
+def test_flags_doc_lists_every_flag_with_group_and_default():
+    from runtime.flags import build_parser
+    text = flags_doc.generate()
+    parser = build_parser()
+    for action in parser._actions:
+        for option in action.option_strings:
+            if option not in ("-h", "--help"):
+                assert f"`{option}`" in text, option
+    assert "\n## precision and compilation\n" in text
+    assert "| `--mode` | `train_and_eval` | train, train_and_eval," in text
+    assert "| `--use_amp` / `--no-use_amp` | False |" in text
+    assert ROOT not in text and os.path.expanduser("~") not in text
+
+
+def test_flags_doc_sees_a_new_flag():
+    """A parser that gained a flag renders a page that no longer matches docs/flags.md."""
+    from runtime.flags import build_parser
+    parser = build_parser()
+    parser.add_argument("--brand_new_flag", default=3, help="added after the page was written")
+    text = flags_doc.render(parser)
+    assert "| `--brand_new_flag` | `3` |  | added after the page was written |" in text
+    with open(os.path.join(ROOT, flags_doc.DOC_PATH), encoding="utf-8") as f:
+        assert f.read() != text
+
+
+def test_flags_doc_script_prints_the_page():
+    out = subprocess.run([sys.executable, "scripts/flags_doc.py"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert out == flags_doc.generate()
+
+
+def test_relative_links_point_to_existing_files():
+    broken = []
+    for page in _pages():
+        with open(page, encoding="utf-8") as f:
+            text = f.read()
+        for target in LINK.findall(text):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue
+            path = os.path.normpath(os.path.join(os.path.dirname(page), target.split("#")[0]))
+            if not os.path.exists(path):
+                broken.append(f"{os.path.relpath(page, ROOT)} -> {target}")
+    assert not broken, "broken links: " + ", ".join(sorted(set(broken)))
+
+
+def test_readme_is_a_front_door():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    assert len(lines) <= 300, f"README.md has {len(lines)} lines; move detail into docs/"
+
+
+def test_readme_test_command_is_what_ci_runs():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
+        ci = f.read()
+    command = ("python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements-dev.txt"
+               " && python -m pytest -q")
+    assert command in readme
+    for part in ("python3 -m venv .venv", ". .venv/bin/activate",
+                 "pip install -q -r requirements-dev.txt", "python -m pytest -q"):
+        assert part in ci, part
