@@ -55,17 +55,33 @@ def test_flags_doc_script_prints_the_page():
     assert out == flags_doc.generate()
 
 
-def test_relative_links_point_to_existing_files():
+def _anchors(path):
+    """GitHub's heading anchors of a markdown file (lower case, punctuation dropped, spaces to -)."""
+    with open(path, encoding="utf-8") as f:
+        text = re.sub(r"```.*?```", "", f.read(), flags=re.S)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.+)$", text, flags=re.M)}
+
+
+def test_anchor_slugs_follow_github():
+    assert _anchors(os.path.join(ROOT, "docs", "evaluation.md")) >= {
+        "benchmarks---mode-training_benchmark---mode-inference_benchmark", "logs-and-plots"}
+
+
+def test_relative_links_point_to_existing_files_and_headings():
     broken = []
     for page in _pages():
         with open(page, encoding="utf-8") as f:
             text = f.read()
         for target in LINK.findall(text):
-            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            if re.match(r"[a-z]+:", target):
                 continue
-            path = os.path.normpath(os.path.join(os.path.dirname(page), target.split("#")[0]))
+            file, _, anchor = target.partition("#")
+            path = os.path.normpath(os.path.join(os.path.dirname(page), file)) if file else page
             if not os.path.exists(path):
                 broken.append(f"{os.path.relpath(page, ROOT)} -> {target}")
+            elif anchor and path.endswith(".md") and anchor not in _anchors(path):
+                broken.append(f"{os.path.relpath(page, ROOT)} -> {target} (no such heading)")
     assert not broken, "broken links: " + ", ".join(sorted(set(broken)))
 
 
