@@ -8,7 +8,11 @@ import re
 import subprocess
 import sys
 
+import pytest
+from model_zoo import profiled, variant_params
+
 from scripts import flags_doc
+from scripts.model_table import format_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STALE = "docs/flags.md is stale: run python scripts/flags_doc.py --write"
@@ -102,3 +106,16 @@ def test_readme_test_command_is_what_ci_runs():
     for part in ("python3 -m venv .venv", ". .venv/bin/activate",
                  "pip install -q -r requirements-dev.txt", "python -m pytest -q"):
         assert part in ci, part
+
+
+@pytest.mark.parametrize("variant", variant_params(
+    ["b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "s", "m", "l", "xl"]))
+def test_model_tables_are_current(variant):
+    """The model table in README.md and docs/models.md is scripts/model_table.py's output
+    (rows are built once per session and shared with tests/test_model_table.py)."""
+    row = format_rows([profiled(variant)], "markdown").splitlines()[-1]
+    for page in ("README.md", os.path.join("docs", "models.md")):
+        with open(os.path.join(ROOT, page), encoding="utf-8") as f:
+            assert row in f.read().splitlines(), (
+                f"{page}: model table is stale ({row}): paste the output of "
+                "python scripts/model_table.py --format markdown")
