@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("precision and compilation")
     g.add_argument("--use_xla", action=bool_flag, default=None,
-                   help="XLA jit_compile (default: on with a GPU, off on CPU where it is 8-10x slower)")
+                   help="XLA jit_compile (default: on with a GPU, off on CPU where it is slower)")
     g.add_argument("--use_amp", action=bool_flag, default=False, help="mixed precision")
     g.add_argument("--amp_dtype", default="float16", choices=AMP_DTYPES,
                    help="float16 uses dynamic loss scaling, bfloat16 needs none")
