@@ -185,8 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--freeze_bn", action=bool_flag, default=False,
                    help="BatchNormalization in inference mode, not trained (small data sets)")
     g.add_argument("--unfreeze_epoch", type=int, default=None,
-                   help="two phases: before this epoch train with --freeze_until (default "
-                        "head), from it everything, with the learning-rate warm-up again")
+                   help="two phases: the first N epochs train with --freeze_until (default "
+                        "head), later epochs everything, with the learning-rate warm-up again")
 
     g = p.add_argument_group("optimizer")
     g.add_argument("--optimizer", default="rmsprop", choices=OPTIMIZER_NAMES)
