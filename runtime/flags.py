@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gradient all-reduce implementation across replicas / workers")
     g.add_argument("--fp16_compression", action=bool_flag, default=False,
                    help="all-reduce gradients in float16 (half the bytes)")
+    g.add_argument("--cpu_replicas", type=int, default=1,
+                   help="without GPUs: MirroredStrategy over this many logical CPU devices "
+                        "(tests and scripts/benchmark_table.py; 1 = no strategy)")
 
     g = p.add_argument_group("precision and compilation")
     g.add_argument("--use_xla", action=bool_flag, default=None,
@@ -292,7 +295,7 @@ def _reject_unknown(parser: argparse.ArgumentParser, extras: Sequence[str]) -> N
 _POSITIVE_INTS = ("log_steps", "max_epochs", "train_batch_size", "eval_batch_size",
                   "predict_batch_size", "predict_top_k", "grad_accum_steps", "save_checkpoint_freq",
                   "num_epochs_between_eval", "n_stages", "base_img_size", "benchmark_steps",
-                  "max_image_pixels")
+                  "max_image_pixels", "cpu_replicas")
 _NON_NEGATIVE = ("grad_clip_norm", "weight_decay", "mixup_alpha", "cutmix_alpha", "base_mixup",
                  "base_cutmix", "raug_magnitude", "base_randaug_mag", "lr_warmup_epochs",
                  "opt_epsilon", "momentum", "benchmark_warmup_steps", "raug_num_layers")
