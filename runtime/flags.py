@@ -196,6 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="two phases: before this epoch train with --freeze_until (default "
                         "head), from it everything, with the learning-rate warm-up again")
 
+    g = p.add_argument_group("AdvProp (docs/advprop.md)")
+    g.add_argument("--advprop", action=bool_flag, default=False,
+                   help="also train on PGD adversarial images through auxiliary BatchNorms")
+    g.add_argument("--advprop_epsilon", type=float, default=1.0,
+                   help="L-inf radius of the attack, in pixels (0..255 scale)")
+    g.add_argument("--advprop_steps", type=int, default=1, help="PGD steps per batch")
+    g.add_argument("--advprop_step_size", type=float, default=1.0, help="PGD step, in pixels")
+
     g = p.add_argument_group("optimizer")
     g.add_argument("--optimizer", default="rmsprop", choices=OPTIMIZER_NAMES)
     g.add_argument("--momentum", type=float, default=0.9, help="rmsprop / momentum")
@@ -348,12 +356,25 @@ def validate(params: dict[str, Any]) -> None:
             and not os.path.isdir(params["data_dir"]):
         raise FlagError(f"--data_dir {params['data_dir']} is not a directory")
     _validate_finetune(params)
+    _validate_advprop(params)
     if params["mode"] == "predict":
         if not params["predict_img_dir"]:
             raise FlagError("--mode predict needs --predict_img_dir (an image file or a folder)")
         if not os.path.exists(params["predict_img_dir"]):
             raise FlagError(f"--predict_img_dir {params['predict_img_dir']} does not exist")
     _validate_export(params)
+
+
+def _validate_advprop(params: dict[str, Any]) -> None:
+    """--advprop_* ranges (runtime/advprop.py); pixel units need raw 0..255 model inputs."""
+    for name in ("advprop_epsilon", "advprop_step_size"):
+        if not params[name] > 0:
+            raise FlagError(f"--{name} must be > 0 (pixels), got {params[name]}")
+    if params["advprop_steps"] < 1:
+        raise FlagError(f"--advprop_steps must be >= 1, got {params['advprop_steps']}")
+    if params["advprop"] and params["model"].get("input_normalization") == "none":
+        raise FlagError("--advprop needs raw 0..255 model inputs (input_normalization imagenet "
+                        "or scale128); with input_normalization=none pixel units are unknown")
 
 
 def _validate_export(params: dict[str, Any]) -> None:
