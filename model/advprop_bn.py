@@ -33,15 +33,23 @@ class AuxiliaryStatistics:
         shape = tuple(layer.moving_mean.shape)
         self.active = False
         self.update_statistics = True
+        # float32 under mixed precision too, as the main statistics (autocast=False).
         self.moving_mean = keras.Variable(ops.zeros(shape), trainable=False, dtype="float32",
-                                          name=f"{layer.name}_aux_moving_mean")
+                                          autocast=False, name=f"{layer.name}_aux_moving_mean")
         self.moving_variance = keras.Variable(ops.ones(shape), trainable=False, dtype="float32",
-                                              name=f"{layer.name}_aux_moving_variance")
+                                              autocast=False, name=f"{layer.name}_aux_moving_variance")
 
     def call(self, layer: FusedBatchNormalization, inputs, training: bool):
-        """`layer`'s normalization with the auxiliary statistics (and its gamma/beta)."""
+        """`layer`'s normalization with the auxiliary statistics (and its gamma/beta).
+
+        Training: batch statistics (the auxiliary moving ones updated unless
+        `update_statistics` is off); a frozen layer (trainable=False, e.g. --freeze_bn) uses
+        its main moving statistics, as a frozen BN does; inference: the auxiliary moving ones.
+        """
         x = ops.cast(inputs, "float32")
-        if training:
+        if training and not layer.trainable:
+            mean, variance = layer.moving_mean, layer.moving_variance
+        elif training:
             axes = list(range(len(x.shape) - 1))
             mean, variance = ops.moments(x, axes=axes)
             m = layer.momentum

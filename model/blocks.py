@@ -78,7 +78,7 @@ class FusedBatchNormalization(layers.BatchNormalization):
 
     def call(self, inputs, training=None, mask=None):
         if self.aux is not None and self.aux.active:
-            return self.aux.call(self, inputs, training=bool(training) and self.trainable)
+            return self.aux.call(self, inputs, training=bool(training))
         if not self._use_fused(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf  # only under the TensorFlow backend

@@ -25,9 +25,9 @@ from utils.optimizers import OptimizerConfig, build_optimizer
 CFG = "config/efficientnet_v2/s_cfg.py"
 
 
-def _model(seed=0):
+def _model(seed=0, mparams=TINY_MPARAMS):
     keras.utils.set_random_seed(seed)
-    return build_model(load_config(CFG, TINY_MPARAMS), input_shape=(32, 32, 3))
+    return build_model(load_config(CFG, mparams), input_shape=(32, 32, 3))
 
 
 def _batch(n=8, seed=1):
@@ -181,6 +181,32 @@ def test_train_step_adds_the_adversarial_loss_with_accumulation_and_ema():
     assert adv["loss"] > 1.5 * plain["loss"] and np.isfinite(adv["loss"])
     assert all(_changed(aux0, _aux_stats(adv_model)))
     assert len(ema.shadows) == len(ExponentialMovingAverage(plain_model, 0.9).shadows)
+
+
+def test_mixed_precision_attack_and_frozen_bn():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = _model()
+        add_auxiliary_batch_norms(model)
+        images, labels = _batch(4)
+        adv = adversarial_images(model, images, labels, AdvPropConfig(2.0, 1, 2.0), 0.1,
+                                 scale_loss=lambda x: x * 1024.0)
+        assert adv.dtype == tf.float32 and np.abs(np.array(adv) - images).max() <= 2.0 + 1e-4
+        loss = np.array(adversarial_loss(model, adv, labels, 0.1))
+        assert np.isfinite(loss).all() and loss.shape == (4,)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    # A frozen BN normalizes the adversarial branch with its main statistics: same as clean.
+    model = _model(mparams=TINY_MPARAMS + ",dropout_rate=0.0,drop_connect_rate=0.0")
+    add_auxiliary_batch_norms(model)
+    for layer in batch_norm_layers(model):
+        layer.trainable = False
+    images, labels = _batch(4)
+    aux0 = _aux_stats(model)
+    with auxiliary_batch_norms(model):
+        routed = np.array(model(images, training=True))
+    np.testing.assert_allclose(routed, np.array(model(images, training=True)), rtol=1e-4, atol=1e-5)
+    assert not any(_changed(aux0, _aux_stats(model)))
 
 
 @pytest.mark.parametrize("argv, message", [
