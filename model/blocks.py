@@ -71,7 +71,14 @@ class FusedBatchNormalization(layers.BatchNormalization):
                 and self.axis in (-1, 3) and not self.synchronized and not self.renorm
                 and self.scale and self.center)
 
+    # AdvProp (model/advprop_bn.py): auxiliary statistics, routed to while `aux.active`.
+    # A plain object, so neither Keras nor tf.train.Checkpoint tracks it: saved models,
+    # checkpoints and weight files hold the main statistics only.
+    aux = None
+
     def call(self, inputs, training=None, mask=None):
+        if self.aux is not None and self.aux.active:
+            return self.aux.call(self, inputs, training=bool(training))
         if not self._use_fused(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf  # only under the TensorFlow backend

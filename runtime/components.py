@@ -45,7 +45,8 @@ def setup_run(params: Mapping[str, Any]) -> tf.distribute.Strategy:
     # The strategy first: it may need to configure devices before anything initializes them.
     strategy = distribute.create_strategy(num_gpus=params["num_gpus"],
                                           all_reduce=params["all_reduce"],
-                                          fp16_compression=params["fp16_compression"])
+                                          fp16_compression=params["fp16_compression"],
+                                          cpu_replicas=params.get("cpu_replicas", 1))
     if params["seed"] is not None:
         keras.utils.set_random_seed(params["seed"])
     configure_precision(params["use_amp"], params["amp_dtype"], params["use_tf32"])

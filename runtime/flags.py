@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gradient all-reduce implementation across replicas / workers")
     g.add_argument("--fp16_compression", action=bool_flag, default=False,
                    help="all-reduce gradients in float16 (half the bytes)")
+    g.add_argument("--cpu_replicas", type=int, default=1,
+                   help="without GPUs: MirroredStrategy over this many logical CPU devices "
+                        "(tests and scripts/benchmark_table.py; 1 = no strategy)")
 
     g = p.add_argument_group("precision and compilation")
     g.add_argument("--use_xla", action=bool_flag, default=None,
@@ -187,6 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--unfreeze_epoch", type=int, default=None,
                    help="two phases: the first N epochs train with --freeze_until (default "
                         "head), later epochs everything, with the learning-rate warm-up again")
+
+    g = p.add_argument_group("AdvProp (docs/advprop.md)")
+    g.add_argument("--advprop", action=bool_flag, default=False,
+                   help="also train on PGD adversarial images through auxiliary BatchNorms")
+    g.add_argument("--advprop_epsilon", type=float, default=1.0,
+                   help="L-inf radius of the attack, in pixels (0..255 scale)")
+    g.add_argument("--advprop_steps", type=int, default=1, help="PGD steps per batch")
+    g.add_argument("--advprop_step_size", type=float, default=1.0, help="PGD step, in pixels")
 
     g = p.add_argument_group("optimizer")
     g.add_argument("--optimizer", default="rmsprop", choices=OPTIMIZER_NAMES)
@@ -287,7 +298,7 @@ def _reject_unknown(parser: argparse.ArgumentParser, extras: Sequence[str]) -> N
 _POSITIVE_INTS = ("log_steps", "max_epochs", "train_batch_size", "eval_batch_size",
                   "predict_batch_size", "predict_top_k", "grad_accum_steps", "save_checkpoint_freq",
                   "num_epochs_between_eval", "n_stages", "base_img_size", "benchmark_steps",
-                  "max_image_pixels")
+                  "max_image_pixels", "cpu_replicas")
 _NON_NEGATIVE = ("grad_clip_norm", "weight_decay", "mixup_alpha", "cutmix_alpha", "base_mixup",
                  "base_cutmix", "raug_magnitude", "base_randaug_mag", "lr_warmup_epochs",
                  "opt_epsilon", "momentum", "benchmark_warmup_steps", "raug_num_layers")
@@ -340,12 +351,25 @@ def validate(params: dict[str, Any]) -> None:
             and not os.path.isdir(params["data_dir"]):
         raise FlagError(f"--data_dir {params['data_dir']} is not a directory")
     _validate_finetune(params)
+    _validate_advprop(params)
     if params["mode"] == "predict":
         if not params["predict_img_dir"]:
             raise FlagError("--mode predict needs --predict_img_dir (an image file or a folder)")
         if not os.path.exists(params["predict_img_dir"]):
             raise FlagError(f"--predict_img_dir {params['predict_img_dir']} does not exist")
     _validate_export(params)
+
+
+def _validate_advprop(params: dict[str, Any]) -> None:
+    """--advprop_* ranges (runtime/advprop.py); pixel units need raw 0..255 model inputs."""
+    for name in ("advprop_epsilon", "advprop_step_size"):
+        if not params[name] > 0:
+            raise FlagError(f"--{name} must be > 0 (pixels), got {params[name]}")
+    if params["advprop_steps"] < 1:
+        raise FlagError(f"--advprop_steps must be >= 1, got {params['advprop_steps']}")
+    if params["advprop"] and params["model"].get("input_normalization") == "none":
+        raise FlagError("--advprop needs raw 0..255 model inputs (input_normalization imagenet "
+                        "or scale128); with input_normalization=none pixel units are unknown")
 
 
 def _validate_export(params: dict[str, Any]) -> None:

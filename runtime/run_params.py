@@ -29,7 +29,7 @@ PARAMS_FILE = "params.json"
 RUN_READING_MODES = ("eval", "predict", "export", "training_benchmark", "inference_benchmark")
 # Never inherited: they describe this invocation or this machine, not the trained model.
 RUN_LOCAL_KEYS = ("mode", "model_dir", "use_xla", "num_gpus", "all_reduce", "fp16_compression",
-                  "predict_img_dir", "predict_ckpt", "resume_checkpoint")
+                  "cpu_replicas", "predict_img_dir", "predict_ckpt", "resume_checkpoint")
 # NOTE: a copy of model.efficientnet.MODEL_KEYS minus the keys that change no weight and no
 # layer output in inference (dropout_rate, drop_connect_rate, bn_momentum): importing model/
 # loads TensorFlow. tests/test_run_params.py checks the copy.

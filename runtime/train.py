@@ -42,7 +42,7 @@ import tensorflow as tf
 
 from dataloader import build_dataset, dataset_info
 from dataloader.mixing import mix_batch
-from runtime import compat, distribute, finetune
+from runtime import advprop, compat, distribute, finetune
 from runtime.checkpoint import TrainingCheckpoint, checkpoint_dir
 from runtime.components import (
     create_model,
@@ -190,6 +190,7 @@ class StepConfig:
       mixup_alpha: MixUp alpha applied in the step (deferred mixing); 0 for none.
       cutmix_alpha: CutMix alpha applied in the step (deferred mixing); 0 for none.
       jit_compile: compile the per-replica step with XLA.
+      advprop: add the adversarial loss through the auxiliary BNs; None for none.
     """
 
     grad_accum_steps: int = 1
@@ -198,6 +199,7 @@ class StepConfig:
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     jit_compile: bool = False
+    advprop: advprop.AdvPropConfig | None = None  # --advprop: the attack (runtime/advprop.py)
 
 
 class TrainMetrics:
@@ -276,10 +278,16 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, *
         labels = tf.cast(labels, tf.float32)
         if config.mixup_alpha > 0 or config.cutmix_alpha > 0:
             images, labels = mix_batch(images, labels, config.mixup_alpha, config.cutmix_alpha)
+        if config.advprop is not None:
+            adv_images = advprop.adversarial_images(model, images, labels, config.advprop,
+                                                    config.label_smoothing, optimizer.scale_loss)
         with tf.GradientTape() as tape:
             logits = tf.cast(model(images, training=True), tf.float32)
             per_example = keras.losses.categorical_crossentropy(
                 labels, logits, from_logits=True, label_smoothing=config.label_smoothing)
+            if config.advprop is not None:  # AdvProp: loss = clean + adversarial
+                per_example += advprop.adversarial_loss(model, adv_images, labels,
+                                                        config.label_smoothing)
             batch = tf.cast(tf.shape(per_example)[0], tf.float32)
             loss = tf.reduce_sum(per_example) / (batch * loss_divisor)
             penalty = l2_penalty(variables, config.l2_weight_decay)
@@ -397,6 +405,7 @@ def build_run(params: Mapping[str, Any]) -> TrainRun:
     with strategy.scope():
         model = create_model(params, info.num_classes)
         _start_from_pretrained(params, model)
+        advprop_config = advprop.setup(params, model)  # None without --advprop
         # The optimizer holds slots for every variable trained in some epoch of the run.
         freeze.apply(model, epoch=None)
         schedule = finetune.schedule_for(build_schedule(
@@ -412,7 +421,7 @@ def build_run(params: Mapping[str, Any]) -> TrainRun:
     step_config = StepConfig(
         grad_accum_steps=accum, label_smoothing=params["label_smoothing"],
         l2_weight_decay=params["weight_decay"] if uses_l2_penalty(opt_config) else 0.0,
-        jit_compile=params["use_xla"])
+        jit_compile=params["use_xla"], advprop=advprop_config)
     log = open_metrics_log(params, is_chief,
                            append=checkpoint.latest is not None and params["resume_checkpoint"])
     stages = finetune.split_at(stages_from_params(params), freeze.unfreeze_epoch)

@@ -44,23 +44,25 @@ def default_configs() -> list[str]:
     return [os.path.relpath(p, ROOT) for p in paths]
 
 
-def model_row(cfg_path: str) -> dict:
+def model_row(cfg_path: str, mparams: str | None = None) -> dict:
     """Build one config's model and profile it at its eval resolution.
 
     Args:
       cfg_path: path of a `*_cfg.py` module.
+      mparams: optional `--mparams`-style overrides (`k=v,...`).
 
     Returns:
-      A dict with the keys of COLUMNS plus "config" and "macs".
+      A dict with the keys of COLUMNS plus "config", "macs" and "trainable_params".
     """
-    config = load_config(cfg_path)
+    config = load_config(cfg_path, mparams)
     resolution = config["eval_img_size"]
     model = build_model(config, input_shape=(resolution, resolution, 3))
     prof = profile_model(model, resolution)
     keras.backend.clear_session()  # keep memory flat over twelve models
     return {
         "model": config["name"], "config": cfg_path, "params": prof.params,
-        "params_m": round(prof.params / 1e6, 2), "trainable_m": round(prof.trainable_params / 1e6, 2),
+        "params_m": round(prof.params / 1e6, 2), "trainable_params": prof.trainable_params,
+        "trainable_m": round(prof.trainable_params / 1e6, 2),
         "resolution": resolution, "macs": prof.macs, "gmacs": round(prof.macs / 1e9, 3),
         "gflops": round(prof.flops / 1e9, 3),
     }
