@@ -1,4 +1,4 @@
-"""scripts/bench_model.py runs every TensorFlow variant end to end on a tiny model and rejects
+"""scripts/bench_model.py and bench_step.py run every TensorFlow variant end to end on a tiny model and rejects
 bad arguments (it prints measurements; nothing here checks a speed)."""
 
 from __future__ import annotations
@@ -9,10 +9,16 @@ import os
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPEC = importlib.util.spec_from_file_location(
-    "bench_model", os.path.join(ROOT, "scripts", "bench_model.py"))
-bench_model = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(bench_model)
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench_model = _load("bench_model")
 
 TINY = ["--cfg", "config/efficientnet_v1/b0_cfg.py", "--mparams",
         "width_coefficient=0.1,depth_coefficient=0.1,num_classes=10", "--image_size", "32",
@@ -66,3 +72,16 @@ def test_peak_rss_comes_from_a_child_process(capsys):
 def test_bad_arguments_exit_2(args, message, capsys):
     assert bench_model.main([*TINY, *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_step_breakdown_prints_every_variant(capsys):
+    bench_step = _load("bench_step")
+    assert bench_step.main(["--mparams", "width_coefficient=0.1,depth_coefficient=0.1,"
+                            "num_classes=10", "--image_size", "32", "--batch_size", "2",
+                            "--rounds", "2", "--steps", "1"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert len(rows) == 7 and rows[bench_step.BARE][1] == "1.000"
+    assert all(float(cells[0]) > 0 and len(cells[2].split()) == 2
+               for name, cells in rows.items() if name != "step")
+    assert bench_step.main(["--rounds", "0"]) == 2
+    assert "must be >= 1" in capsys.readouterr().err
