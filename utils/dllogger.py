@@ -26,8 +26,8 @@ import json
 import logging
 import math
 import os
-import sys
 import statistics
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
