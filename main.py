@@ -23,7 +23,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Set before anything imports TensorFlow (a --cfg module may).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     params = flags.parse(argv)  # exits 2 on bad input, before anything is written
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("absl").setLevel(logging.WARNING)  # TF's per-save sharding INFO lines
     from dataloader.config import DataError
     from runtime import components, distribute
@@ -48,7 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"{prog}: error: {err}\n")
         return 2
     except OSError as err:
-        sys.stderr.write(f"{prog}: error: cannot write to --model_dir {params['model_dir']}: {err}\n")
+        sys.stderr.write(
+            f"{prog}: error: cannot write to --model_dir {params['model_dir']}: {err}\n"
+        )
         return 2
     try:
         return _write_params_and_run(params, prog)
@@ -66,9 +70,12 @@ def _write_params_and_run(params: dict, prog: str) -> int:
 
     try:
         components.write_json(
-            os.path.join(params["model_dir"], flags.params_filename(params["mode"])), params)
+            os.path.join(params["model_dir"], flags.params_filename(params["mode"])), params
+        )
     except OSError as err:
-        sys.stderr.write(f"{prog}: error: cannot write to --model_dir {params['model_dir']}: {err}\n")
+        sys.stderr.write(
+            f"{prog}: error: cannot write to --model_dir {params['model_dir']}: {err}\n"
+        )
         return 2
     try:
         run(params["mode"], params)

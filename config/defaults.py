@@ -8,19 +8,21 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-MODEL_DEFAULTS = MappingProxyType({
-    "activation": "swish",
-    # NOTE: TF/Keras BN momentum (moving-average decay); PyTorch momentum = 1 - this.
-    "bn_momentum": 0.99,
-    "bn_epsilon": 1e-3,
-    "depth_divisor": 8,
-    "min_depth": None,  # None = depth_divisor
-    "drop_connect_rate": 0.2,
-    "stem_filters": 32,
-    "head_filters": 1280,
-    "num_classes": 1000,
-    "include_top": True,
-    # The model takes raw 0..255 RGB and normalizes in-graph ("imagenet" = mean/std of v1,
-    # "scale128" = (x - 128) / 128 of v2, "none" = input already normalized).
-    "input_normalization": "imagenet",
-})
+MODEL_DEFAULTS = MappingProxyType(
+    {
+        "activation": "swish",
+        # NOTE: TF/Keras BN momentum (moving-average decay); PyTorch momentum = 1 - this.
+        "bn_momentum": 0.99,
+        "bn_epsilon": 1e-3,
+        "depth_divisor": 8,
+        "min_depth": None,  # None = depth_divisor
+        "drop_connect_rate": 0.2,
+        "stem_filters": 32,
+        "head_filters": 1280,
+        "num_classes": 1000,
+        "include_top": True,
+        # The model takes raw 0..255 RGB and normalizes in-graph ("imagenet" = mean/std of v1,
+        # "scale128" = (x - 128) / 128 of v2, "none" = input already normalized).
+        "input_normalization": "imagenet",
+    }
+)

@@ -79,7 +79,9 @@ def _literal(raw: str) -> Any:
         return raw
 
 
-def apply_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any], what: str = "--mparams") -> dict[str, Any]:
+def apply_overrides(
+    base: Mapping[str, Any], overrides: Mapping[str, Any], what: str = "--mparams"
+) -> dict[str, Any]:
     """Return a new dict: `base` updated with `overrides`; unknown keys raise ConfigError."""
     unknown = [k for k in overrides if k not in base]
     if unknown:
@@ -104,7 +106,9 @@ def load_module_config(path: str) -> dict[str, Any]:
     try:
         spec.loader.exec_module(module)
     except Exception as err:  # a broken user file: report it in one line
-        raise ConfigError(f"config file {path} failed to load: {type(err).__name__}: {err}") from err
+        raise ConfigError(
+            f"config file {path} failed to load: {type(err).__name__}: {err}"
+        ) from err
     config = getattr(module, "config", None)
     if not isinstance(config, Mapping):
         raise ConfigError(f"config file {path} defines no `config` dict")
@@ -117,8 +121,14 @@ INPUT_NORMALIZATION_NAMES = ("imagenet", "scale128", "none")
 
 _POSITIVE_NUMBERS = ("width_coefficient", "depth_coefficient", "bn_epsilon")
 _UNIT_INTERVAL = ("dropout_rate", "drop_connect_rate", "bn_momentum")  # [0, 1)
-_POSITIVE_INTS = ("depth_divisor", "stem_filters", "head_filters", "num_classes",
-                  "train_img_size", "eval_img_size")
+_POSITIVE_INTS = (
+    "depth_divisor",
+    "stem_filters",
+    "head_filters",
+    "num_classes",
+    "train_img_size",
+    "eval_img_size",
+)
 _OPTIONAL_POSITIVE_INTS = ("min_depth",)
 _BOOLS = ("include_top", "round_down_guard")
 _STRINGS = ("name", "activation")
@@ -163,12 +173,17 @@ def _check_type(key: str, value: Any, like: Any, what: str) -> None:
     else:
         ok = True
     if not ok:
-        raise ConfigError(f"{what} {key}={value!r} must be {_type_name(like)} like the config's "
-                          f"{like!r}")
+        raise ConfigError(
+            f"{what} {key}={value!r} must be {_type_name(like)} like the config's {like!r}"
+        )
 
 
-def validate_values(config: Mapping[str, Any], overrides: Mapping[str, Any] | None = None,
-                    base: Mapping[str, Any] | None = None, what: str = "--mparams") -> None:
+def validate_values(
+    config: Mapping[str, Any],
+    overrides: Mapping[str, Any] | None = None,
+    base: Mapping[str, Any] | None = None,
+    what: str = "--mparams",
+) -> None:
     """Check the values of a model config without importing the model (pure Python).
 
     Args:
@@ -193,7 +208,11 @@ def validate_values(config: Mapping[str, Any], overrides: Mapping[str, Any] | No
         if key in config and not (_is_int(config[key]) and config[key] >= 1):
             raise ConfigError(f"{key} must be a positive int, got {config[key]!r}")
     for key in _OPTIONAL_POSITIVE_INTS:
-        if key in config and config[key] is not None and not (_is_int(config[key]) and config[key] >= 1):
+        if (
+            key in config
+            and config[key] is not None
+            and not (_is_int(config[key]) and config[key] >= 1)
+        ):
             raise ConfigError(f"{key} must be None or a positive int, got {config[key]!r}")
     for key in _BOOLS:
         if key in config and not isinstance(config[key], bool):
@@ -201,12 +220,19 @@ def validate_values(config: Mapping[str, Any], overrides: Mapping[str, Any] | No
     for key in _STRINGS:
         if key in config and not (isinstance(config[key], str) and config[key]):
             raise ConfigError(f"{key} must be a non-empty string, got {config[key]!r}")
-    if "input_normalization" in config and config["input_normalization"] not in INPUT_NORMALIZATION_NAMES:
-        raise ConfigError(f"unknown input_normalization {config['input_normalization']!r}; "
-                          f"choose from {', '.join(INPUT_NORMALIZATION_NAMES)}")
+    if (
+        "input_normalization" in config
+        and config["input_normalization"] not in INPUT_NORMALIZATION_NAMES
+    ):
+        raise ConfigError(
+            f"unknown input_normalization {config['input_normalization']!r}; "
+            f"choose from {', '.join(INPUT_NORMALIZATION_NAMES)}"
+        )
     if "blocks" in config:
         blocks = config["blocks"]
-        if not (isinstance(blocks, tuple | list) and blocks and all(isinstance(b, str) for b in blocks)):
+        if not (
+            isinstance(blocks, tuple | list) and blocks and all(isinstance(b, str) for b in blocks)
+        ):
             raise ConfigError(f"blocks must be a non-empty list of block strings, got {blocks!r}")
         if "blocks" in overrides:
             # Parsing a block string needs model.specs (which imports Keras): only for overrides.
@@ -219,8 +245,9 @@ def validate_values(config: Mapping[str, Any], overrides: Mapping[str, Any] | No
         try:
             keras.activations.get(config["activation"])
         except ValueError:
-            raise ConfigError(f"unknown activation {config['activation']!r} "
-                              "(e.g. 'swish', 'silu', 'relu')") from None
+            raise ConfigError(
+                f"unknown activation {config['activation']!r} (e.g. 'swish', 'silu', 'relu')"
+            ) from None
 
 
 def load_config(path: str, mparams: str | Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -121,14 +121,23 @@ def skip_reason(path: str, root: str | None, policy: FilePolicy) -> str | None:
     if is_link and root is not None and not policy.follow_symlinks and not _inside(path, root):
         return f"{OUTSIDE_LINK} (-> {os.path.realpath(path)}; --follow_symlinks reads it)"
     if not stat.S_ISREG(mode):
-        kind = ("FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode)
-                else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
+        kind = (
+            "FIFO"
+            if stat.S_ISFIFO(mode)
+            else "socket"
+            if stat.S_ISSOCK(mode)
+            else "device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a file"
+        )
         return f"{NOT_REGULAR} ({kind})"
     if policy.max_image_pixels:
         size = image_size_from_header(path)
         if size is not None and size[0] * size[1] > policy.max_image_pixels:
-            return (f"{TOO_LARGE} ({size[0]}x{size[1]} = {size[0] * size[1]:,} > "
-                    f"--max_image_pixels {policy.max_image_pixels:,})")
+            return (
+                f"{TOO_LARGE} ({size[0]}x{size[1]} = {size[0] * size[1]:,} > "
+                f"--max_image_pixels {policy.max_image_pixels:,})"
+            )
     return None
 
 
@@ -148,6 +157,10 @@ def report_skipped(skipped: Iterable[tuple[str, str]], where: str, max_lines: in
     for path, reason in skipped[:max_lines]:
         logger.warning("%s: skipping %s: %s", where, path, reason)
     if skipped:
-        logger.warning("%s: skipped %d file(s): %s", where, len(skipped),
-                       ", ".join(f"{n} {kind}" for kind, n in counts.most_common()))
+        logger.warning(
+            "%s: skipped %d file(s): %s",
+            where,
+            len(skipped),
+            ", ".join(f"{n} {kind}" for kind, n in counts.most_common()),
+        )
     return counts

@@ -109,9 +109,12 @@ def eval_transform(cfg: DataConfig):
     Validation, predict and export all preprocess with this, so a file is seen the same way.
     """
     return functools.partial(
-        preprocessing.preprocess_for_eval, image_size=cfg.image_size,
-        crop_fraction=cfg.eval_crop_fraction, resize_method=cfg.resize_method,
-        eval_crop=cfg.eval_crop)
+        preprocessing.preprocess_for_eval,
+        image_size=cfg.image_size,
+        crop_fraction=cfg.eval_crop_fraction,
+        resize_method=cfg.resize_method,
+        eval_crop=cfg.eval_crop,
+    )
 
 
 def _eval_map(source, cfg: DataConfig):

@@ -63,8 +63,9 @@ EVAL_CROPS = ("crop", "squash")
 CROP_MAX_ATTEMPTS = 10
 
 
-def _random_window(height, width, seed, area_min, aspect_range, crop_fraction,
-                   min_object_covered=0.1):
+def _random_window(
+    height, width, seed, area_min, aspect_range, crop_fraction, min_object_covered=0.1
+):
     """Inception-style random crop window; the center crop when sampling fails.
 
     NOTE: as in automl's v1 pipeline, when 10 attempts find no window inside the area and
@@ -158,8 +159,9 @@ def preprocess_for_train(
     fallback = image_size / (image_size + 32)
     cropped = _decode_window(
         image,
-        lambda h, w: _random_window(h, w, crop_seed, area_min, aspect_range, fallback,
-                                    min_object_covered),
+        lambda h, w: _random_window(
+            h, w, crop_seed, area_min, aspect_range, fallback, min_object_covered
+        ),
     )
     flipped = tf.image.stateless_random_flip_left_right(cropped, flip_seed)
     return resize(flipped, image_size, resize_method)
@@ -188,7 +190,9 @@ def preprocess_for_eval(
       float32 [image_size, image_size, 3] in 0..255.
     """
     if eval_crop not in EVAL_CROPS:
-        raise ValueError(f"unknown eval_crop {eval_crop!r}; expected one of {', '.join(EVAL_CROPS)}")
+        raise ValueError(
+            f"unknown eval_crop {eval_crop!r}; expected one of {', '.join(EVAL_CROPS)}"
+        )
     image_bytes = tf.convert_to_tensor(image_bytes)
     if eval_crop == "squash":
         image = _decode_any(image_bytes) if image_bytes.dtype == tf.string else image_bytes

@@ -153,14 +153,21 @@ class TFRecordSource:
         bad = {v: n for v, n in counts.items() if not 0 <= v - offset < num_classes}
         num_bad = sum(bad.values())
         if num_bad > max(MAX_BAD_LABEL_FRACTION * total, 1):
-            raise DataError(_label_error(split, self.data_dir, counts, bad, num_bad, total,
-                                         num_classes, offset))
+            raise DataError(
+                _label_error(split, self.data_dir, counts, bad, num_bad, total, num_classes, offset)
+            )
         present = sum(1 for v in counts if 0 <= v - offset < num_classes)
         if split == "train" and present < num_classes:
             logger.warning(
                 "%s: only %d of %d classes have train records (stored labels %d..%d, "
                 "label_offset %d); set --mparams num_classes to the real class count",
-                self.data_dir, present, num_classes, min(counts), max(counts), offset)
+                self.data_dir,
+                present,
+                num_classes,
+                min(counts),
+                max(counts),
+                offset,
+            )
 
     def _count(self, split: str) -> int:
         files = self.files(split)
@@ -219,8 +226,14 @@ def _stored_label_counts(files: list[str]) -> collections.Counter:
     logger.info("checking the labels of %d TFRecord file(s)", len(files))
     spec = {LABEL: tf.io.FixedLenFeature([], tf.int64, default_value=-1)}
     ds = tf.data.TFRecordDataset(files, buffer_size=8 << 20).ignore_errors()
-    ds = ds.map(lambda r: tf.io.parse_single_example(r, spec)[LABEL],
-                num_parallel_calls=tf.data.AUTOTUNE).ignore_errors().batch(4096)
+    ds = (
+        ds.map(
+            lambda r: tf.io.parse_single_example(r, spec)[LABEL],
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        .ignore_errors()
+        .batch(4096)
+    )
     counts: collections.Counter = collections.Counter()
     for labels in ds.as_numpy_iterator():
         values, n = np.unique(labels, return_counts=True)
@@ -231,15 +244,21 @@ def _stored_label_counts(files: list[str]) -> collections.Counter:
 def _label_error(split, data_dir, counts, bad, num_bad, total, num_classes, offset) -> str:
     """One line: how many labels are out of range, the likely cause and the flag to set."""
     low, high = min(counts), max(counts)
-    head = (f"{num_bad} of {total} {split} records in {data_dir} have a label outside "
-            f"[0, {num_classes}) (stored labels {low}..{high}, label_offset {offset})")
+    head = (
+        f"{num_bad} of {total} {split} records in {data_dir} have a label outside "
+        f"[0, {num_classes}) (stored labels {low}..{high}, label_offset {offset})"
+    )
     if offset == 1 and 0 in bad and high <= num_classes - 1:
-        return (f"{head}: every stored label 0 is a whole class lost; the shards look 0-based: "
-                "pass --label_offset 0")
+        return (
+            f"{head}: every stored label 0 is a whole class lost; the shards look 0-based: "
+            "pass --label_offset 0"
+        )
     if offset == 0 and low >= 1 and high == num_classes:
         return f"{head}: the shards look 1-based (the standard build): pass --label_offset 1"
-    return (f"{head}: set --mparams num_classes to the real class count (or fix "
-            f"{METADATA_FILE}), or --label_offset if the label convention is wrong")
+    return (
+        f"{head}: set --mparams num_classes to the real class count (or fix "
+        f"{METADATA_FILE}), or --label_offset if the label convention is wrong"
+    )
 
 
 class _NamedClasses:
@@ -298,8 +317,11 @@ class FolderSource(_NamedClasses):
             if dir_is_followed(e.path, self.data_dir, self.policy):
                 dirs.append(e)
             else:
-                logger.warning("skipping class folder %s: a symlink out of %s (--follow_symlinks "
-                               "reads it)", e.path, self.data_dir)
+                logger.warning(
+                    "skipping class folder %s: a symlink out of %s (--follow_symlinks reads it)",
+                    e.path,
+                    self.data_dir,
+                )
         return dirs
 
     def _split_dir(self, split: str) -> str:

@@ -34,10 +34,20 @@ class AuxiliaryStatistics:
         self.active = False
         self.update_statistics = True
         # float32 under mixed precision too, as the main statistics (autocast=False).
-        self.moving_mean = keras.Variable(ops.zeros(shape), trainable=False, dtype="float32",
-                                          autocast=False, name=f"{layer.name}_aux_moving_mean")
-        self.moving_variance = keras.Variable(ops.ones(shape), trainable=False, dtype="float32",
-                                              autocast=False, name=f"{layer.name}_aux_moving_variance")
+        self.moving_mean = keras.Variable(
+            ops.zeros(shape),
+            trainable=False,
+            dtype="float32",
+            autocast=False,
+            name=f"{layer.name}_aux_moving_mean",
+        )
+        self.moving_variance = keras.Variable(
+            ops.ones(shape),
+            trainable=False,
+            dtype="float32",
+            autocast=False,
+            name=f"{layer.name}_aux_moving_variance",
+        )
 
     def call(self, layer: FusedBatchNormalization, inputs, training: bool):
         """`layer`'s normalization with the auxiliary statistics (and its gamma/beta).
@@ -58,8 +68,9 @@ class AuxiliaryStatistics:
                 self.moving_variance.assign(self.moving_variance * m + variance * (1.0 - m))
         else:
             mean, variance = self.moving_mean, self.moving_variance
-        y = ops.batch_normalization(x, mean, variance, axis=-1, offset=layer.beta,
-                                    scale=layer.gamma, epsilon=layer.epsilon)
+        y = ops.batch_normalization(
+            x, mean, variance, axis=-1, offset=layer.beta, scale=layer.gamma, epsilon=layer.epsilon
+        )
         return ops.cast(y, layer.compute_dtype)
 
 

@@ -35,8 +35,15 @@ def conv2d(filters: int, kernel: int, strides: int = 1, name: str | None = None)
     keras.applications EfficientNet's explicit ZeroPadding2D(correct_pad) does, so the two give
     identical outputs and imported weights line up.
     """
-    return layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
-                         kernel_initializer=CONV_KERNEL_INITIALIZER, name=name)
+    return layers.Conv2D(
+        filters,
+        kernel,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=CONV_KERNEL_INITIALIZER,
+        name=name,
+    )
 
 
 @keras.saving.register_keras_serializable(package="efficientnet")
@@ -66,10 +73,17 @@ class FusedBatchNormalization(layers.BatchNormalization):
         self.fused = self.fused_default
 
     def _use_fused(self, inputs, mask) -> bool:
-        return (self.fused and keras.backend.backend() == "tensorflow" and mask is None
-                and len(inputs.shape) == 4
-                and self.axis in (-1, 3) and not self.synchronized and not self.renorm
-                and self.scale and self.center)
+        return (
+            self.fused
+            and keras.backend.backend() == "tensorflow"
+            and mask is None
+            and len(inputs.shape) == 4
+            and self.axis in (-1, 3)
+            and not self.synchronized
+            and not self.renorm
+            and self.scale
+            and self.center
+        )
 
     # AdvProp (model/advprop_bn.py): auxiliary statistics, routed to while `aux.active`.
     # A plain object, so neither Keras nor tf.train.Checkpoint tracks it: saved models,
@@ -83,24 +97,40 @@ class FusedBatchNormalization(layers.BatchNormalization):
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf  # only under the TensorFlow backend
 
-        x = inputs if inputs.dtype in (tf.float16, tf.bfloat16, tf.float32) else tf.cast(
-            inputs, tf.float32)
+        x = (
+            inputs
+            if inputs.dtype in (tf.float16, tf.bfloat16, tf.float32)
+            else tf.cast(inputs, tf.float32)
+        )
         if training and self.trainable:
             y, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
-                x=x, scale=self.gamma.value, offset=self.beta.value,
-                mean=tf.zeros([0], tf.float32), variance=tf.zeros([0], tf.float32),
-                epsilon=self.epsilon, data_format="NHWC", is_training=True)
+                x=x,
+                scale=self.gamma.value,
+                offset=self.beta.value,
+                mean=tf.zeros([0], tf.float32),
+                variance=tf.zeros([0], tf.float32),
+                epsilon=self.epsilon,
+                data_format="NHWC",
+                is_training=True,
+            )
             shape = tf.shape(x)
             n = tf.cast(shape[0] * shape[1] * shape[2], tf.float32)
             variance = variance * ((n - 1.0) / tf.maximum(n, 1.0))
             self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
             self.moving_variance.assign(
-                self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+                self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
+            )
         else:
             y, *_ = tf.raw_ops.FusedBatchNormV3(
-                x=x, scale=self.gamma.value, offset=self.beta.value, mean=self.moving_mean.value,
-                variance=self.moving_variance.value, epsilon=self.epsilon, data_format="NHWC",
-                is_training=False)
+                x=x,
+                scale=self.gamma.value,
+                offset=self.beta.value,
+                mean=self.moving_mean.value,
+                variance=self.moving_variance.value,
+                epsilon=self.epsilon,
+                data_format="NHWC",
+                is_training=False,
+            )
         return tf.cast(y, self.compute_dtype)
 
 
@@ -127,10 +157,20 @@ class SqueezeExcite(layers.Layer):
         super().__init__(**kwargs)
         self.filters, self.se_filters, self.activation = filters, se_filters, activation
         # 1x1 convs with bias, as the reference, so weights import 1:1.
-        self.reduce = layers.Conv2D(se_filters, 1, activation=activation,
-                                    kernel_initializer=CONV_KERNEL_INITIALIZER, name="reduce")
-        self.expand = layers.Conv2D(filters, 1, activation="sigmoid",
-                                    kernel_initializer=CONV_KERNEL_INITIALIZER, name="expand")
+        self.reduce = layers.Conv2D(
+            se_filters,
+            1,
+            activation=activation,
+            kernel_initializer=CONV_KERNEL_INITIALIZER,
+            name="reduce",
+        )
+        self.expand = layers.Conv2D(
+            filters,
+            1,
+            activation="sigmoid",
+            kernel_initializer=CONV_KERNEL_INITIALIZER,
+            name="expand",
+        )
 
     def build(self, input_shape):
         pooled = (input_shape[0], 1, 1, input_shape[-1])
@@ -146,8 +186,12 @@ class SqueezeExcite(layers.Layer):
         return inputs * self.expand(self.reduce(scale))
 
     def get_config(self):
-        return {**super().get_config(), "filters": self.filters, "se_filters": self.se_filters,
-                "activation": self.activation}
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "se_filters": self.se_filters,
+            "activation": self.activation,
+        }
 
 
 class _BaseBlock(layers.Layer):
@@ -166,9 +210,20 @@ class _BaseBlock(layers.Layer):
       drop_rate: stochastic-depth probability of dropping the residual branch (per sample).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, expand: int = 1,
-                 se_ratio: float = 0.0, activation: str = "swish", bn_momentum: float = 0.99,
-                 bn_epsilon: float = 1e-3, drop_rate: float = 0.0, **kwargs):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int = 3,
+        stride: int = 1,
+        expand: int = 1,
+        se_ratio: float = 0.0,
+        activation: str = "swish",
+        bn_momentum: float = 0.99,
+        bn_epsilon: float = 1e-3,
+        drop_rate: float = 0.0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.in_ch, self.out_ch, self.kernel, self.stride = in_ch, out_ch, kernel, stride
         self.expand, self.se_ratio, self.activation = expand, se_ratio, activation
@@ -203,8 +258,9 @@ class _BaseBlock(layers.Layer):
         if not 0 < self.se_ratio <= 1:
             return None
         # SE width is a fraction of the block's *input* channels (automl, keras.applications).
-        return SqueezeExcite(self.hidden_ch, max(1, int(self.in_ch * self.se_ratio)),
-                             self.activation, name="se")
+        return SqueezeExcite(
+            self.hidden_ch, max(1, int(self.in_ch * self.se_ratio)), self.activation, name="se"
+        )
 
     def _bn(self, name: str) -> layers.BatchNormalization:
         return batch_norm(self.bn_momentum, self.bn_epsilon, name)
@@ -214,16 +270,24 @@ class _BaseBlock(layers.Layer):
 
     def compute_output_shape(self, input_shape):
         batch, height, width, _ = input_shape
+
         def down(size):
             return None if size is None else -(-size // self.stride)
+
         return (batch, down(height), down(width), self.out_ch)
 
     def get_config(self):
         return {
-            **super().get_config(), "in_ch": self.in_ch, "out_ch": self.out_ch,
-            "kernel": self.kernel, "stride": self.stride, "expand": self.expand,
-            "se_ratio": self.se_ratio, "activation": self.activation,
-            "bn_momentum": self.bn_momentum, "bn_epsilon": self.bn_epsilon,
+            **super().get_config(),
+            "in_ch": self.in_ch,
+            "out_ch": self.out_ch,
+            "kernel": self.kernel,
+            "stride": self.stride,
+            "expand": self.expand,
+            "se_ratio": self.se_ratio,
+            "activation": self.activation,
+            "bn_momentum": self.bn_momentum,
+            "bn_epsilon": self.bn_epsilon,
             "drop_rate": self.drop_rate,
         }
 
@@ -240,8 +304,13 @@ class MBConvBlock(_BaseBlock):
             self.expand_bn = self._bn("expand_bn")
             self.expand_act = self._act("expand_activation")
         self.dwconv = layers.DepthwiseConv2D(
-            self.kernel, strides=self.stride, padding="same", use_bias=False,
-            depthwise_initializer=CONV_KERNEL_INITIALIZER, name="dwconv")
+            self.kernel,
+            strides=self.stride,
+            padding="same",
+            use_bias=False,
+            depthwise_initializer=CONV_KERNEL_INITIALIZER,
+            name="dwconv",
+        )
         self.bn = self._bn("bn")
         self.act = self._act("activation")
         self.se = self._squeeze_excite()
@@ -250,10 +319,19 @@ class MBConvBlock(_BaseBlock):
 
         # The residual branch in call order; `build`, `call` and model.profile walk it.
         self.branch = [
-            layer for layer in (
-                self.expand_conv, self.expand_bn, self.expand_act, self.dwconv, self.bn,
-                self.act, self.se, self.project_conv, self.project_bn,
-            ) if layer is not None
+            layer
+            for layer in (
+                self.expand_conv,
+                self.expand_bn,
+                self.expand_act,
+                self.dwconv,
+                self.bn,
+                self.act,
+                self.se,
+                self.project_conv,
+                self.project_bn,
+            )
+            if layer is not None
         ]
 
 
@@ -282,8 +360,15 @@ class FusedMBConvBlock(_BaseBlock):
         self.project_bn = self._bn("project_bn")
 
         self.branch = [
-            layer for layer in (
-                self.expand_conv, self.expand_bn, self.expand_act, self.se, self.project_conv,
-                self.project_bn, self.project_act,
-            ) if layer is not None
+            layer
+            for layer in (
+                self.expand_conv,
+                self.expand_bn,
+                self.expand_act,
+                self.se,
+                self.project_conv,
+                self.project_bn,
+                self.project_act,
+            )
+            if layer is not None
         ]

@@ -29,9 +29,22 @@ logger = logging.getLogger(__name__)
 
 # Keys the builder reads; everything else in a config (training hyper-parameters) is ignored.
 MODEL_KEYS = (
-    "name", "blocks", "width_coefficient", "depth_coefficient", "dropout_rate",
-    "drop_connect_rate", "activation", "bn_momentum", "bn_epsilon", "depth_divisor", "min_depth",
-    "round_down_guard", "stem_filters", "head_filters", "num_classes", "include_top",
+    "name",
+    "blocks",
+    "width_coefficient",
+    "depth_coefficient",
+    "dropout_rate",
+    "drop_connect_rate",
+    "activation",
+    "bn_momentum",
+    "bn_epsilon",
+    "depth_divisor",
+    "min_depth",
+    "round_down_guard",
+    "stem_filters",
+    "head_filters",
+    "num_classes",
+    "include_top",
     "input_normalization",
 )
 
@@ -41,8 +54,10 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 INPUT_NORMALIZATIONS = {
     # keras.applications EfficientNetB0-B7 (Rescaling(1/255) + Normalization with the ImageNet
     # mean/std) and automl v1: (x / 255 - mean) / std.
-    "imagenet": (tuple(1.0 / (255.0 * s) for s in _IMAGENET_STD),
-                 tuple(-m / s for m, s in zip(_IMAGENET_MEAN, _IMAGENET_STD, strict=True))),
+    "imagenet": (
+        tuple(1.0 / (255.0 * s) for s in _IMAGENET_STD),
+        tuple(-m / s for m, s in zip(_IMAGENET_MEAN, _IMAGENET_STD, strict=True)),
+    ),
     # keras.applications EfficientNetV2S/M/L: Rescaling(scale=1/128, offset=-1), i.e.
     # (x - 128) / 128, as automl effnetv2 preprocessing for the S/M/L/XL models.
     "scale128": ((1.0 / 128.0,) * 3, (-1.0,) * 3),
@@ -91,10 +106,14 @@ def validate_model_config(config: Mapping[str, Any]) -> None:
             raise ValueError
         keras.activations.get(activation)
     except ValueError:
-        raise ConfigError(f"unknown activation {activation!r} (e.g. 'swish', 'silu', 'relu')") from None
+        raise ConfigError(
+            f"unknown activation {activation!r} (e.g. 'swish', 'silu', 'relu')"
+        ) from None
     if config["input_normalization"] not in INPUT_NORMALIZATIONS:
-        raise ConfigError(f"unknown input_normalization {config['input_normalization']!r}; "
-                          f"choose from {', '.join(INPUT_NORMALIZATIONS)}")
+        raise ConfigError(
+            f"unknown input_normalization {config['input_normalization']!r}; "
+            f"choose from {', '.join(INPUT_NORMALIZATIONS)}"
+        )
     for key in ("width_coefficient", "depth_coefficient"):
         if not isinstance(config[key], int | float) or config[key] <= 0:
             raise ConfigError(f"{key} must be a positive number, got {config[key]!r}")
@@ -117,30 +136,51 @@ def validate_model_config(config: Mapping[str, Any]) -> None:
 def placed_blocks(config: Mapping[str, Any]) -> list[PlacedBlock]:
     """The config's block table scaled and expanded into network order (see expand_blocks)."""
     return expand_blocks(
-        parse_blocks(config["blocks"]), config["width_coefficient"], config["depth_coefficient"],
-        config["depth_divisor"], config["min_depth"], config["round_down_guard"],
+        parse_blocks(config["blocks"]),
+        config["width_coefficient"],
+        config["depth_coefficient"],
+        config["depth_divisor"],
+        config["min_depth"],
+        config["round_down_guard"],
         config["drop_connect_rate"],
     )
 
 
 def scaled_filters(config: Mapping[str, Any], filters: int) -> int:
     """`round_filters` with the config's width coefficient and rounding policy."""
-    return round_filters(filters, config["width_coefficient"], config["depth_divisor"],
-                         config["min_depth"], config["round_down_guard"])
+    return round_filters(
+        filters,
+        config["width_coefficient"],
+        config["depth_divisor"],
+        config["min_depth"],
+        config["round_down_guard"],
+    )
 
 
 def make_block(placed: PlacedBlock, config: Mapping[str, Any]) -> MBConvBlock | FusedMBConvBlock:
     """Instantiate the Keras layer for one placed block (named `stage{s}_block{b}`)."""
     spec = placed.spec
     cls = FusedMBConvBlock if spec.fused else MBConvBlock
-    return cls(in_ch=spec.in_ch, out_ch=spec.out_ch, kernel=spec.kernel, stride=spec.stride,
-               expand=spec.expand, se_ratio=spec.se_ratio, activation=config["activation"],
-               bn_momentum=config["bn_momentum"], bn_epsilon=config["bn_epsilon"],
-               drop_rate=placed.drop_rate, name=placed.name)
+    return cls(
+        in_ch=spec.in_ch,
+        out_ch=spec.out_ch,
+        kernel=spec.kernel,
+        stride=spec.stride,
+        expand=spec.expand,
+        se_ratio=spec.se_ratio,
+        activation=config["activation"],
+        bn_momentum=config["bn_momentum"],
+        bn_epsilon=config["bn_epsilon"],
+        drop_rate=placed.drop_rate,
+        name=placed.name,
+    )
 
 
-def build_model(config: Mapping[str, Any], num_classes: int | None = None,
-                input_shape: tuple[int | None, int | None, int] = (None, None, 3)) -> keras.Model:
+def build_model(
+    config: Mapping[str, Any],
+    num_classes: int | None = None,
+    input_shape: tuple[int | None, int | None, int] = (None, None, 3),
+) -> keras.Model:
     """Build an EfficientNet from a config dict (see config/efficientnet_v1/, efficientnet_v2/).
 
     Args:
@@ -193,11 +233,17 @@ def build_model(config: Mapping[str, Any], num_classes: int | None = None,
         if config["dropout_rate"] > 0:
             x = layers.Dropout(config["dropout_rate"], name="head_dropout")(x)
         # float32 logits even under mixed_float16: softmax/cross-entropy need the range.
-        outputs = layers.Dense(config["num_classes"], kernel_initializer=DENSE_KERNEL_INITIALIZER,
-                               dtype="float32", name="logits")(x)
+        outputs = layers.Dense(
+            config["num_classes"],
+            kernel_initializer=DENSE_KERNEL_INITIALIZER,
+            dtype="float32",
+            name="logits",
+        )(x)
     else:
         outputs = layers.Activation("linear", dtype="float32", name="features")(x)
 
     model = keras.Model(inputs, outputs, name=config["name"])
-    logger.debug("built %s: %d blocks, %d params", config["name"], len(blocks), model.count_params())
+    logger.debug(
+        "built %s: %d blocks, %d params", config["name"], len(blocks), model.count_params()
+    )
     return model

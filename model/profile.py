@@ -80,5 +80,9 @@ def profile_model(model: keras.Model, image_size: int) -> ModelProfile:
         macs, shape = _walk(layer, shape)
         total += macs
     trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
-    return ModelProfile(params=model.count_params(), trainable_params=int(trainable),
-                        macs=int(total), image_size=image_size)
+    return ModelProfile(
+        params=model.count_params(),
+        trainable_params=int(trainable),
+        macs=int(total),
+        image_size=image_size,
+    )

@@ -25,8 +25,16 @@ from collections.abc import Sequence
 from config.loader import ConfigError
 
 _TOKEN = re.compile(r"^([a-z]+)(\d+(?:\.\d+)?)$")
-_KEYS = {"r": "repeats", "k": "kernel", "s": "stride", "e": "expand", "i": "in_ch", "o": "out_ch",
-         "se": "se_ratio", "c": "fused"}
+_KEYS = {
+    "r": "repeats",
+    "k": "kernel",
+    "s": "stride",
+    "e": "expand",
+    "i": "in_ch",
+    "o": "out_ch",
+    "se": "se_ratio",
+    "c": "fused",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,8 +111,13 @@ class BlockSpec:
         try:
             ints = {k: int(values[k]) for k in ("r", "k", "e", "i", "o")}
             return cls(
-                repeats=ints["r"], kernel=ints["k"], stride=int(stride), expand=ints["e"],
-                in_ch=ints["i"], out_ch=ints["o"], se_ratio=float(values.get("se", 0.0)),
+                repeats=ints["r"],
+                kernel=ints["k"],
+                stride=int(stride),
+                expand=ints["e"],
+                in_ch=ints["i"],
+                out_ch=ints["o"],
+                se_ratio=float(values.get("se", 0.0)),
                 fused=_parse_conv_type(values.get("c", "0")),
             )
         except ValueError as err:  # ConfigError from the field checks included
@@ -147,8 +160,13 @@ class PlacedBlock:
         return f"stage{self.stage}_block{self.index}"
 
 
-def round_filters(filters: int, width: float, divisor: int = 8, min_depth: int | None = None,
-                  round_down_guard: bool = True) -> int:
+def round_filters(
+    filters: int,
+    width: float,
+    divisor: int = 8,
+    min_depth: int | None = None,
+    round_down_guard: bool = True,
+) -> int:
     """Scale a channel count by `width` and round it to a multiple of `divisor`.
 
     Args:
@@ -182,13 +200,21 @@ def parse_blocks(blocks: Sequence[str | BlockSpec]) -> tuple[BlockSpec, ...]:
       ConfigError: if `blocks` is not a non-empty sequence or an entry is malformed.
     """
     if isinstance(blocks, str) or not isinstance(blocks, Sequence) or not blocks:
-        raise ConfigError(f"config 'blocks' must be a non-empty list of block strings, got {blocks!r}")
+        raise ConfigError(
+            f"config 'blocks' must be a non-empty list of block strings, got {blocks!r}"
+        )
     return tuple(b if isinstance(b, BlockSpec) else BlockSpec.parse(b) for b in blocks)
 
 
-def expand_blocks(specs: Sequence[BlockSpec], width: float, depth: float, divisor: int = 8,
-                  min_depth: int | None = None, round_down_guard: bool = True,
-                  drop_connect_rate: float = 0.0) -> list[PlacedBlock]:
+def expand_blocks(
+    specs: Sequence[BlockSpec],
+    width: float,
+    depth: float,
+    divisor: int = 8,
+    min_depth: int | None = None,
+    round_down_guard: bool = True,
+    drop_connect_rate: float = 0.0,
+) -> list[PlacedBlock]:
     """Scale the stage table and expand it into one PlacedBlock per block.
 
     The first block of a stage takes the stage's stride and input channels; the others use
@@ -208,6 +234,7 @@ def expand_blocks(specs: Sequence[BlockSpec], width: float, depth: float, diviso
     Returns:
       A new list of PlacedBlock, in network order.
     """
+
     def scale(ch: int) -> int:
         return round_filters(ch, width, divisor, min_depth, round_down_guard)
 
@@ -219,8 +246,11 @@ def expand_blocks(specs: Sequence[BlockSpec], width: float, depth: float, diviso
         for index in range(1, count + 1):
             first = index == 1
             block = dataclasses.replace(
-                spec, repeats=1, stride=spec.stride if first else 1,
-                in_ch=scale(spec.in_ch) if first else out_ch, out_ch=out_ch,
+                spec,
+                repeats=1,
+                stride=spec.stride if first else 1,
+                in_ch=scale(spec.in_ch) if first else out_ch,
+                out_ch=out_ch,
             )
             placed.append(PlacedBlock(stage, index, block, drop_connect_rate * len(placed) / total))
     return placed

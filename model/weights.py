@@ -32,16 +32,30 @@ _REFERENCES = {
     **{f"efficientnet-b{i}": (f"EfficientNetB{i}", "imagenet") for i in range(8)},
     **{f"efficientnetv2-{v}": (f"EfficientNetV2{v.upper()}", "scale128") for v in "sml"},
 }
-_TOP_LEVEL = {"stem_conv": "stem_conv", "stem_bn": "stem_bn", "head_conv": "top_conv",
-              "head_bn": "top_bn", "logits": "predictions"}
-_BLOCK_PARTS = ("expand_conv", "expand_bn", "dwconv", "bn", "se.reduce", "se.expand",
-                "project_conv", "project_bn")
+_TOP_LEVEL = {
+    "stem_conv": "stem_conv",
+    "stem_bn": "stem_bn",
+    "head_conv": "top_conv",
+    "head_bn": "top_bn",
+    "logits": "predictions",
+}
+_BLOCK_PARTS = (
+    "expand_conv",
+    "expand_bn",
+    "dwconv",
+    "bn",
+    "se.reduce",
+    "se.expand",
+    "project_conv",
+    "project_bn",
+)
 # Layers of the reference that hold preprocessing statistics, not learned weights.
 _PREPROCESSING = (keras.layers.Normalization, keras.layers.Rescaling)
 
 
-def load_keras_applications_weights(model: keras.Model,
-                                    source: str | os.PathLike | keras.Model) -> dict:
+def load_keras_applications_weights(
+    model: keras.Model, source: str | os.PathLike | keras.Model
+) -> dict:
     """Copy weights from a keras.applications EfficientNet(V2) model or weights file.
 
     Args:
@@ -67,31 +81,51 @@ def load_keras_applications_weights(model: keras.Model,
             if src_name == "predictions":  # a no-top source
                 skipped.append(ours.path)
                 continue
-            raise ConfigError(f"source model {reference.name!r} has no layer {src_name!r} "
-                              f"for our {ours.path!r}: not the same architecture")
+            raise ConfigError(
+                f"source model {reference.name!r} has no layer {src_name!r} "
+                f"for our {ours.path!r}: not the same architecture"
+            )
         values = src.get_weights()
         want = [tuple(w.shape) for w in ours.weights]
         got = [tuple(v.shape) for v in values]
         if want != got:
             if src_name == "predictions":
-                logger.warning("classifier not imported: source shapes %s, ours %s (class "
-                               "count differs); it keeps its fresh initialization", got, want)
+                logger.warning(
+                    "classifier not imported: source shapes %s, ours %s (class "
+                    "count differs); it keeps its fresh initialization",
+                    got,
+                    want,
+                )
                 skipped.append(ours.path)
                 continue
-            raise ConfigError(f"shape mismatch importing {src_name!r} into {ours.path!r}: "
-                              f"source {got}, ours {want}")
+            raise ConfigError(
+                f"shape mismatch importing {src_name!r} into {ours.path!r}: "
+                f"source {got}, ours {want}"
+            )
         ours.set_weights(values)
         used.add(src_name)
         copied += len(values)
     # The source classifier may stay unused: skipped on a class mismatch, or we have no top.
-    unused = [layer.name for layer in reference.layers
-              if layer.weights and layer.name not in used and layer.name != "predictions"
-              and not isinstance(layer, _PREPROCESSING)]
+    unused = [
+        layer.name
+        for layer in reference.layers
+        if layer.weights
+        and layer.name not in used
+        and layer.name != "predictions"
+        and not isinstance(layer, _PREPROCESSING)
+    ]
     if unused:
-        raise ConfigError(f"source weights left unused (architecture differs): {', '.join(unused[:5])}")
+        raise ConfigError(
+            f"source weights left unused (architecture differs): {', '.join(unused[:5])}"
+        )
     _check_normalization(model)
-    logger.info("imported %d weight arrays into %d layers from %s (skipped: %s)", copied,
-                len(used), reference.name, ", ".join(skipped) or "none")
+    logger.info(
+        "imported %d weight arrays into %d layers from %s (skipped: %s)",
+        copied,
+        len(used),
+        reference.name,
+        ", ".join(skipped) or "none",
+    )
     return {"layers": len(used), "weights": copied, "skipped": skipped}
 
 
@@ -105,7 +139,7 @@ def _pairs(model: keras.Model, dwconv_name: str):
         if layer.name in _TOP_LEVEL:
             yield layer, _TOP_LEVEL[layer.name]
         elif hasattr(layer, "branch"):  # stage{s}_block{b}
-            stage, index = (int(p) for p in layer.name[len("stage"):].split("_block"))
+            stage, index = (int(p) for p in layer.name[len("stage") :].split("_block"))
             prefix = f"block{stage}{chr(ord('a') + index - 1)}_"
             for part in _BLOCK_PARTS:
                 sub = layer
@@ -115,11 +149,16 @@ def _pairs(model: keras.Model, dwconv_name: str):
                         break
                 if sub is None:
                     continue
-                src_part = {"dwconv": dwconv_name, "se.reduce": "se_reduce",
-                            "se.expand": "se_expand"}.get(part, part)
+                src_part = {
+                    "dwconv": dwconv_name,
+                    "se.reduce": "se_reduce",
+                    "se.expand": "se_expand",
+                }.get(part, part)
                 yield sub, prefix + src_part
         elif layer.weights:
-            raise ConfigError(f"layer {layer.name!r} has weights but no keras.applications counterpart")
+            raise ConfigError(
+                f"layer {layer.name!r} has weights but no keras.applications counterpart"
+            )
 
 
 def _load_reference(model: keras.Model, path: str | os.PathLike) -> keras.Model:
@@ -128,8 +167,10 @@ def _load_reference(model: keras.Model, path: str | os.PathLike) -> keras.Model:
     if not os.path.isfile(path):
         raise ConfigError(f"weights file not found: {path}")
     if model.name not in _REFERENCES:
-        raise ConfigError(f"no keras.applications counterpart for {model.name!r}; weight files "
-                          f"can be imported for {', '.join(_REFERENCES)}")
+        raise ConfigError(
+            f"no keras.applications counterpart for {model.name!r}; weight files "
+            f"can be imported for {', '.join(_REFERENCES)}"
+        )
     ctor = getattr(keras.applications, _REFERENCES[model.name][0])
     classes = model.output_shape[-1] if "logits" in _names(model) else 1000
     attempts = [{"include_top": True, "classes": c} for c in dict.fromkeys((classes, 1000))]
@@ -157,5 +198,9 @@ def _check_normalization(model: keras.Model) -> None:
     layer = next((la for la in model.layers if isinstance(la, InputNormalization)), None)
     mode = layer.mode if layer is not None else "none"
     if expected and mode != expected:
-        logger.warning("model normalizes input with %r but the imported weights were trained "
-                       "with %r: feed inputs normalized accordingly", mode, expected)
+        logger.warning(
+            "model normalizes input with %r but the imported weights were trained "
+            "with %r: feed inputs normalized accordingly",
+            mode,
+            expected,
+        )

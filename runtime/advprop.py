@@ -45,18 +45,28 @@ def setup(params: Mapping[str, Any], model: keras.Model) -> AdvPropConfig | None
     if not params.get("advprop"):
         return None
     add_auxiliary_batch_norms(model)
-    return AdvPropConfig(epsilon=float(params["advprop_epsilon"]), steps=int(params["advprop_steps"]),
-                         step_size=float(params["advprop_step_size"]))
+    return AdvPropConfig(
+        epsilon=float(params["advprop_epsilon"]),
+        steps=int(params["advprop_steps"]),
+        step_size=float(params["advprop_step_size"]),
+    )
 
 
 def _cross_entropy(model, images, labels, label_smoothing):
     logits = tf.cast(model(images, training=True), tf.float32)
-    return keras.losses.categorical_crossentropy(labels, logits, from_logits=True,
-                                                 label_smoothing=label_smoothing)
+    return keras.losses.categorical_crossentropy(
+        labels, logits, from_logits=True, label_smoothing=label_smoothing
+    )
 
 
-def adversarial_images(model: keras.Model, images, labels, config: AdvPropConfig,
-                       label_smoothing: float, scale_loss: Callable = lambda x: x):
+def adversarial_images(
+    model: keras.Model,
+    images,
+    labels,
+    config: AdvPropConfig,
+    label_smoothing: float,
+    scale_loss: Callable = lambda x: x,
+):
     """PGD (Madry et al. 2018) on the input through the auxiliary BNs, statistics frozen.
 
     Args:

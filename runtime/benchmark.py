@@ -36,12 +36,19 @@ from utils.dllogger import MetricsLogger, ProgressBar, Verbosity
 
 logger = logging.getLogger(__name__)
 
-RESULT_FILES = {"training_benchmark": "benchmark_training.json",
-                "inference_benchmark": "benchmark_inference.json"}
+RESULT_FILES = {
+    "training_benchmark": "benchmark_training.json",
+    "inference_benchmark": "benchmark_inference.json",
+}
 
 
-def time_steps(run_step: Callable[[], Any], warmup_steps: int, steps: int, desc: str = "",
-               progress: bool = True) -> list[float]:
+def time_steps(
+    run_step: Callable[[], Any],
+    warmup_steps: int,
+    steps: int,
+    desc: str = "",
+    progress: bool = True,
+) -> list[float]:
     """Call `run_step` warmup_steps + steps times; return the durations of the timed calls.
 
     Args:
@@ -74,8 +81,9 @@ def _device_name() -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
-def _header(params: Mapping[str, Any], strategy: tf.distribute.Strategy, mode: str,
-            image_size: int) -> dict[str, Any]:
+def _header(
+    params: Mapping[str, Any], strategy: tf.distribute.Strategy, mode: str, image_size: int
+) -> dict[str, Any]:
     return {
         "mode": mode,
         "model": params["model"].get("name"),
@@ -98,8 +106,11 @@ def _batch_sizes(params: Mapping[str, Any], default: int) -> tuple[int, ...]:
 
 
 def _oom_row(batch_size: int, global_batch: int, err: Exception) -> dict[str, Any]:
-    logger.warning("batch size %d: out of memory (%s); continuing the sweep", batch_size,
-                   str(err).strip().splitlines()[0][:200] if str(err).strip() else "")
+    logger.warning(
+        "batch size %d: out of memory (%s); continuing the sweep",
+        batch_size,
+        str(err).strip().splitlines()[0][:200] if str(err).strip() else "",
+    )
     return {"batch_size": batch_size, "global_batch_size": global_batch, "error": "out of memory"}
 
 
@@ -113,22 +124,37 @@ def format_table(rows: Sequence[Mapping[str, Any]], prefix: str) -> str:
     Returns:
       The table text.
     """
-    columns = ["batch", "global", "img/s", "img/s/dev", "mean ms",
-               *(f"p{p} ms" for p in PERCENTILES)]
+    columns = [
+        "batch",
+        "global",
+        "img/s",
+        "img/s/dev",
+        "mean ms",
+        *(f"p{p} ms" for p in PERCENTILES),
+    ]
     lines = [" ".join(f"{c:>10}" for c in columns)]
     for row in rows:
         head = f"{row['batch_size']:>10} {row['global_batch_size']:>10}"
         if "error" in row:
             lines.append(f"{head} {row['error']:>10}")
             continue
-        values = [row["images_per_sec"], row["images_per_sec_per_device"],
-                  row[f"{prefix}_mean_ms"], *(row[f"{prefix}_p{p}_ms"] for p in PERCENTILES)]
+        values = [
+            row["images_per_sec"],
+            row["images_per_sec_per_device"],
+            row[f"{prefix}_mean_ms"],
+            *(row[f"{prefix}_p{p}_ms"] for p in PERCENTILES),
+        ]
         lines.append(head + " " + " ".join(f"{v:>10.2f}" for v in values))
     return "\n".join(lines)
 
 
-def _report(params: Mapping[str, Any], document: dict[str, Any], prefix: str,
-            log: MetricsLogger, is_chief: bool) -> dict[str, Any]:
+def _report(
+    params: Mapping[str, Any],
+    document: dict[str, Any],
+    prefix: str,
+    log: MetricsLogger,
+    is_chief: bool,
+) -> dict[str, Any]:
     """Log rows, write the JSON file and print the table (chief only)."""
     metric = "train" if document["mode"] == "training_benchmark" else "infer"
     for row in document["results"]:
@@ -137,10 +163,13 @@ def _report(params: Mapping[str, Any], document: dict[str, Any], prefix: str,
     if not is_chief:
         return document
     path = components.write_json(
-        os.path.join(params["model_dir"], RESULT_FILES[document["mode"]]), document)
-    print(f"{document['mode']}: {document['model']} at {document['image_size']} px, "
-          f"{document['precision']}, XLA {'on' if document['use_xla'] else 'off'}, "
-          f"{document['num_replicas']} replica(s) on {document['device']}")
+        os.path.join(params["model_dir"], RESULT_FILES[document["mode"]]), document
+    )
+    print(
+        f"{document['mode']}: {document['model']} at {document['image_size']} px, "
+        f"{document['precision']}, XLA {'on' if document['use_xla'] else 'off'}, "
+        f"{document['num_replicas']} replica(s) on {document['device']}"
+    )
     print(format_table(document["results"], prefix))
     print(f"results written to {path}")
     return {**document, "path": path}
@@ -165,18 +194,21 @@ def run_training_benchmark(params: Mapping[str, Any]) -> dict[str, Any]:
     stage = run.stages[-1]  # the final training image size and augmentation
     step_config = run.step_config
     if params["defer_img_mixing"]:  # as training does: MixUp/CutMix inside the step
-        step_config = dataclasses.replace(step_config, mixup_alpha=stage.mixup_alpha,
-                                          cutmix_alpha=stage.cutmix_alpha)
+        step_config = dataclasses.replace(
+            step_config, mixup_alpha=stage.mixup_alpha, cutmix_alpha=stage.cutmix_alpha
+        )
     rows = []
     with run.log:
         run.log.log_params(params)
         for batch_size in _batch_sizes(params, params["train_batch_size"]):
             global_batch = distribute.global_batch_size(
-                batch_size, run.strategy, params["grad_accum_steps"])
+                batch_size, run.strategy, params["grad_accum_steps"]
+            )
             sized = dataclasses.replace(run, params={**params, "train_batch_size": batch_size})
             iterator = iter(train.train_dataset(sized, stage))
-            step = train.make_train_step(run.model, run.optimizer, strategy=run.strategy,
-                                         config=step_config, ema=run.ema)
+            step = train.make_train_step(
+                run.model, run.optimizer, strategy=run.strategy, config=step_config, ema=run.ema
+            )
 
             def one_step(step=step, iterator=iterator):
                 step(next(iterator))
@@ -184,21 +216,31 @@ def run_training_benchmark(params: Mapping[str, Any]) -> dict[str, Any]:
                 run.optimizer.iterations.numpy()
 
             try:
-                times = time_steps(one_step, params["benchmark_warmup_steps"],
-                                   params["benchmark_steps"], desc=f"train batch {batch_size}",
-                                   progress=run.is_chief)
+                times = time_steps(
+                    one_step,
+                    params["benchmark_warmup_steps"],
+                    params["benchmark_steps"],
+                    desc=f"train batch {batch_size}",
+                    progress=run.is_chief,
+                )
             except tf.errors.ResourceExhaustedError as err:
                 rows.append(_oom_row(batch_size, global_batch, err))
                 continue
             images_per_sec = global_batch * len(times) / sum(times)
-            rows.append({
-                "batch_size": batch_size, "global_batch_size": global_batch,
-                "images_per_sec": images_per_sec,
-                "images_per_sec_per_device": images_per_sec / run.strategy.num_replicas_in_sync,
-                **latency_stats(times, prefix="step_time"),
-            })
-        document = {**_header(params, run.strategy, "training_benchmark", stage.image_size),
-                    "grad_accum_steps": params["grad_accum_steps"], "results": rows}
+            rows.append(
+                {
+                    "batch_size": batch_size,
+                    "global_batch_size": global_batch,
+                    "images_per_sec": images_per_sec,
+                    "images_per_sec_per_device": images_per_sec / run.strategy.num_replicas_in_sync,
+                    **latency_stats(times, prefix="step_time"),
+                }
+            )
+        document = {
+            **_header(params, run.strategy, "training_benchmark", stage.image_size),
+            "grad_accum_steps": params["grad_accum_steps"],
+            "results": rows,
+        }
         return _report(params, document, "step_time", run.log, run.is_chief)
 
 
@@ -235,19 +277,32 @@ def run_inference_benchmark(params: Mapping[str, Any]) -> dict[str, Any]:
             global_batch = batch_size * strategy.num_replicas_in_sync
             dataset = components.eval_dataset(params, strategy, repeat=True, batch_size=batch_size)
             try:
-                result = evaluate(model, dataset, strategy=strategy, num_steps=warmup + steps,
-                                  warmup_steps=warmup, jit_compile=bool(params["use_xla"]),
-                                  num_classes=info.num_classes, progress=is_chief,
-                                  desc=f"inference batch {batch_size}")
+                result = evaluate(
+                    model,
+                    dataset,
+                    strategy=strategy,
+                    num_steps=warmup + steps,
+                    warmup_steps=warmup,
+                    jit_compile=bool(params["use_xla"]),
+                    num_classes=info.num_classes,
+                    progress=is_chief,
+                    desc=f"inference batch {batch_size}",
+                )
             except tf.errors.ResourceExhaustedError as err:
                 rows.append(_oom_row(batch_size, global_batch, err))
                 continue
-            rows.append({
-                "batch_size": batch_size, "global_batch_size": global_batch,
-                "timed_steps": result["timed_steps"],
-                **{k: v for k, v in result.items()
-                   if k.startswith(("images_per_sec", "latency_"))},
-            })
+            rows.append(
+                {
+                    "batch_size": batch_size,
+                    "global_batch_size": global_batch,
+                    "timed_steps": result["timed_steps"],
+                    **{
+                        k: v
+                        for k, v in result.items()
+                        if k.startswith(("images_per_sec", "latency_"))
+                    },
+                }
+            )
         document = _header(params, strategy, "inference_benchmark", params["eval_img_size"])
         document["results"] = rows
         return _report(params, document, "latency", log, is_chief)

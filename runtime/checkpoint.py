@@ -50,8 +50,17 @@ EMA_KEY_PREFIX = "ema/"
 # (atomic_write_string_to_file of the index).
 _TEMP_ENTRY = re.compile(r"^(ckpt-\d+_temp.*|checkpoint\.tmp[0-9a-f]*)$")
 # Model-config keys that decide the variables' shapes: a checkpoint only fits the same values.
-ARCHITECTURE_KEYS = ("blocks", "width_coefficient", "depth_coefficient", "depth_divisor",
-                     "min_depth", "round_down_guard", "stem_filters", "head_filters", "include_top")
+ARCHITECTURE_KEYS = (
+    "blocks",
+    "width_coefficient",
+    "depth_coefficient",
+    "depth_divisor",
+    "min_depth",
+    "round_down_guard",
+    "stem_filters",
+    "head_filters",
+    "include_top",
+)
 
 
 def checkpoint_dir(model_dir: str) -> str:
@@ -76,20 +85,32 @@ class TrainingCheckpoint:
       max_to_keep: how many checkpoints to keep.
     """
 
-    def __init__(self, model_dir: str, model: keras.Model, optimizer: keras.optimizers.Optimizer,
-                 ema: ExponentialMovingAverage | None = None,
-                 strategy: tf.distribute.Strategy | None = None, max_to_keep: int = 3) -> None:
+    def __init__(
+        self,
+        model_dir: str,
+        model: keras.Model,
+        optimizer: keras.optimizers.Optimizer,
+        ema: ExponentialMovingAverage | None = None,
+        strategy: tf.distribute.Strategy | None = None,
+        max_to_keep: int = 3,
+    ) -> None:
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        objects = {"model": model, "optimizer": optimizer, "epoch": self.epoch,
-                   "rng": random_state(model)}
+        objects = {
+            "model": model,
+            "optimizer": optimizer,
+            "epoch": self.epoch,
+            "rng": random_state(model),
+        }
         if ema is not None:
             objects["ema"] = ema
         self.checkpoint = tf.train.Checkpoint(**objects)
         self.strategy = strategy or tf.distribute.get_strategy()
         self.directory = checkpoint_dir(model_dir)
         self._manager = tf.train.CheckpointManager(
-            self.checkpoint, distribute.checkpoint_write_dir(self.directory, self.strategy),
-            max_to_keep)
+            self.checkpoint,
+            distribute.checkpoint_write_dir(self.directory, self.strategy),
+            max_to_keep,
+        )
 
     @property
     def latest(self) -> str | None:
@@ -109,8 +130,10 @@ class TrainingCheckpoint:
         # without a warning; every object of this run must be found, though.
         reason = restore_or_explain(self.checkpoint, path)
         if reason is not None:
-            raise RunError(f"checkpoint {path} does not match this model/optimizer ({reason}); "
-                           "use another --model_dir or --no-resume_checkpoint")
+            raise RunError(
+                f"checkpoint {path} does not match this model/optimizer ({reason}); "
+                "use another --model_dir or --no-resume_checkpoint"
+            )
         epoch = int(self.epoch.numpy())
         logger.info("resumed from %s (epoch %d)", path, epoch)
         return epoch
@@ -131,7 +154,8 @@ class TrainingCheckpoint:
             raise RunError(
                 f"cannot write checkpoint {os.path.join(write_dir, f'ckpt-{epoch}')}: "
                 f"{_first_line(Exception(reason))} ({free_space(write_dir)} free on its "
-                f"filesystem); the latest complete checkpoint is still {self.latest}") from err
+                f"filesystem); the latest complete checkpoint is still {self.latest}"
+            ) from err
         if not distribute.is_chief(self.strategy):
             distribute.remove_worker_write_dir(self.directory, self.strategy)
             return None
@@ -146,7 +170,8 @@ def _remove_failed_save(directory: str, epoch: int, latest: str | None) -> None:
     prefix = f"ckpt-{epoch}"
     for entry in os.scandir(directory):
         partial = entry.name.startswith(prefix + ".") and (
-            latest is None or os.path.basename(latest) != prefix)
+            latest is None or os.path.basename(latest) != prefix
+        )
         if _TEMP_ENTRY.match(entry.name) or partial:
             _remove(entry.path)
 
@@ -178,13 +203,20 @@ def remove_stale_checkpoint_temps(model_dir: str) -> list[str]:
                 _remove(entry.path)
                 removed.append(entry.path)
     if removed:
-        logger.warning("removed %d temporary file(s) of interrupted saves: %s", len(removed),
-                       ", ".join(sorted(os.path.basename(p) for p in removed)))
+        logger.warning(
+            "removed %d temporary file(s) of interrupted saves: %s",
+            len(removed),
+            ", ".join(sorted(os.path.basename(p) for p in removed)),
+        )
     return removed
 
 
-def check_resume_fits(params: dict, saved: dict | None, num_classes: int | None = None,
-                      class_names: tuple[str, ...] | None = None) -> None:
+def check_resume_fits(
+    params: dict,
+    saved: dict | None,
+    num_classes: int | None = None,
+    class_names: tuple[str, ...] | None = None,
+) -> None:
     """Refuse a resume whose checkpoint cannot fit this run, before anything is written.
 
     Args:
@@ -207,29 +239,41 @@ def check_resume_fits(params: dict, saved: dict | None, num_classes: int | None 
         if isinstance(new, list):
             new = tuple(new)
         if key in old_model and old != new:
-            raise RunError(f"cannot resume: the checkpoint in {params['model_dir']} was trained "
-                           f"with {key}={old!r} (--cfg {saved.get('cfg')}), this run has "
-                           f"{key}={new!r}; {hint}")
+            raise RunError(
+                f"cannot resume: the checkpoint in {params['model_dir']} was trained "
+                f"with {key}={old!r} (--cfg {saved.get('cfg')}), this run has "
+                f"{key}={new!r}; {hint}"
+            )
     if saved.get("optimizer") not in (None, params["optimizer"]):
-        raise RunError(f"cannot resume: the checkpoint in {params['model_dir']} was trained with "
-                       f"--optimizer {saved['optimizer']}, this run has {params['optimizer']}; "
-                       f"{hint}")
+        raise RunError(
+            f"cannot resume: the checkpoint in {params['model_dir']} was trained with "
+            f"--optimizer {saved['optimizer']}, this run has {params['optimizer']}; "
+            f"{hint}"
+        )
     if saved.get("moving_average_decay") == 0 and params["moving_average_decay"] > 0:
-        raise RunError(f"cannot resume: the checkpoint in {params['model_dir']} has no EMA "
-                       f"(--moving_average_decay 0), this run asks for "
-                       f"{params['moving_average_decay']}; {hint}")
+        raise RunError(
+            f"cannot resume: the checkpoint in {params['model_dir']} has no EMA "
+            f"(--moving_average_decay 0), this run asks for "
+            f"{params['moving_average_decay']}; {hint}"
+        )
     saved_classes = _saved_classes(params["model_dir"])
     if saved_classes is None or num_classes is None:
         return
     old_count, old_names = saved_classes
     if old_count != num_classes:
-        raise RunError(f"cannot resume: the checkpoint in {params['model_dir']} has {old_count} "
-                       f"classes, the data set of this run has {num_classes}; {hint}")
+        raise RunError(
+            f"cannot resume: the checkpoint in {params['model_dir']} has {old_count} "
+            f"classes, the data set of this run has {num_classes}; {hint}"
+        )
     if old_names and class_names and tuple(old_names) != tuple(class_names):
-        first = next(i for i, (a, b) in enumerate(zip(old_names, class_names, strict=True)) if a != b)
-        raise RunError(f"cannot resume: class {first} of the checkpoint is {old_names[first]!r}, "
-                       f"of this run's data set {class_names[first]!r} (labels would be mixed "
-                       f"up); {hint}")
+        first = next(
+            i for i, (a, b) in enumerate(zip(old_names, class_names, strict=True)) if a != b
+        )
+        raise RunError(
+            f"cannot resume: class {first} of the checkpoint is {old_names[first]!r}, "
+            f"of this run's data set {class_names[first]!r} (labels would be mixed "
+            f"up); {hint}"
+        )
 
 
 def _saved_classes(model_dir: str) -> tuple[int, tuple[str, ...] | None] | None:
@@ -243,11 +287,16 @@ def _saved_classes(model_dir: str) -> tuple[int, tuple[str, ...] | None] | None:
         return int(saved["num_classes"]), tuple(names) if names else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
 class _UnrestoredValuesFilter(logging.Filter):
     """Drops TF's per-variable "could not be found" lines of a checkpoint that failed to load."""
 
-    PREFIXES = ("Value in checkpoint could not be found", "An attribute in the restored object",
-                "Detecting that an object or model or tf.train.Checkpoint is being deleted")
+    PREFIXES = (
+        "Value in checkpoint could not be found",
+        "An attribute in the restored object",
+        "Detecting that an object or model or tf.train.Checkpoint is being deleted",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith(self.PREFIXES)
@@ -289,8 +338,10 @@ def seed_states(model: keras.Model) -> list[tf.Variable]:
         if variable.name == SEED_STATE_NAME:
             value = variable.value
             if not isinstance(value, tf.Variable):
-                raise RunError(f"Keras seed state {variable.path} is not backed by a tf.Variable "
-                               f"({type(value).__name__}); this Keras version is not supported")
+                raise RunError(
+                    f"Keras seed state {variable.path} is not backed by a tf.Variable "
+                    f"({type(value).__name__}); this Keras version is not supported"
+                )
             states.append(value)
     return states
 
@@ -324,8 +375,9 @@ def _resolve_checkpoint(model_dir: str, checkpoint: str | None) -> str:
     return checkpoint
 
 
-def restore_for_inference(model: keras.Model, model_dir: str, checkpoint: str | None = None,
-                          prefer_ema: bool = True) -> dict:
+def restore_for_inference(
+    model: keras.Model, model_dir: str, checkpoint: str | None = None, prefer_ema: bool = True
+) -> dict:
     """Load weights into `model` for eval / predict / export.
 
     Args:
@@ -354,8 +406,10 @@ def restore_for_inference(model: keras.Model, model_dir: str, checkpoint: str | 
     objects = {"model": model} if ema is None else {"model": model, "ema": ema}
     reason = restore_or_explain(tf.train.Checkpoint(**objects), path)
     if reason is not None:
-        raise RunError(f"checkpoint {path} does not fit this model ({reason}): it was trained "
-                       "with another architecture or class count")
+        raise RunError(
+            f"checkpoint {path} does not fit this model ({reason}): it was trained "
+            "with another architecture or class count"
+        )
     if ema is not None:
         ema.copy_to_model()
     weights = "ema" if ema is not None else "raw"

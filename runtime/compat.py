@@ -29,7 +29,8 @@ def check_versions(keras_version: str, tf_version: str) -> None:
         if not version.startswith(TESTED[name]):
             raise CompatError(
                 f"{name} {version} is untested with runtime/compat.py (tested: {TESTED[name]}x); "
-                f"install the pinned requirements or set {ALLOW_UNTESTED_ENV}=1 to try it")
+                f"install the pinned requirements or set {ALLOW_UNTESTED_ENV}=1 to try it"
+            )
 
 
 def skip_optimizer_all_reduce(optimizer) -> None:
@@ -54,8 +55,10 @@ def skip_optimizer_all_reduce(optimizer) -> None:
     name = "_all_reduce_sum_gradients"
     update = getattr(cls, "_backend_update_step", None)
     if not hasattr(optimizer, name) or update is None or name not in inspect.getsource(update):
-        raise CompatError(f"{cls.__name__} no longer sums gradients through {name} in "
-                          "_backend_update_step: update runtime/compat.py for this Keras")
+        raise CompatError(
+            f"{cls.__name__} no longer sums gradients through {name} in "
+            "_backend_update_step: update runtime/compat.py for this Keras"
+        )
     setattr(optimizer, name, lambda grads_and_vars: list(grads_and_vars))
 
 
@@ -65,17 +68,22 @@ def eager_context() -> ModuleType:
     try:
         from tensorflow.python.eager import context
     except ImportError as err:
-        raise CompatError(f"tensorflow.python.eager.context is gone ({err}): update "
-                          "runtime/compat.py for this TensorFlow") from err
+        raise CompatError(
+            f"tensorflow.python.eager.context is gone ({err}): update "
+            "runtime/compat.py for this TensorFlow"
+        ) from err
     for attr in ("context",):
         if not hasattr(context, attr):
-            raise CompatError(f"tensorflow.python.eager.context.{attr} is gone: update "
-                              "runtime/compat.py for this TensorFlow")
+            raise CompatError(
+                f"tensorflow.python.eager.context.{attr} is gone: update "
+                "runtime/compat.py for this TensorFlow"
+            )
     ctx = context.context()
     for attr in ("coordination_service", "configure_coordination_service"):
         if not hasattr(ctx, attr):
-            raise CompatError(f"TF's eager context has no {attr}: update runtime/compat.py for "
-                              "this TensorFlow")
+            raise CompatError(
+                f"TF's eager context has no {attr}: update runtime/compat.py for this TensorFlow"
+            )
     return context
 
 
@@ -84,9 +92,13 @@ def coordination_config_pb2() -> ModuleType:
     try:
         from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2 as pb2
     except ImportError as err:
-        raise CompatError(f"tensorflow.compiler.xla.tsl.protobuf.coordination_config_pb2 is gone "
-                          f"({err}): update runtime/compat.py for this TensorFlow") from err
+        raise CompatError(
+            f"tensorflow.compiler.xla.tsl.protobuf.coordination_config_pb2 is gone "
+            f"({err}): update runtime/compat.py for this TensorFlow"
+        ) from err
     if not hasattr(pb2, "CoordinatedJob"):
-        raise CompatError("coordination_config_pb2.CoordinatedJob is gone: update "
-                          "runtime/compat.py for this TensorFlow")
+        raise CompatError(
+            "coordination_config_pb2.CoordinatedJob is gone: update "
+            "runtime/compat.py for this TensorFlow"
+        )
     return pb2

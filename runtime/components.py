@@ -43,10 +43,12 @@ def setup_run(params: Mapping[str, Any]) -> tf.distribute.Strategy:
       The tf.distribute strategy the run uses.
     """
     # The strategy first: it may need to configure devices before anything initializes them.
-    strategy = distribute.create_strategy(num_gpus=params["num_gpus"],
-                                          all_reduce=params["all_reduce"],
-                                          fp16_compression=params["fp16_compression"],
-                                          cpu_replicas=params.get("cpu_replicas", 1))
+    strategy = distribute.create_strategy(
+        num_gpus=params["num_gpus"],
+        all_reduce=params["all_reduce"],
+        fp16_compression=params["fp16_compression"],
+        cpu_replicas=params.get("cpu_replicas", 1),
+    )
     if params["seed"] is not None:
         keras.utils.set_random_seed(params["seed"])
     configure_precision(params["use_amp"], params["amp_dtype"], params["use_tf32"])
@@ -67,7 +69,7 @@ def requested_num_classes(params: Mapping[str, Any]) -> int | None:
 
 
 def eval_crop_mode(params: Mapping[str, Any], image_size: int) -> str:
-    """"crop" or "squash": `--eval_crop`, else the model family's rule at `image_size`.
+    """ "crop" or "squash": `--eval_crop`, else the model family's rule at `image_size`.
 
     v2 (automl efficientnetv2/preprocessing.py) squashes the whole image at sizes >= 320
     (`eval_squash_min_size`) and center-crops below; v1 always center-crops.
@@ -129,8 +131,11 @@ def data_config(params: Mapping[str, Any], training: bool, **overrides: Any) -> 
             "defer_img_mixing": params["defer_img_mixing"],
         }
     else:
-        fields = {**common, "image_size": params["eval_img_size"],
-                  "batch_size": params["eval_batch_size"]}
+        fields = {
+            **common,
+            "image_size": params["eval_img_size"],
+            "batch_size": params["eval_batch_size"],
+        }
     fields["eval_crop"] = eval_crop_mode(params, overrides.get("image_size", fields["image_size"]))
     return dataclasses.replace(DataConfig(**fields), **overrides)
 
@@ -167,12 +172,21 @@ def small_data_bn_momentum(params: Mapping[str, Any], steps_per_epoch: int) -> f
         logger.warning(
             "%d steps per epoch are fewer than the BN moving-average window 1/(1-%g) = %d "
             "steps: training with bn_momentum %g instead (--no-auto_bn_momentum keeps %g)",
-            steps_per_epoch, momentum, round(window), chosen, momentum)
+            steps_per_epoch,
+            momentum,
+            round(window),
+            chosen,
+            momentum,
+        )
         return chosen
     logger.warning(
         "%d steps per epoch are fewer than the BN moving-average window 1/(1-%g) = %d steps: "
         "evaluation may see stale BN statistics; consider --mparams bn_momentum=%g",
-        steps_per_epoch, momentum, round(window), max(chosen, MIN_AUTO_BN_MOMENTUM))
+        steps_per_epoch,
+        momentum,
+        round(window),
+        max(chosen, MIN_AUTO_BN_MOMENTUM),
+    )
     return momentum
 
 
@@ -182,13 +196,21 @@ def create_model(params: Mapping[str, Any], num_classes: int) -> keras.Model:
     Call under `strategy.scope()` so its variables are mirrored across replicas.
     """
     model = build_model(params["model"], num_classes=num_classes)
-    logger.info("model %s: %d parameters, %d classes", params["model"].get("name", "?"),
-                model.count_params(), num_classes)
+    logger.info(
+        "model %s: %d parameters, %d classes",
+        params["model"].get("name", "?"),
+        model.count_params(),
+        num_classes,
+    )
     return model
 
 
-def eval_dataset(params: Mapping[str, Any], strategy: tf.distribute.Strategy,
-                 repeat: bool = False, **overrides: Any):
+def eval_dataset(
+    params: Mapping[str, Any],
+    strategy: tf.distribute.Strategy,
+    repeat: bool = False,
+    **overrides: Any,
+):
     """The validation input: a tf.data.Dataset on one replica, else a distributed dataset
     whose per-replica batch is `eval_batch_size` (each worker reads its own shard).
 
@@ -198,10 +220,13 @@ def eval_dataset(params: Mapping[str, Any], strategy: tf.distribute.Strategy,
     if strategy.num_replicas_in_sync == 1:
         return build_dataset(cfg, "validation", repeat=repeat)
     return strategy.distribute_datasets_from_function(
-        lambda ctx: build_dataset(cfg, "validation", input_context=ctx, repeat=repeat))
+        lambda ctx: build_dataset(cfg, "validation", input_context=ctx, repeat=repeat)
+    )
 
 
-def open_metrics_log(params: Mapping[str, Any], is_chief: bool, append: bool = False) -> MetricsLogger:
+def open_metrics_log(
+    params: Mapping[str, Any], is_chief: bool, append: bool = False
+) -> MetricsLogger:
     """The run's DLLogger log (model_dir/log_filename, plus TensorBoard when enabled).
 
     Args:
@@ -210,9 +235,15 @@ def open_metrics_log(params: Mapping[str, Any], is_chief: bool, append: bool = F
       append: keep earlier records (resumed training, eval/predict after training).
     """
     model_dir = params["model_dir"]
-    tensorboard = os.path.join(model_dir, TENSORBOARD_SUBDIR) if params["enable_tensorboard"] else None
-    return create_metrics_logger(os.path.join(model_dir, params["log_filename"]),
-                                 is_chief=is_chief, tensorboard_dir=tensorboard, append=append)
+    tensorboard = (
+        os.path.join(model_dir, TENSORBOARD_SUBDIR) if params["enable_tensorboard"] else None
+    )
+    return create_metrics_logger(
+        os.path.join(model_dir, params["log_filename"]),
+        is_chief=is_chief,
+        tensorboard_dir=tensorboard,
+        append=append,
+    )
 
 
 def write_json(path: str, data: Any) -> str:
@@ -223,9 +254,13 @@ def write_json(path: str, data: Any) -> str:
 
 def save_class_names(model_dir: str, num_classes: int, class_names: Sequence[str] | None) -> str:
     """Write model_dir/class_names.json ({"num_classes", "class_names"})."""
-    return write_json(os.path.join(model_dir, CLASS_NAMES_FILE),
-                      {"num_classes": int(num_classes),
-                       "class_names": list(class_names) if class_names else None})
+    return write_json(
+        os.path.join(model_dir, CLASS_NAMES_FILE),
+        {
+            "num_classes": int(num_classes),
+            "class_names": list(class_names) if class_names else None,
+        },
+    )
 
 
 def load_class_names(model_dir: str) -> tuple[int, tuple[str, ...] | None] | None:

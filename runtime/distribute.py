@@ -173,8 +173,11 @@ def _expand_host(item: str, hostlist: str) -> list[str]:
         return [item]
     head, tail = item[: match.start()], item[match.end() :]
     suffixes = _expand_host(tail, hostlist) if tail else [""]
-    return [head + value + suffix for value in _expand_ranges(match.group(1), hostlist)
-            for suffix in suffixes]
+    return [
+        head + value + suffix
+        for value in _expand_ranges(match.group(1), hostlist)
+        for suffix in suffixes
+    ]
 
 
 def _expand_ranges(ranges: str, hostlist: str) -> list[str]:
@@ -210,7 +213,9 @@ def expand_tasks_per_node(spec: str, num_nodes: int) -> list[int]:
             raise ClusterError(f"tasks per node {spec!r}: cannot parse {part!r} (want N or N(xM))")
         counts.extend([int(match.group(1))] * int(match.group(2) or 1))
     if len(counts) != num_nodes:
-        raise ClusterError(f"tasks per node {spec!r} covers {len(counts)} nodes, the node list has {num_nodes}")
+        raise ClusterError(
+            f"tasks per node {spec!r} covers {len(counts)} nodes, the node list has {num_nodes}"
+        )
     return counts
 
 
@@ -232,11 +237,18 @@ def resolve_cluster(environ: Mapping[str, str]) -> ClusterSpec:
     """
     if environ.get("TF_CONFIG", "").strip():
         return _from_tf_config(environ["TF_CONFIG"])
-    if "SLURM_PROCID" in environ and ("SLURM_STEP_NUM_TASKS" in environ or "SLURM_NTASKS" in environ):
+    if "SLURM_PROCID" in environ and (
+        "SLURM_STEP_NUM_TASKS" in environ or "SLURM_NTASKS" in environ
+    ):
         return _from_slurm(environ)
     if "OMPI_COMM_WORLD_RANK" in environ:
-        return _from_mpi(environ, "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
-                         "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE")
+        return _from_mpi(
+            environ,
+            "OMPI_COMM_WORLD_RANK",
+            "OMPI_COMM_WORLD_SIZE",
+            "OMPI_COMM_WORLD_LOCAL_RANK",
+            "OMPI_COMM_WORLD_LOCAL_SIZE",
+        )
     if "PMI_RANK" in environ:
         return _from_mpi(environ, "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS")
     return ClusterSpec()
@@ -251,28 +263,41 @@ def _from_tf_config(text: str) -> ClusterSpec:
         raise ClusterError("TF_CONFIG must be a JSON object with 'cluster' and 'task'")
     cluster, task = tf_config.get("cluster"), tf_config.get("task")
     if not isinstance(cluster, dict) or not cluster:
-        raise ClusterError("TF_CONFIG has no 'cluster' object (e.g. {\"worker\": [\"host:port\", ...]})")
+        raise ClusterError(
+            'TF_CONFIG has no \'cluster\' object (e.g. {"worker": ["host:port", ...]})'
+        )
     if not isinstance(task, dict) or "type" not in task or "index" not in task:
         raise ClusterError("TF_CONFIG has no 'task' object with 'type' and 'index'")
     unsupported = sorted(set(cluster) - {"chief", "worker"})
     if unsupported:
         # NOTE: "ps" and "evaluator" belong to ParameterServerStrategy / side-car evaluation,
         # which this application does not use; failing here beats a hang at startup.
-        raise ClusterError(f"TF_CONFIG cluster has unsupported job(s) {unsupported}; use 'chief' and 'worker'")
+        raise ClusterError(
+            f"TF_CONFIG cluster has unsupported job(s) {unsupported}; use 'chief' and 'worker'"
+        )
     jobs: dict[str, tuple[str, ...]] = {}
     for job, addresses in cluster.items():
         if isinstance(addresses, str) or not isinstance(addresses, Sequence) or not addresses:
-            raise ClusterError(f"TF_CONFIG cluster[{job!r}] must be a non-empty list of 'host:port'")
+            raise ClusterError(
+                f"TF_CONFIG cluster[{job!r}] must be a non-empty list of 'host:port'"
+            )
         jobs[job] = tuple(_check_address(a, f"TF_CONFIG cluster[{job!r}]") for a in addresses)
     if len(jobs.get("chief", ())) > 1:
         raise ClusterError("TF_CONFIG cluster['chief'] must have exactly one address")
     task_type, index = task["type"], task["index"]
     if task_type not in jobs:
-        raise ClusterError(f"TF_CONFIG task type {task_type!r} is not a job of the cluster {sorted(jobs)}")
-    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(jobs[task_type]):
+        raise ClusterError(
+            f"TF_CONFIG task type {task_type!r} is not a job of the cluster {sorted(jobs)}"
+        )
+    if (
+        not isinstance(index, int)
+        or isinstance(index, bool)
+        or not 0 <= index < len(jobs[task_type])
+    ):
         raise ClusterError(
             f"TF_CONFIG task index {index!r} is out of range for {task_type!r} "
-            f"(0..{len(jobs[task_type]) - 1})")
+            f"(0..{len(jobs[task_type]) - 1})"
+        )
     spec = ClusterSpec(source="tf_config", jobs=jobs, task_type=task_type, task_index=index)
     local_rank, local_size = _local_position(spec)
     return dataclasses.replace(spec, local_rank=local_rank, local_size=local_size)
@@ -286,12 +311,16 @@ def _local_position(spec: ClusterSpec) -> tuple[int, int]:
 
 
 def _check_address(address: Any, where: str) -> str:
-    if not isinstance(address, str) or not re.fullmatch(r"[^\s:]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5}", address):
+    if not isinstance(address, str) or not re.fullmatch(
+        r"[^\s:]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5}", address
+    ):
         raise ClusterError(f"{where}: address {address!r} is not 'host:port'")
     return address
 
 
-def _int_var(environ: Mapping[str, str], name: str, default: int | None = None, minimum: int = 0) -> int:
+def _int_var(
+    environ: Mapping[str, str], name: str, default: int | None = None, minimum: int = 0
+) -> int:
     raw = environ.get(name)
     if raw is None or raw.strip() == "":
         if default is None:
@@ -313,19 +342,28 @@ def _base_port(environ: Mapping[str, str]) -> int:
     return port
 
 
-def _block_cluster(source: str, hosts: Sequence[str], tasks_per_node: Sequence[int], rank: int,
-                   base_port: int) -> ClusterSpec:
+def _block_cluster(
+    source: str, hosts: Sequence[str], tasks_per_node: Sequence[int], rank: int, base_port: int
+) -> ClusterSpec:
     """Workers laid out in blocks over nodes; task `l` of a node listens on base_port + l."""
     if base_port + max(tasks_per_node) - 1 > 65535:
-        raise ClusterError(f"MASTER_PORT={base_port} + {max(tasks_per_node) - 1} tasks per node exceeds 65535")
+        raise ClusterError(
+            f"MASTER_PORT={base_port} + {max(tasks_per_node) - 1} tasks per node exceeds 65535"
+        )
     workers, node_of_rank = [], []
     for node, (host, count) in enumerate(zip(hosts, tasks_per_node, strict=True)):
         workers.extend(f"{host}:{base_port + local}" for local in range(count))
         node_of_rank.extend([node] * count)
     node = node_of_rank[rank]
     local_rank = rank - node_of_rank.index(node)
-    return ClusterSpec(source=source, jobs={"worker": tuple(workers)}, task_type="worker",
-                       task_index=rank, local_rank=local_rank, local_size=tasks_per_node[node])
+    return ClusterSpec(
+        source=source,
+        jobs={"worker": tuple(workers)},
+        task_type="worker",
+        task_index=rank,
+        local_rank=local_rank,
+        local_size=tasks_per_node[node],
+    )
 
 
 def _from_slurm(environ: Mapping[str, str]) -> ClusterSpec:
@@ -336,9 +374,15 @@ def _from_slurm(environ: Mapping[str, str]) -> ClusterSpec:
         raise ClusterError(f"SLURM_PROCID={rank} is not below {ntasks_var}={ntasks}")
     if ntasks == 1:
         return ClusterSpec(source="local")
-    nodelist = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")
+    nodelist = (
+        environ.get("SLURM_STEP_NODELIST")
+        or environ.get("SLURM_JOB_NODELIST")
+        or environ.get("SLURM_NODELIST")
+    )
     if not nodelist:
-        raise ClusterError(f"{ntasks_var}={ntasks} but neither SLURM_STEP_NODELIST nor SLURM_JOB_NODELIST is set")
+        raise ClusterError(
+            f"{ntasks_var}={ntasks} but neither SLURM_STEP_NODELIST nor SLURM_JOB_NODELIST is set"
+        )
     hosts = expand_hostlist(nodelist)
     per_node_spec = environ.get("SLURM_STEP_TASKS_PER_NODE") or environ.get("SLURM_TASKS_PER_NODE")
     if per_node_spec:
@@ -346,20 +390,30 @@ def _from_slurm(environ: Mapping[str, str]) -> ClusterSpec:
     elif ntasks % len(hosts) == 0:
         per_node = [ntasks // len(hosts)] * len(hosts)
     else:
-        raise ClusterError(f"{ntasks} tasks do not divide over {len(hosts)} nodes and SLURM_STEP_TASKS_PER_NODE is not set")
+        raise ClusterError(
+            f"{ntasks} tasks do not divide over {len(hosts)} nodes and SLURM_STEP_TASKS_PER_NODE is not set"
+        )
     if sum(per_node) != ntasks:
-        raise ClusterError(f"tasks per node {per_node} add up to {sum(per_node)}, not {ntasks_var}={ntasks}")
+        raise ClusterError(
+            f"tasks per node {per_node} add up to {sum(per_node)}, not {ntasks_var}={ntasks}"
+        )
     spec = _block_cluster("slurm", hosts, per_node, rank, _base_port(environ))
     local_id = environ.get("SLURM_LOCALID")
     if local_id is not None and _int_var(environ, "SLURM_LOCALID") != spec.local_rank:
         raise ClusterError(
             f"SLURM_LOCALID={local_id} but block layout gives local rank {spec.local_rank}: "
-            "launch with the default block distribution (srun -m block)")
+            "launch with the default block distribution (srun -m block)"
+        )
     return spec
 
 
-def _from_mpi(environ: Mapping[str, str], rank_var: str, size_var: str, local_rank_var: str,
-              local_size_var: str) -> ClusterSpec:
+def _from_mpi(
+    environ: Mapping[str, str],
+    rank_var: str,
+    size_var: str,
+    local_rank_var: str,
+    local_size_var: str,
+) -> ClusterSpec:
     size = _int_var(environ, size_var, minimum=1)
     rank = _int_var(environ, rank_var)
     if rank >= size:
@@ -374,16 +428,24 @@ def _from_mpi(environ: Mapping[str, str], rank_var: str, size_var: str, local_ra
     else:
         raise ClusterError(
             f"{size_var}={size} ranks over several nodes ({local_size_var}={local_size}): "
-            "set WORKER_HOSTS to the node list (one entry per node, rank order)")
+            "set WORKER_HOSTS to the node list (one entry per node, rank order)"
+        )
     if size % len(hosts):
-        raise ClusterError(f"{size_var}={size} ranks do not divide over WORKER_HOSTS' {len(hosts)} nodes")
+        raise ClusterError(
+            f"{size_var}={size} ranks do not divide over WORKER_HOSTS' {len(hosts)} nodes"
+        )
     if "MASTER_ADDR" in environ and environ["MASTER_ADDR"] != hosts[0]:
-        raise ClusterError(f"MASTER_ADDR={environ['MASTER_ADDR']!r} is not the first node {hosts[0]!r}, where rank 0 runs")
-    spec = _block_cluster("mpi", hosts, [size // len(hosts)] * len(hosts), rank, _base_port(environ))
+        raise ClusterError(
+            f"MASTER_ADDR={environ['MASTER_ADDR']!r} is not the first node {hosts[0]!r}, where rank 0 runs"
+        )
+    spec = _block_cluster(
+        "mpi", hosts, [size // len(hosts)] * len(hosts), rank, _base_port(environ)
+    )
     if local_rank_var in environ and _int_var(environ, local_rank_var) != spec.local_rank:
         raise ClusterError(
             f"{local_rank_var}={environ[local_rank_var]} but block layout gives local rank "
-            f"{spec.local_rank}: map ranks by slot/node in blocks (mpirun --map-by slot)")
+            f"{spec.local_rank}: map ranks by slot/node in blocks (mpirun --map-by slot)"
+        )
     return spec
 
 
@@ -393,11 +455,17 @@ def _from_mpi(environ: Mapping[str, str], rank_var: str, size_var: str, local_ra
 _FP16_COMPRESSION: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def create_strategy(num_gpus: int | None = None, all_reduce: str = "auto", fp16_compression: bool = False,
-                    *, cpu_replicas: int = 1, environ: Mapping[str, str] | None = None,
-                    collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S,
-                    heartbeat_timeout_s: int = DEFAULT_HEARTBEAT_TIMEOUT_S,
-                    startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S):
+def create_strategy(
+    num_gpus: int | None = None,
+    all_reduce: str = "auto",
+    fp16_compression: bool = False,
+    *,
+    cpu_replicas: int = 1,
+    environ: Mapping[str, str] | None = None,
+    collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S,
+    heartbeat_timeout_s: int = DEFAULT_HEARTBEAT_TIMEOUT_S,
+    startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S,
+):
     """Build the tf.distribute strategy for this process from the launcher environment.
 
     - several processes (TF_CONFIG / SLURM / MPI): MultiWorkerMirroredStrategy, NCCL all-reduce
@@ -430,7 +498,9 @@ def create_strategy(num_gpus: int | None = None, all_reduce: str = "auto", fp16_
     import tensorflow as tf
 
     if all_reduce not in ALL_REDUCE_CHOICES:
-        raise ClusterError(f"all_reduce {all_reduce!r} is not one of {', '.join(ALL_REDUCE_CHOICES)}")
+        raise ClusterError(
+            f"all_reduce {all_reduce!r} is not one of {', '.join(ALL_REDUCE_CHOICES)}"
+        )
     if num_gpus is not None and num_gpus < 0:
         raise ClusterError(f"num_gpus={num_gpus} must be >= 0")
     if cpu_replicas < 1:
@@ -441,27 +511,45 @@ def create_strategy(num_gpus: int | None = None, all_reduce: str = "auto", fp16_
     if spec.is_multi_worker:
         watchdog = _startup_watchdog(spec, startup_timeout_s)
         try:
-            strategy = _multi_worker_strategy(tf, spec, gpus, all_reduce, collective_timeout_s,
-                                              heartbeat_timeout_s, startup_timeout_s)
+            strategy = _multi_worker_strategy(
+                tf,
+                spec,
+                gpus,
+                all_reduce,
+                collective_timeout_s,
+                heartbeat_timeout_s,
+                startup_timeout_s,
+            )
         finally:
             watchdog.kill()
             watchdog.wait()
     elif len(gpus) > 1:
-        cross_device_ops = {"auto": None, "nccl": tf.distribute.NcclAllReduce(),
-                            "ring": tf.distribute.HierarchicalCopyAllReduce()}[all_reduce]
+        cross_device_ops = {
+            "auto": None,
+            "nccl": tf.distribute.NcclAllReduce(),
+            "ring": tf.distribute.HierarchicalCopyAllReduce(),
+        }[all_reduce]
         strategy = tf.distribute.MirroredStrategy(
-            devices=[f"/gpu:{i}" for i in range(len(gpus))], cross_device_ops=cross_device_ops)
+            devices=[f"/gpu:{i}" for i in range(len(gpus))], cross_device_ops=cross_device_ops
+        )
     elif len(gpus) == 1:
         strategy = tf.distribute.OneDeviceStrategy("/gpu:0")
     elif cpu_replicas > 1:
         strategy = tf.distribute.MirroredStrategy(
-            devices=_logical_cpus(tf, cpu_replicas), cross_device_ops=tf.distribute.ReductionToOneDevice())
+            devices=_logical_cpus(tf, cpu_replicas),
+            cross_device_ops=tf.distribute.ReductionToOneDevice(),
+        )
     else:
         strategy = tf.distribute.get_strategy()
     _FP16_COMPRESSION[strategy] = bool(fp16_compression)
-    logger.info("strategy %s: %d worker(s), %d replica(s) in sync, chief=%s, cluster from %s",
-                type(strategy).__name__, spec.num_workers, strategy.num_replicas_in_sync,
-                spec.is_chief, spec.source)
+    logger.info(
+        "strategy %s: %d worker(s), %d replica(s) in sync, chief=%s, cluster from %s",
+        type(strategy).__name__,
+        spec.num_workers,
+        strategy.num_replicas_in_sync,
+        spec.is_chief,
+        spec.source,
+    )
     return strategy
 
 
@@ -490,11 +578,13 @@ def _logical_cpus(tf, count: int) -> list[str]:
     if len(tf.config.get_logical_device_configuration(cpus[0]) or ()) != count:
         try:
             tf.config.set_logical_device_configuration(
-                cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
+                cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(count)]
+            )
         except RuntimeError:
             raise ClusterError(
                 f"cpu_replicas={count} must be set before TensorFlow initializes its devices "
-                "(call create_strategy first)") from None
+                "(call create_strategy first)"
+            ) from None
     return [f"/cpu:{i}" for i in range(count)]
 
 
@@ -521,50 +611,79 @@ def _startup_watchdog(spec: ClusterSpec, seconds: float) -> subprocess.Popen:
     Python thread or signal handler runs), and TF's preemption notifier swallows SIGTERM. So
     the watchdog is a separate process that sends SIGKILL; stop it with `.kill()`.
     """
-    message = (f"main.py: error: multi-worker startup: not all {spec.num_workers} workers joined "
-               f"within {seconds:g}s (cluster from {spec.source}; this is task "
-               f"{spec.task_type}:{spec.task_index}, peers {', '.join(_addresses(spec))}); check "
-               "that every task was started and can reach the others' ports")
-    return subprocess.Popen([sys.executable, "-c", _WATCHDOG_SCRIPT, str(os.getpid()), str(seconds),
-                             message], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    message = (
+        f"main.py: error: multi-worker startup: not all {spec.num_workers} workers joined "
+        f"within {seconds:g}s (cluster from {spec.source}; this is task "
+        f"{spec.task_type}:{spec.task_index}, peers {', '.join(_addresses(spec))}); check "
+        "that every task was started and can reach the others' ports"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG_SCRIPT, str(os.getpid()), str(seconds), message],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def _addresses(spec: ClusterSpec) -> list[str]:
     return list(spec.jobs.get("chief", ())) + list(spec.jobs.get("worker", ()))
 
 
-def _multi_worker_strategy(tf, spec: ClusterSpec, gpus: list, all_reduce: str,
-                           collective_timeout_s: float, heartbeat_timeout_s: int,
-                           startup_timeout_s: float):
+def _multi_worker_strategy(
+    tf,
+    spec: ClusterSpec,
+    gpus: list,
+    all_reduce: str,
+    collective_timeout_s: float,
+    heartbeat_timeout_s: int,
+    startup_timeout_s: float,
+):
     from runtime import compat
 
     context = compat.eager_context()
     if all_reduce == "nccl" and not gpus:
         raise ClusterError("all_reduce='nccl' needs GPUs; this worker has none (use auto or ring)")
     implementation = tf.distribute.experimental.CommunicationImplementation
-    chosen = {"auto": implementation.NCCL if gpus else implementation.RING,
-              "nccl": implementation.NCCL, "ring": implementation.RING}[all_reduce]
+    chosen = {
+        "auto": implementation.NCCL if gpus else implementation.RING,
+        "nccl": implementation.NCCL,
+        "ring": implementation.RING,
+    }[all_reduce]
     # Configure the coordination service before the strategy does (it only fills in defaults
     # when none is configured): heartbeats detect a dead worker in seconds and abort everyone's
     # pending collectives, so a lost worker fails the job instead of hanging it.
     if context.context().coordination_service is None:
         coordination_config_pb2 = compat.coordination_config_pb2()
-        jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=len(addresses))
-                for job, addresses in spec.jobs.items()]
-        leader = "/job:chief/replica:0/task:0" if "chief" in spec.jobs else "/job:worker/replica:0/task:0"
+        jobs = [
+            coordination_config_pb2.CoordinatedJob(name=job, num_tasks=len(addresses))
+            for job, addresses in spec.jobs.items()
+        ]
+        leader = (
+            "/job:chief/replica:0/task:0"
+            if "chief" in spec.jobs
+            else "/job:worker/replica:0/task:0"
+        )
         context.context().configure_coordination_service(
-            service_type="standalone", service_leader=leader, enable_health_check=True,
+            service_type="standalone",
+            service_leader=leader,
+            enable_health_check=True,
             cluster_register_timeout_in_ms=int(startup_timeout_s * 1000),
             heartbeat_timeout_in_ms=heartbeat_timeout_s * 1000,
             shutdown_barrier_timeout_in_ms=DEFAULT_SHUTDOWN_BARRIER_TIMEOUT_S * 1000,
-            coordinated_jobs=jobs)
+            coordinated_jobs=jobs,
+        )
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
         tf.train.ClusterSpec({job: list(a) for job, a in spec.jobs.items()}),
-        task_type=spec.task_type, task_id=spec.task_index, rpc_layer="grpc",
-        num_accelerators={"GPU": len(gpus)} if gpus else None)
+        task_type=spec.task_type,
+        task_id=spec.task_index,
+        rpc_layer="grpc",
+        num_accelerators={"GPU": len(gpus)} if gpus else None,
+    )
     options = tf.distribute.experimental.CommunicationOptions(
-        implementation=chosen, timeout_seconds=collective_timeout_s)
-    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options)
+        implementation=chosen, timeout_seconds=collective_timeout_s
+    )
+    return tf.distribute.MultiWorkerMirroredStrategy(
+        cluster_resolver=resolver, communication_options=options
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -676,7 +795,7 @@ def compress_gradients(grads: Sequence[Any], strategy) -> list[Any]:
 
 # The float16 all-reduce scales each tensor so that its sum over replicas has max-abs <= this:
 # far from float16's 65504 and 2**39 above its smallest subnormal (2**-24).
-_FP16_SUM_MAX = 2.0 ** 15
+_FP16_SUM_MAX = 2.0**15
 
 
 def all_reduce_gradients(grads: Sequence[Any], strategy) -> list[Any]:
@@ -731,17 +850,31 @@ def describe_worker_failure(exc: BaseException) -> str | None:
 
     if not resolve_cluster(os.environ).is_multi_worker:
         return None
-    kinds = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
-             tf.errors.CancelledError)
+    kinds = (
+        tf.errors.UnavailableError,
+        tf.errors.DeadlineExceededError,
+        tf.errors.AbortedError,
+        tf.errors.CancelledError,
+    )
     if not isinstance(exc, kinds):
         return None
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     # TF prefixes "Graph execution error:" and node tracebacks; the cause is the line that
     # names the unhealthy task or the refused connection.
-    cause = next((line for line in lines if re.search(
-        r"unhealthy|heartbeat|Connection refused|timed out|Deadline|aborted", line, re.I)), None)
+    cause = next(
+        (
+            line
+            for line in lines
+            if re.search(
+                r"unhealthy|heartbeat|Connection refused|timed out|Deadline|aborted", line, re.I
+            )
+        ),
+        None,
+    )
     tasks = sorted(set(re.findall(r"/job:\w+/replica:\d+/task:\d+", str(exc))))
     detail = (cause or (lines[0] if lines else type(exc).__name__))[:200]
-    return (f"a worker of the multi-worker job failed or stopped responding "
-            f"({type(exc).__name__}: {detail}{'; tasks ' + ', '.join(tasks) if tasks else ''}); "
-            "restart the same command on every worker to resume from the last checkpoint")
+    return (
+        f"a worker of the multi-worker job failed or stopped responding "
+        f"({type(exc).__name__}: {detail}{'; tasks ' + ', '.join(tasks) if tasks else ''}); "
+        "restart the same command on every worker to resume from the last checkpoint"
+    )

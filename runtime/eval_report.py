@@ -36,8 +36,9 @@ def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
         return np.where(totals > 0, np.diag(matrix) / totals, np.nan)
 
 
-def write_eval_report(out_dir: str, matrix: np.ndarray,
-                      class_names: Sequence[str] | None = None) -> dict[str, object]:
+def write_eval_report(
+    out_dir: str, matrix: np.ndarray, class_names: Sequence[str] | None = None
+) -> dict[str, object]:
     """Write the per-class CSV, the confusion-matrix CSV and (<= 50 classes) its PNG.
 
     Args:
@@ -56,8 +57,15 @@ def write_eval_report(out_dir: str, matrix: np.ndarray,
     writer = csv.writer(buffer)
     writer.writerow(["class_id", "class_name", "images", "correct", "accuracy"])
     for i in range(num_classes):
-        writer.writerow([i, names[i], int(matrix[i].sum()), int(matrix[i, i]),
-                         "" if np.isnan(accuracy[i]) else f"{accuracy[i]:.6f}"])
+        writer.writerow(
+            [
+                i,
+                names[i],
+                int(matrix[i].sum()),
+                int(matrix[i, i]),
+                "" if np.isnan(accuracy[i]) else f"{accuracy[i]:.6f}",
+            ]
+        )
     per_class_csv = atomic_write_text(os.path.join(out_dir, PER_CLASS_CSV), buffer.getvalue())
 
     buffer = io.StringIO()
@@ -71,14 +79,21 @@ def write_eval_report(out_dir: str, matrix: np.ndarray,
     if num_classes <= MAX_HEATMAP_CLASSES:
         png = _write_heatmap(os.path.join(out_dir, CONFUSION_PNG), matrix, names)
     else:
-        logger.info("%d classes: no confusion-matrix heat map (at most %d); see %s",
-                    num_classes, MAX_HEATMAP_CLASSES, confusion_csv)
+        logger.info(
+            "%d classes: no confusion-matrix heat map (at most %d); see %s",
+            num_classes,
+            MAX_HEATMAP_CLASSES,
+            confusion_csv,
+        )
     present = ~np.isnan(accuracy)
     order = [i for i in np.argsort(np.where(present, accuracy, np.inf)) if present[i]][:5]
-    return {"per_class_csv": per_class_csv, "confusion_csv": confusion_csv,
-            "confusion_png": png,
-            "mean_class_accuracy": float(accuracy[present].mean()) if present.any() else np.nan,
-            "worst_classes": [(names[i], float(accuracy[i])) for i in order]}
+    return {
+        "per_class_csv": per_class_csv,
+        "confusion_csv": confusion_csv,
+        "confusion_png": png,
+        "mean_class_accuracy": float(accuracy[present].mean()) if present.any() else np.nan,
+        "worst_classes": [(names[i], float(accuracy[i])) for i in order],
+    }
 
 
 def _write_heatmap(path: str, matrix: np.ndarray, names: Sequence[str]) -> str:
@@ -103,8 +118,15 @@ def _write_heatmap(path: str, matrix: np.ndarray, names: Sequence[str]) -> str:
         for i in range(n):
             for j in range(n):
                 if matrix[i, j]:
-                    ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=7,
-                            color="white" if normalized[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(int(matrix[i, j])),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if normalized[i, j] > 0.5 else "black",
+                    )
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     tmp = path + ".tmp"

@@ -34,8 +34,13 @@ logger = logging.getLogger(__name__)
 @functools.cache
 def _warn_untimed(steps: int, warmup_steps: int) -> None:
     """Once per process and size: a small validation set would repeat it every epoch."""
-    logger.warning("all %d evaluation steps were warm-up: no timing reported; evaluate more "
-                   "than %d batches for images/s and latency", steps, warmup_steps)
+    logger.warning(
+        "all %d evaluation steps were warm-up: no timing reported; evaluate more "
+        "than %d batches for images/s and latency",
+        steps,
+        warmup_steps,
+    )
+
 
 PERCENTILES = (50, 90, 95, 99)
 
@@ -53,16 +58,23 @@ def latency_stats(latencies_s: Sequence[float], prefix: str = "latency") -> dict
     """
     values = np.asarray(latencies_s, dtype=np.float64) * 1000.0
     if values.size == 0:
-        return {f"{prefix}_mean_ms": math.nan,
-                **{f"{prefix}_p{p}_ms": math.nan for p in PERCENTILES}}
+        return {
+            f"{prefix}_mean_ms": math.nan,
+            **{f"{prefix}_p{p}_ms": math.nan for p in PERCENTILES},
+        }
     out = {f"{prefix}_mean_ms": float(values.mean())}
     for p, value in zip(PERCENTILES, np.percentile(values, PERCENTILES), strict=True):
         out[f"{prefix}_p{p}_ms"] = float(value)
     return out
 
 
-def _batch_sums(model: keras.Model, images: tf.Tensor, labels: tf.Tensor,
-                top_k: int, confusion_classes: int | None = None) -> dict[str, tf.Tensor]:
+def _batch_sums(
+    model: keras.Model,
+    images: tf.Tensor,
+    labels: tf.Tensor,
+    top_k: int,
+    confusion_classes: int | None = None,
+) -> dict[str, tf.Tensor]:
     """Per-replica sums (not means) so that partial batches and replicas weigh correctly.
 
     An empty batch sums to zero without running the model. Under MultiWorkerMirroredStrategy
@@ -70,20 +82,27 @@ def _batch_sums(model: keras.Model, images: tf.Tensor, labels: tf.Tensor,
     and TF 2.21's CPU convolution passes an empty batch through unconvolved, so the next layer
     fails on its channel count.
     """
+
     def empty():
         zeros = {k: tf.constant(0.0) for k in ("loss_sum", "top1_sum", "top5_sum", "count")}
         if confusion_classes:
             zeros["confusion"] = tf.zeros([confusion_classes, confusion_classes], tf.float32)
         return zeros
 
-    return tf.cond(tf.shape(images)[0] > 0,
-                   lambda: _nonempty_batch_sums(model, images, labels, top_k, confusion_classes),
-                   empty)
+    return tf.cond(
+        tf.shape(images)[0] > 0,
+        lambda: _nonempty_batch_sums(model, images, labels, top_k, confusion_classes),
+        empty,
+    )
 
 
-def _nonempty_batch_sums(model: keras.Model, images: tf.Tensor, labels: tf.Tensor,
-                         top_k: int, confusion_classes: int | None = None
-                         ) -> dict[str, tf.Tensor]:
+def _nonempty_batch_sums(
+    model: keras.Model,
+    images: tf.Tensor,
+    labels: tf.Tensor,
+    top_k: int,
+    confusion_classes: int | None = None,
+) -> dict[str, tf.Tensor]:
     logits = tf.cast(model(images, training=False), tf.float32)
     num_classes = tf.shape(logits)[-1]
     if labels.shape.rank == logits.shape.rank:  # one-hot (or soft) labels
@@ -96,8 +115,7 @@ def _nonempty_batch_sums(model: keras.Model, images: tf.Tensor, labels: tf.Tenso
     target_logit = tf.gather(logits, target, axis=-1, batch_dims=1)
     # Rank counts every other class scoring >= the true class: ties count against the model,
     # so a constant (dead) model scores 0, not 100%; a NaN logit is never counted correct.
-    others_ahead = tf.reduce_sum(
-        tf.cast(logits >= target_logit[:, None], tf.int32), axis=-1) - 1
+    others_ahead = tf.reduce_sum(tf.cast(logits >= target_logit[:, None], tf.int32), axis=-1) - 1
     finite = tf.math.is_finite(target_logit)
     top1 = tf.logical_and(others_ahead < 1, finite)
     topk = tf.logical_and(others_ahead < top_k, finite)
@@ -111,21 +129,29 @@ def _nonempty_batch_sums(model: keras.Model, images: tf.Tensor, labels: tf.Tenso
         # Rows: true class, columns: predicted class. A prediction counts on the diagonal
         # exactly when it counts for top-1 (a tie or a NaN logit goes off the diagonal).
         predicted = tf.where(top1, target, _runner_up(logits, target))
-        sums["confusion"] = tf.math.confusion_matrix(target, predicted, confusion_classes,
-                                                     dtype=tf.float32)
+        sums["confusion"] = tf.math.confusion_matrix(
+            target, predicted, confusion_classes, dtype=tf.float32
+        )
     return sums
 
 
 def _runner_up(logits: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
     """The best-scoring class other than `target` (the prediction of a wrong top-1)."""
-    masked = tf.where(tf.one_hot(target, tf.shape(logits)[-1]) > 0,
-                      tf.constant(-math.inf, logits.dtype), tf.where(tf.math.is_nan(logits),
-                                                                     -math.inf, logits))
+    masked = tf.where(
+        tf.one_hot(target, tf.shape(logits)[-1]) > 0,
+        tf.constant(-math.inf, logits.dtype),
+        tf.where(tf.math.is_nan(logits), -math.inf, logits),
+    )
     return tf.argmax(masked, axis=-1, output_type=tf.int32)
 
 
-def make_eval_step(model: keras.Model, strategy: tf.distribute.Strategy, top_k: int = 5,
-                   jit_compile: bool = False, confusion_classes: int | None = None) -> Callable:
+def make_eval_step(
+    model: keras.Model,
+    strategy: tf.distribute.Strategy,
+    top_k: int = 5,
+    jit_compile: bool = False,
+    confusion_classes: int | None = None,
+) -> Callable:
     """Build the distributed evaluation step.
 
     Args:
@@ -138,14 +164,19 @@ def make_eval_step(model: keras.Model, strategy: tf.distribute.Strategy, top_k: 
     Returns:
       A tf.function `(images, labels) -> dict of global sums` over all replicas.
     """
-    replica_fn = tf.function(lambda x, y: _batch_sums(model, x, y, top_k, confusion_classes),
-                             jit_compile=jit_compile, reduce_retracing=True)
+    replica_fn = tf.function(
+        lambda x, y: _batch_sums(model, x, y, top_k, confusion_classes),
+        jit_compile=jit_compile,
+        reduce_retracing=True,
+    )
 
     @tf.function(reduce_retracing=True)
     def step(images, labels):
         per_replica = strategy.run(replica_fn, args=(images, labels))
-        return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-                for k, v in per_replica.items()}
+        return {
+            k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+            for k, v in per_replica.items()
+        }
 
     return step
 
@@ -160,10 +191,19 @@ def _num_steps(dataset: Any, num_steps: int | None) -> int | None:
     return None
 
 
-def evaluate(model: keras.Model, dataset: Any, strategy: tf.distribute.Strategy | None = None,
-             num_steps: int | None = None, warmup_steps: int = 1, jit_compile: bool = False,
-             num_classes: int | None = None, progress: bool = True, desc: str = "eval",
-             eval_step: Callable | None = None, confusion: bool = False) -> dict[str, Any]:
+def evaluate(
+    model: keras.Model,
+    dataset: Any,
+    strategy: tf.distribute.Strategy | None = None,
+    num_steps: int | None = None,
+    warmup_steps: int = 1,
+    jit_compile: bool = False,
+    num_classes: int | None = None,
+    progress: bool = True,
+    desc: str = "eval",
+    eval_step: Callable | None = None,
+    confusion: bool = False,
+) -> dict[str, Any]:
     """Evaluate `model` on `dataset` and time every batch.
 
     Args:
@@ -197,9 +237,13 @@ def evaluate(model: keras.Model, dataset: Any, strategy: tf.distribute.Strategy 
         dataset = strategy.experimental_distribute_dataset(dataset)
     if num_classes is None:
         num_classes = int(model.output_shape[-1])
-    step = eval_step or make_eval_step(model, strategy, top_k=min(5, num_classes),
-                                       jit_compile=jit_compile,
-                                       confusion_classes=num_classes if confusion else None)
+    step = eval_step or make_eval_step(
+        model,
+        strategy,
+        top_k=min(5, num_classes),
+        jit_compile=jit_compile,
+        confusion_classes=num_classes if confusion else None,
+    )
     matrix = np.zeros((num_classes, num_classes), np.int64) if confusion else None
 
     sums = {"loss_sum": 0.0, "top1_sum": 0.0, "top5_sum": 0.0, "count": 0.0}
@@ -257,9 +301,13 @@ def evaluate(model: keras.Model, dataset: Any, strategy: tf.distribute.Strategy 
 
 def without_missing_timing(results: Mapping[str, Any]) -> dict[str, Any]:
     """`results` less the timing entries that are NaN (an evaluation too short to time)."""
-    return {k: v for k, v in results.items()
-            if not (k.startswith(("images_per_sec", "latency_")) and isinstance(v, float)
-                    and math.isnan(v))}
+    return {
+        k: v
+        for k, v in results.items()
+        if not (
+            k.startswith(("images_per_sec", "latency_")) and isinstance(v, float) and math.isnan(v)
+        )
+    }
 
 
 def run_eval(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -287,17 +335,33 @@ def run_eval(params: Mapping[str, Any]) -> dict[str, Any]:
     loaded = restore_for_inference(model, params["model_dir"], params["predict_ckpt"])
     with components.open_metrics_log(params, is_chief, append=True) as log:
         log.log_params(params)
-        results = evaluate(model, components.eval_dataset(params, strategy), strategy=strategy,
-                           jit_compile=bool(params["use_xla"]), num_classes=info.num_classes,
-                           progress=is_chief, confusion=True)
+        results = evaluate(
+            model,
+            components.eval_dataset(params, strategy),
+            strategy=strategy,
+            jit_compile=bool(params["use_xla"]),
+            num_classes=info.num_classes,
+            progress=is_chief,
+            confusion=True,
+        )
         matrix = results.pop("confusion_matrix")
         report = _write_report(params, matrix, info) if is_chief else {}
-        log.log([], {f"val.{k}": v for k, v in results.items()}
-                | ({"val.mean_class_accuracy": report["mean_class_accuracy"]} if report else {}))
-    logger.info("eval of %s (%s weights): top-1 %.4f, top-5 %.4f, loss %.4f, %.1f images/s, "
-                "p99 latency %.2f ms", loaded["path"], loaded["weights"], results["top1"],
-                results["top5"], results["loss"], results["images_per_sec"],
-                results["latency_p99_ms"])
+        log.log(
+            [],
+            {f"val.{k}": v for k, v in results.items()}
+            | ({"val.mean_class_accuracy": report["mean_class_accuracy"]} if report else {}),
+        )
+    logger.info(
+        "eval of %s (%s weights): top-1 %.4f, top-5 %.4f, loss %.4f, %.1f images/s, "
+        "p99 latency %.2f ms",
+        loaded["path"],
+        loaded["weights"],
+        results["top1"],
+        results["top5"],
+        results["loss"],
+        results["images_per_sec"],
+        results["latency_p99_ms"],
+    )
     return {**results, "checkpoint": loaded["path"], "weights": loaded["weights"], **report}
 
 
@@ -309,7 +373,11 @@ def _write_report(params: Mapping[str, Any], matrix: np.ndarray, info) -> dict[s
     names = class_names_for(info.num_classes, names or info.class_names)
     report = write_eval_report(params["model_dir"], matrix, names)
     worst = ", ".join(f"{n} {a:.3f}" for n, a in report["worst_classes"])
-    logger.info("per-class accuracy: mean %.4f, lowest: %s; confusion matrix in %s%s",
-                report["mean_class_accuracy"], worst, report["confusion_csv"],
-                f" and {report['confusion_png']}" if report["confusion_png"] else "")
+    logger.info(
+        "per-class accuracy: mean %.4f, lowest: %s; confusion matrix in %s%s",
+        report["mean_class_accuracy"],
+        worst,
+        report["confusion_csv"],
+        f" and {report['confusion_png']}" if report["confusion_png"] else "",
+    )
     return report

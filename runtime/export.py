@@ -68,8 +68,9 @@ class EvalTransform(keras.layers.Layer):
       resize_method: "bilinear" or "bicubic".
     """
 
-    def __init__(self, image_size: int, crop_fraction: float, resize_method: str = "bilinear",
-                 **kwargs):
+    def __init__(
+        self, image_size: int, crop_fraction: float, resize_method: str = "bilinear", **kwargs
+    ):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.image_size = int(image_size)
@@ -79,23 +80,33 @@ class EvalTransform(keras.layers.Layer):
     def call(self, images):
         shape = tf.shape(images)
         height, width = shape[1], shape[2]
-        side = tf.cast(self.crop_fraction * tf.cast(tf.minimum(height, width), tf.float32),
-                       tf.int32)
+        side = tf.cast(
+            self.crop_fraction * tf.cast(tf.minimum(height, width), tf.float32), tf.int32
+        )
         side = tf.maximum(side, 1)
         top, left = (height - side + 1) // 2, (width - side + 1) // 2
-        cropped = tf.cast(images[:, top:top + side, left:left + side, :], tf.float32)
+        cropped = tf.cast(images[:, top : top + side, left : left + side, :], tf.float32)
         return resize(cropped, self.image_size, self.resize_method)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.image_size, self.image_size, 3)
 
     def get_config(self):
-        return {**super().get_config(), "image_size": self.image_size,
-                "crop_fraction": self.crop_fraction, "resize_method": self.resize_method}
+        return {
+            **super().get_config(),
+            "image_size": self.image_size,
+            "crop_fraction": self.crop_fraction,
+            "resize_method": self.resize_method,
+        }
 
 
-def serving_model(model: keras.Model, image_size: int, crop_fraction: float,
-                  resize_method: str = "bilinear", preprocessing: bool = False) -> keras.Model:
+def serving_model(
+    model: keras.Model,
+    image_size: int,
+    crop_fraction: float,
+    resize_method: str = "bilinear",
+    preprocessing: bool = False,
+) -> keras.Model:
     """The model as exported: `images` in, {"logits", "probabilities"} out (see module doc).
 
     Args:
@@ -107,18 +118,22 @@ def serving_model(model: keras.Model, image_size: int, crop_fraction: float,
     """
     if preprocessing:
         inputs = keras.Input((None, None, 3), dtype="uint8", name="images")
-        images = EvalTransform(image_size, crop_fraction, resize_method,
-                               name="eval_transform")(inputs)
+        images = EvalTransform(image_size, crop_fraction, resize_method, name="eval_transform")(
+            inputs
+        )
     else:
         inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="images")
         images = inputs
     logits = model(images, training=False)
     probabilities = keras.layers.Softmax(dtype="float32", name="probabilities")(logits)
-    serving = keras.Model(inputs, {"logits": logits, "probabilities": probabilities},
-                          name=f"{model.name}_serving")
+    serving = keras.Model(
+        inputs, {"logits": logits, "probabilities": probabilities}, name=f"{model.name}_serving"
+    )
     # Keras' ONNX exporter refuses a model that was never called ("has never called").
-    serving(np.zeros((1, image_size, image_size, 3), "uint8" if preprocessing else "float32"),
-            training=False)
+    serving(
+        np.zeros((1, image_size, image_size, 3), "uint8" if preprocessing else "float32"),
+        training=False,
+    )
     return serving
 
 
@@ -127,9 +142,14 @@ def _input_spec(serving: keras.Model) -> tf.TensorSpec:
     return tf.TensorSpec(spec.shape, spec.dtype, name="images")
 
 
-def write_saved_model(serving: keras.Model, path: str, model: keras.Model | None = None,
-                      image_size: int | None = None, crop_fraction: float | None = None,
-                      resize_method: str = "bilinear") -> None:
+def write_saved_model(
+    serving: keras.Model,
+    path: str,
+    model: keras.Model | None = None,
+    image_size: int | None = None,
+    crop_fraction: float | None = None,
+    resize_method: str = "bilinear",
+) -> None:
     """A SavedModel with `serve` (= serving_default) and, given `model`, `serve_bytes`.
 
     Args:
@@ -141,21 +161,28 @@ def write_saved_model(serving: keras.Model, path: str, model: keras.Model | None
     """
     archive = keras.export.ExportArchive()
     archive.track(serving)
-    archive.add_endpoint("serve", functools.partial(serving.__call__, training=False),
-                         input_signature=[_input_spec(serving)])
+    archive.add_endpoint(
+        "serve",
+        functools.partial(serving.__call__, training=False),
+        input_signature=[_input_spec(serving)],
+    )
     if model is not None:
         archive.track(model)
 
         def serve_bytes(images):
             decoded = tf.map_fn(
                 lambda b: preprocess_for_eval(b, image_size, crop_fraction, resize_method),
-                images, fn_output_signature=tf.TensorSpec([image_size, image_size, 3],
-                                                          tf.float32))
+                images,
+                fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
+            )
             logits = model(decoded, training=False)
             return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
 
-        archive.add_endpoint("serve_bytes", serve_bytes,
-                             input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+        archive.add_endpoint(
+            "serve_bytes",
+            serve_bytes,
+            input_signature=[tf.TensorSpec([None], tf.string, name="images")],
+        )
     archive.write_out(path, verbose=False)
 
 
@@ -173,8 +200,13 @@ def litert_options(quantize: str) -> dict[str, Any]:
     return options
 
 
-def write_artifact(fmt: str, serving: keras.Model, path: str, quantize: str = "none",
-                   bytes_endpoint: dict[str, Any] | None = None) -> None:
+def write_artifact(
+    fmt: str,
+    serving: keras.Model,
+    path: str,
+    quantize: str = "none",
+    bytes_endpoint: dict[str, Any] | None = None,
+) -> None:
     """Write one artifact atomically: to a temporary sibling, renamed to `path` when complete.
 
     Args:
@@ -235,7 +267,9 @@ def check_images(params: Mapping[str, Any], count: int = VERIFY_IMAGES) -> tuple
 
 
 def _run_in_batches(fn, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
-    return np.concatenate([fn(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    return np.concatenate(
+        [fn(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    )
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -267,8 +301,14 @@ def _uint8(images: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(images), 0, 255).astype(np.uint8)
 
 
-def verify_artifact(fmt: str, path: str, serving: keras.Model, images: np.ndarray,
-                    quantize: str, preprocessing: bool) -> dict[str, Any]:
+def verify_artifact(
+    fmt: str,
+    path: str,
+    serving: keras.Model,
+    images: np.ndarray,
+    quantize: str,
+    preprocessing: bool,
+) -> dict[str, Any]:
     """Run the written artifact with its runtime and compare with the Keras serving model.
 
     With preprocessing the inputs are the check images as uint8 and the reference is the
@@ -285,37 +325,59 @@ def verify_artifact(fmt: str, path: str, serving: keras.Model, images: np.ndarra
     return compare(reference, logits, quantize)
 
 
-def verify_serve_bytes(path: str, model: keras.Model, images: np.ndarray, image_size: int,
-                       crop_fraction: float, resize_method: str) -> dict[str, Any]:
+def verify_serve_bytes(
+    path: str,
+    model: keras.Model,
+    images: np.ndarray,
+    image_size: int,
+    crop_fraction: float,
+    resize_method: str,
+) -> dict[str, Any]:
     """Check the SavedModel's `serve_bytes` against Keras on the same JPEG files, decoded and
     transformed by `preprocess_for_eval` (the predict pipeline)."""
     encoded = [tf.io.encode_jpeg(tf.constant(img), quality=95).numpy() for img in _uint8(images)]
-    decoded = np.stack([preprocess_for_eval(b, image_size, crop_fraction, resize_method).numpy()
-                        for b in encoded])
+    decoded = np.stack(
+        [preprocess_for_eval(b, image_size, crop_fraction, resize_method).numpy() for b in encoded]
+    )
     reference = _run_in_batches(lambda x: model(x, training=False).numpy(), decoded)
     loaded = tf.saved_model.load(path)  # keep a reference: its variables die with it
-    logits = np.concatenate([loaded.serve_bytes(tf.constant(encoded[i:i + 8]))["logits"].numpy()
-                             for i in range(0, len(encoded), 8)])
+    logits = np.concatenate(
+        [
+            loaded.serve_bytes(tf.constant(encoded[i : i + 8]))["logits"].numpy()
+            for i in range(0, len(encoded), 8)
+        ]
+    )
     return compare(reference, logits, "none")
 
 
-def signature(serving: keras.Model, num_classes: int, preprocessing: bool, fmt: str
-              ) -> dict[str, Any]:
+def signature(
+    serving: keras.Model, num_classes: int, preprocessing: bool, fmt: str
+) -> dict[str, Any]:
     """The documented input/output signature of an artifact (written to export.json)."""
     spec = serving.inputs[0]
     shape = ["batch" if d is None else int(d) for d in spec.shape]
     if preprocessing:
         shape = ["batch", "height", "width", 3]
     out = {
-        "input": {"name": "images", "dtype": str(spec.dtype), "shape": shape,
-                  "range": "0..255 RGB" + ("" if preprocessing else
-                                           ", eval center crop and resize already applied")},
-        "outputs": {name: {"dtype": "float32", "shape": ["batch", int(num_classes)]}
-                    for name in ("logits", "probabilities")},
+        "input": {
+            "name": "images",
+            "dtype": str(spec.dtype),
+            "shape": shape,
+            "range": "0..255 RGB"
+            + ("" if preprocessing else ", eval center crop and resize already applied"),
+        },
+        "outputs": {
+            name: {"dtype": "float32", "shape": ["batch", int(num_classes)]}
+            for name in ("logits", "probabilities")
+        },
     }
     if preprocessing and fmt == "saved_model":
-        out["serve_bytes"] = {"name": "images", "dtype": "string", "shape": ["batch"],
-                              "range": "encoded JPEG/PNG files"}
+        out["serve_bytes"] = {
+            "name": "images",
+            "dtype": "string",
+            "shape": ["batch"],
+            "range": "encoded JPEG/PNG files",
+        }
     return out
 
 
@@ -339,8 +401,10 @@ def run_export(params: Mapping[str, Any]) -> dict[str, Any]:
       RunError: no checkpoint to load.
     """
     if params["use_amp"]:
-        logger.warning("--use_amp ignored by export: artifacts are float32 (quantize LiteRT "
-                       "files with --export_quantize)")
+        logger.warning(
+            "--use_amp ignored by export: artifacts are float32 (quantize LiteRT "
+            "files with --export_quantize)"
+        )
     strategy = components.setup_run({**params, "use_amp": False})
     is_chief = distribute.is_chief(strategy)
     num_classes, class_names = _classes(params)
@@ -349,8 +413,7 @@ def run_export(params: Mapping[str, Any]) -> dict[str, Any]:
     cfg = components.data_config(params, training=False)
     crop_fraction = cfg.eval_crop_fraction
     preprocessing = bool(params["export_preprocessing"])
-    serving = serving_model(model, cfg.image_size, crop_fraction, cfg.resize_method,
-                            preprocessing)
+    serving = serving_model(model, cfg.image_size, crop_fraction, cfg.resize_method, preprocessing)
     images, source = check_images(params)
     out_dir = export_dir(params)
     if is_chief:
@@ -361,48 +424,80 @@ def run_export(params: Mapping[str, Any]) -> dict[str, Any]:
         if not is_chief:
             break
         quantize = params["export_quantize"] if fmt == "tflite" else "none"
-        print(f"exporting {fmt} ({quantize}{', with preprocessing' if preprocessing else ''}) "
-              f"to {path} ...", flush=True)
+        print(
+            f"exporting {fmt} ({quantize}{', with preprocessing' if preprocessing else ''}) "
+            f"to {path} ...",
+            flush=True,
+        )
         start = time.perf_counter()
         bytes_endpoint = None
         if fmt == "saved_model" and preprocessing:
-            bytes_endpoint = {"model": model, "image_size": cfg.image_size,
-                              "crop_fraction": crop_fraction, "resize_method": cfg.resize_method}
+            bytes_endpoint = {
+                "model": model,
+                "image_size": cfg.image_size,
+                "crop_fraction": crop_fraction,
+                "resize_method": cfg.resize_method,
+            }
         write_artifact(fmt, serving, path, quantize, bytes_endpoint)
         seconds = time.perf_counter() - start
         check = verify_artifact(fmt, path, serving, images, quantize, preprocessing)
-        record = {"format": fmt, "path": path, "quantize": quantize,
-                  "preprocessing": preprocessing, "seconds": seconds,
-                  "check_images": f"{len(images)} {source}", **check,
-                  "signature": signature(serving, num_classes, preprocessing, fmt)}
+        record = {
+            "format": fmt,
+            "path": path,
+            "quantize": quantize,
+            "preprocessing": preprocessing,
+            "seconds": seconds,
+            "check_images": f"{len(images)} {source}",
+            **check,
+            "signature": signature(serving, num_classes, preprocessing, fmt),
+        }
         if bytes_endpoint is not None:
             record["serve_bytes_check"] = verify_serve_bytes(
-                path, model, images, cfg.image_size, crop_fraction, cfg.resize_method)
+                path, model, images, cfg.image_size, crop_fraction, cfg.resize_method
+            )
             record["passed"] = record["passed"] and record["serve_bytes_check"]["passed"]
         records.append(record)
-        line = (f"{fmt}: max abs diff vs Keras {check['max_abs_diff_logits']:.3g} (logits), "
-                f"{check['max_abs_diff_probabilities']:.3g} (probabilities), top-1 agreement "
-                f"{check['top1_agreement']:.2%} on {len(images)} {source} images; "
-                f"{check['checked']} tolerance {check['tolerance']:g}: "
-                f"{'ok' if record['passed'] else 'FAILED'} ({seconds:.1f} s)")
+        line = (
+            f"{fmt}: max abs diff vs Keras {check['max_abs_diff_logits']:.3g} (logits), "
+            f"{check['max_abs_diff_probabilities']:.3g} (probabilities), top-1 agreement "
+            f"{check['top1_agreement']:.2%} on {len(images)} {source} images; "
+            f"{check['checked']} tolerance {check['tolerance']:g}: "
+            f"{'ok' if record['passed'] else 'FAILED'} ({seconds:.1f} s)"
+        )
         print(line, flush=True)
         logger.info("%s", line)
         if not record["passed"]:
             checked = check["checked"]
-            failures.append(f"{fmt} ({path}): max abs diff of {checked} "
-                            f"{check['max_abs_diff_' + checked]:.3g} > tolerance "
-                            f"{check['tolerance']:g}")
+            failures.append(
+                f"{fmt} ({path}): max abs diff of {checked} "
+                f"{check['max_abs_diff_' + checked]:.3g} > tolerance "
+                f"{check['tolerance']:g}"
+            )
     result = {"artifacts": records, "checkpoint": loaded["path"], "weights": loaded["weights"]}
     if is_chief:
-        result["manifest"] = write_manifest(out_dir, params, cfg.image_size, crop_fraction,
-                                            cfg.resize_method, num_classes, class_names,
-                                            loaded, records)
+        result["manifest"] = write_manifest(
+            out_dir,
+            params,
+            cfg.image_size,
+            crop_fraction,
+            cfg.resize_method,
+            num_classes,
+            class_names,
+            loaded,
+            records,
+        )
         with components.open_metrics_log(params, is_chief, append=True) as log:
             log.log_params(params)
             for record in records:
                 name = artifact_name(record["format"], record["quantize"], preprocessing)
-                log.log([], {f"export.{name}.{k}": v for k, v in record.items()
-                             if isinstance(v, int | float | str)})
+                log.log(
+                    [],
+                    {
+                        f"export.{name}.{k}": v
+                        for k, v in record.items()
+                        if isinstance(v, int | float | str)
+                    },
+                )
     if failures:
         raise ExportError("export self-check failed: " + "; ".join(failures))
     return result
@@ -415,10 +510,17 @@ def _classes(params: Mapping[str, Any]) -> tuple[int, tuple[str, ...] | None]:
     return _classes_for_predict(params)
 
 
-def write_manifest(out_dir: str, params: Mapping[str, Any], image_size: int,
-                   crop_fraction: float, resize_method: str, num_classes: int,
-                   class_names: Sequence[str] | None, loaded: Mapping[str, str],
-                   records: Sequence[Mapping[str, Any]]) -> str:
+def write_manifest(
+    out_dir: str,
+    params: Mapping[str, Any],
+    image_size: int,
+    crop_fraction: float,
+    resize_method: str,
+    num_classes: int,
+    class_names: Sequence[str] | None,
+    loaded: Mapping[str, str],
+    records: Sequence[Mapping[str, Any]],
+) -> str:
     """Write (or update) out_dir/export.json: one entry per artifact, newest kept per path."""
     path = os.path.join(out_dir, MANIFEST)
     previous: list[dict[str, Any]] = []
@@ -429,17 +531,25 @@ def write_manifest(out_dir: str, params: Mapping[str, Any], image_size: int,
     artifacts = [a for a in previous if a["path"] not in written and os.path.exists(a["path"])]
     artifacts.extend({**r, "path": os.path.abspath(r["path"])} for r in records)
     document = {
-        "model": params["model"].get("name"), "cfg": params["cfg"],
-        "image_size": image_size, "crop_fraction": crop_fraction, "resize_method": resize_method,
-        "num_classes": num_classes, "class_names": list(class_names) if class_names else None,
-        "checkpoint": loaded["path"], "weights": loaded["weights"],
-        "tensorflow": tf.__version__, "keras": keras.__version__, "artifacts": artifacts,
+        "model": params["model"].get("name"),
+        "cfg": params["cfg"],
+        "image_size": image_size,
+        "crop_fraction": crop_fraction,
+        "resize_method": resize_method,
+        "num_classes": num_classes,
+        "class_names": list(class_names) if class_names else None,
+        "checkpoint": loaded["path"],
+        "weights": loaded["weights"],
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "artifacts": artifacts,
     }
     return components.write_json(path, document)
 
 
-def open_exported(params: Mapping[str, Any], num_classes: int
-                  ) -> tuple[runtimes.Runtime, dict[str, str]]:
+def open_exported(
+    params: Mapping[str, Any], num_classes: int
+) -> tuple[runtimes.Runtime, dict[str, str]]:
     """The `--runtime` artifact of the export folder, checked against the run's classes and size.
 
     Returns:
@@ -456,12 +566,16 @@ def open_exported(params: Mapping[str, Any], num_classes: int
     except runtimes.RuntimeUnavailable as err:
         raise RunError(str(err)) from err
     if int(runtime.output_shape[-1]) != num_classes:
-        raise RunError(f"{path} has {runtime.output_shape[-1]} classes, this run "
-                       f"{num_classes}; export this run's model with --mode export")
+        raise RunError(
+            f"{path} has {runtime.output_shape[-1]} classes, this run "
+            f"{num_classes}; export this run's model with --mode export"
+        )
     size = int(params["eval_img_size"])
     if runtime.image_size is not None and runtime.image_size != size:
-        raise RunError(f"{path} takes {runtime.image_size} px images, --eval_img_size is {size}; "
-                       f"pass --eval_img_size {runtime.image_size} or export again")
+        raise RunError(
+            f"{path} takes {runtime.image_size} px images, --eval_img_size is {size}; "
+            f"pass --eval_img_size {runtime.image_size} or export again"
+        )
     weights = "unknown"
     manifest = os.path.join(os.path.dirname(path), MANIFEST)
     if os.path.isfile(manifest):
@@ -492,20 +606,30 @@ def run_runtime_benchmark(params: Mapping[str, Any]) -> dict[str, Any]:
     with components.open_metrics_log(params, is_chief, append=True) as log:
         log.log_params(params)
         for batch_size in benchmark._batch_sizes(params, params["eval_batch_size"]):
-            images, _ = next(iter(components.eval_dataset(params, strategy, repeat=True,
-                                                          batch_size=batch_size)))
+            images, _ = next(
+                iter(components.eval_dataset(params, strategy, repeat=True, batch_size=batch_size))
+            )
             images = images.numpy()
-            times = benchmark.time_steps(lambda images=images: runtime(images),
-                                         params["benchmark_warmup_steps"],
-                                         params["benchmark_steps"],
-                                         desc=f"{params['runtime']} batch {batch_size}",
-                                         progress=is_chief)
+            times = benchmark.time_steps(
+                lambda images=images: runtime(images),
+                params["benchmark_warmup_steps"],
+                params["benchmark_steps"],
+                desc=f"{params['runtime']} batch {batch_size}",
+                progress=is_chief,
+            )
             images_per_sec = batch_size * len(times) / sum(times)
-            rows.append({"batch_size": batch_size, "global_batch_size": batch_size,
-                         "timed_steps": len(times), "images_per_sec": images_per_sec,
-                         "images_per_sec_per_device": images_per_sec,
-                         **latency_stats(times)})
-        document = benchmark._header(params, strategy, "inference_benchmark",
-                                     params["eval_img_size"])
+            rows.append(
+                {
+                    "batch_size": batch_size,
+                    "global_batch_size": batch_size,
+                    "timed_steps": len(times),
+                    "images_per_sec": images_per_sec,
+                    "images_per_sec_per_device": images_per_sec,
+                    **latency_stats(times),
+                }
+            )
+        document = benchmark._header(
+            params, strategy, "inference_benchmark", params["eval_img_size"]
+        )
         document.update(runtime=params["runtime"], artifact=loaded["path"], results=rows)
         return benchmark._report(params, document, "latency", log, is_chief)

@@ -65,7 +65,8 @@ def _is_our_weights_file(path: str) -> bool:
         with h5py.File(path, "r") as f:
             layers = f.get("layers")
             return layers is not None and any(
-                name.startswith(("mb_conv_block", "fused_mb_conv_block")) for name in layers)
+                name.startswith(("mb_conv_block", "fused_mb_conv_block")) for name in layers
+            )
     except OSError:
         return False
 
@@ -76,8 +77,9 @@ def _classifier_classes(path: str) -> int | None:
     shapes: list[tuple[int, ...]] = []
     if path.endswith(".h5"):
         with h5py.File(path, "r") as f:
-            f.visititems(lambda _, obj: shapes.append(obj.shape)
-                         if isinstance(obj, h5py.Dataset) else None)
+            f.visititems(
+                lambda _, obj: shapes.append(obj.shape) if isinstance(obj, h5py.Dataset) else None
+            )
     else:
         shapes = [tuple(s) for _, s in tf.train.list_variables(path)]
     matrices = {s for s in shapes if len(s) == 2}
@@ -87,8 +89,9 @@ def _classifier_classes(path: str) -> int | None:
 def _our_source_path(path: str) -> str:
     """A run directory / checkpoints folder / prefix / .weights.h5 of ours -> one loadable path."""
     if os.path.isdir(path):
-        latest = tf.train.latest_checkpoint(os.path.join(path, "checkpoints")) \
-            or tf.train.latest_checkpoint(path)
+        latest = tf.train.latest_checkpoint(
+            os.path.join(path, "checkpoints")
+        ) or tf.train.latest_checkpoint(path)
         if latest:
             return latest
         weights = os.path.join(path, FINAL_WEIGHTS_FILE)
@@ -117,19 +120,25 @@ def copy_matching_layers(model: keras.Model, source: keras.Model) -> dict[str, A
         try:
             src = source.get_layer(layer.name)
         except ValueError:
-            raise RunError(f"pretrained weights have no layer {layer.name!r}: not the same "
-                           "architecture") from None
+            raise RunError(
+                f"pretrained weights have no layer {layer.name!r}: not the same architecture"
+            ) from None
         values = src.get_weights()
         want = [tuple(w.shape) for w in layer.weights]
         got = [tuple(v.shape) for v in values]
         if want != got:
             if layer.name == CLASSIFIER:
-                logger.info("classifier re-initialized: pretrained weights have %d classes, "
-                            "this run %d", got[0][-1], want[0][-1])
+                logger.info(
+                    "classifier re-initialized: pretrained weights have %d classes, this run %d",
+                    got[0][-1],
+                    want[0][-1],
+                )
                 skipped.append(layer.name)
                 continue
-            raise RunError(f"pretrained layer {layer.name!r} has shapes {got}, this model "
-                           f"{want}: not the same architecture")
+            raise RunError(
+                f"pretrained layer {layer.name!r} has shapes {got}, this model "
+                f"{want}: not the same architecture"
+            )
         layer.set_weights(values)
         layers += 1
         copied += len(values)
@@ -155,17 +164,27 @@ def load_pretrained(model: keras.Model, path: str, model_config: Mapping[str, An
         classes = _classifier_classes(source_path) or int(model.output_shape[-1])
         twin = build_model(model_config, num_classes=classes)
         loaded = restore_for_inference(twin, "", source_path)
-        summary = {**copy_matching_layers(model, twin), "kind": "checkpoint",
-                   "source": f"{loaded['path']} ({loaded['weights']} weights)"}
+        summary = {
+            **copy_matching_layers(model, twin),
+            "kind": "checkpoint",
+            "source": f"{loaded['path']} ({loaded['weights']} weights)",
+        }
     elif os.path.isfile(path):
-        summary = {**load_keras_applications_weights(model, path), "kind": "keras.applications",
-                   "source": path}
+        summary = {
+            **load_keras_applications_weights(model, path),
+            "kind": "keras.applications",
+            "source": path,
+        }
     else:
         raise ConfigError(f"--pretrained {path}: no such file, run directory or checkpoint")
-    logger.info("pretrained start from %s: loaded %d tensors into %d layers%s; optimizer, "
-                "step and EMA start fresh", summary["source"], summary["weights"],
-                summary["layers"],
-                f", re-initialized {', '.join(summary['skipped'])}" if summary["skipped"] else "")
+    logger.info(
+        "pretrained start from %s: loaded %d tensors into %d layers%s; optimizer, "
+        "step and EMA start fresh",
+        summary["source"],
+        summary["weights"],
+        summary["layers"],
+        f", re-initialized {', '.join(summary['skipped'])}" if summary["skipped"] else "",
+    )
     return summary
 
 
@@ -196,13 +215,17 @@ def freeze_boundary(model: keras.Model, until: str) -> int:
     names = [layer.name for layer in model.layers]
     matches = [i for i, n in enumerate(names) if n == until or n.startswith(until + "_")]
     if not matches:
-        stages = sorted({n.split("_")[0] for n in names if n.startswith("stage")},
-                        key=lambda s: int(s[len("stage"):]))
-        raise ConfigError(f"--freeze_until {until!r} names no layer of {model.name}; use stem, "
-                          f"{stages[0]}..{stages[-1]}, head or a layer name such as "
-                          f"{stages[-1]}_block1")
+        stages = sorted(
+            {n.split("_")[0] for n in names if n.startswith("stage")},
+            key=lambda s: int(s[len("stage") :]),
+        )
+        raise ConfigError(
+            f"--freeze_until {until!r} names no layer of {model.name}; use stem, "
+            f"{stages[0]}..{stages[-1]}, head or a layer name such as "
+            f"{stages[-1]}_block1"
+        )
     last = matches[-1]
-    if not any(layer.weights for layer in model.layers[last + 1:]):
+    if not any(layer.weights for layer in model.layers[last + 1 :]):
         raise ConfigError(f"--freeze_until {until!r} freezes every layer: nothing left to train")
     return last
 
@@ -300,13 +323,19 @@ class RewarmSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return keras.ops.where(since < 0, lr, lr * ramp)
 
     def get_config(self) -> dict:
-        return {"base": keras.saving.serialize_keras_object(self.base),
-                "restart_step": self.restart_step, "warmup_steps": self.warmup_steps}
+        return {
+            "base": keras.saving.serialize_keras_object(self.base),
+            "restart_step": self.restart_step,
+            "warmup_steps": self.warmup_steps,
+        }
 
     @classmethod
     def from_config(cls, config):
-        return cls(keras.saving.deserialize_keras_object(config["base"]),
-                   config["restart_step"], config["warmup_steps"])
+        return cls(
+            keras.saving.deserialize_keras_object(config["base"]),
+            config["restart_step"],
+            config["warmup_steps"],
+        )
 
 
 def schedule_for(schedule, params: Mapping[str, Any], steps_per_epoch: int):
@@ -314,8 +343,11 @@ def schedule_for(schedule, params: Mapping[str, Any], steps_per_epoch: int):
     unfreeze = params.get("unfreeze_epoch")
     if unfreeze is None:
         return schedule
-    return RewarmSchedule(schedule, unfreeze * steps_per_epoch,
-                          int(round(params["lr_warmup_epochs"] * steps_per_epoch)))
+    return RewarmSchedule(
+        schedule,
+        unfreeze * steps_per_epoch,
+        int(round(params["lr_warmup_epochs"] * steps_per_epoch)),
+    )
 
 
 def describe_trainable(model: keras.Model) -> str:

@@ -53,7 +53,8 @@ def _dataset(text: str) -> str:
     if text in DATASET_SOURCES or (text.startswith("tfds:") and len(text) > len("tfds:")):
         return text
     raise argparse.ArgumentTypeError(
-        f"invalid dataset {text!r} (choose from {', '.join(DATASET_SOURCES)} or tfds:NAME)")
+        f"invalid dataset {text!r} (choose from {', '.join(DATASET_SOURCES)} or tfds:NAME)"
+    )
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -63,7 +64,8 @@ def _int_list(text: str) -> tuple[int, ...]:
         values = ()
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(
-            f"invalid batch size list {text!r} (comma-separated integers >= 1, e.g. 32,64,128)")
+            f"invalid batch size list {text!r} (comma-separated integers >= 1, e.g. 32,64,128)"
+        )
     return values
 
 
@@ -73,129 +75,266 @@ def _format_list(text: str) -> tuple[str, ...]:
     if not values or bad:
         raise argparse.ArgumentTypeError(
             f"invalid export format {','.join(bad) or text!r} (comma-separated subset of "
-            f"{','.join(runtimes.FORMATS)})")
+            f"{','.join(runtimes.FORMATS)})"
+        )
     return values
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every general flag, grouped as in `--help`."""
     p = _Parser(
-        prog="main.py", allow_abbrev=False,
+        prog="main.py",
+        allow_abbrev=False,
         description="EfficientNet v1/v2 training application (TF 2.21 / Keras 3). Model "
-                    "hyperparameters come from --cfg and --mparams; everything else is a flag.")
+        "hyperparameters come from --cfg and --mparams; everything else is a flag.",
+    )
     bool_flag = argparse.BooleanOptionalAction
 
     g = p.add_argument_group("run")
-    g.add_argument("--cfg", default=None,
-                   help="model config module, e.g. config/efficientnet_v2/s_cfg.py; it is "
-                        "executed as Python code (like any Python config): use trusted files "
-                        "only. Optional for modes that read --model_dir/params.json: "
-                        f"{', '.join(run_params.RUN_READING_MODES)}")
-    g.add_argument("--mparams", default=None,
-                   help="model config overrides k=v,k=v (unknown keys are an error)")
+    g.add_argument(
+        "--cfg",
+        default=None,
+        help="model config module, e.g. config/efficientnet_v2/s_cfg.py; it is "
+        "executed as Python code (like any Python config): use trusted files "
+        "only. Optional for modes that read --model_dir/params.json: "
+        f"{', '.join(run_params.RUN_READING_MODES)}",
+    )
+    g.add_argument(
+        "--mparams", default=None, help="model config overrides k=v,k=v (unknown keys are an error)"
+    )
     g.add_argument("--mode", default="train_and_eval", choices=MODE_NAMES)
     # NOTE: the reference writes to /results/; a relative default works without root.
-    g.add_argument("--model_dir", default="results",
-                   help="checkpoints, logs, params.json and exports go here")
+    g.add_argument(
+        "--model_dir", default="results", help="checkpoints, logs, params.json and exports go here"
+    )
     g.add_argument("--log_steps", type=int, default=100, help="steps between progress log lines")
-    g.add_argument("--log_filename", default="log.json",
-                   help="DLLogger JSON-lines file in model_dir (a file name, not a path)")
-    g.add_argument("--enable_tensorboard", action=bool_flag, default=False,
-                   help="also write TensorBoard events to model_dir/tensorboard")
+    g.add_argument(
+        "--log_filename",
+        default="log.json",
+        help="DLLogger JSON-lines file in model_dir (a file name, not a path)",
+    )
+    g.add_argument(
+        "--enable_tensorboard",
+        action=bool_flag,
+        default=False,
+        help="also write TensorBoard events to model_dir/tensorboard",
+    )
     g.add_argument("--seed", type=int, default=None, help="global random seed (None: not seeded)")
-    g.add_argument("--num_gpus", type=int, default=None,
-                   help="GPUs of this process (default: all visible; 0: CPU)")
-    g.add_argument("--all_reduce", default="auto", choices=ALL_REDUCE_CHOICES,
-                   help="gradient all-reduce implementation across replicas / workers")
-    g.add_argument("--fp16_compression", action=bool_flag, default=False,
-                   help="all-reduce gradients in float16 (half the bytes)")
-    g.add_argument("--cpu_replicas", type=int, default=1,
-                   help="without GPUs: MirroredStrategy over this many logical CPU devices "
-                        "(tests and scripts/benchmark_table.py; 1 = no strategy)")
+    g.add_argument(
+        "--num_gpus",
+        type=int,
+        default=None,
+        help="GPUs of this process (default: all visible; 0: CPU)",
+    )
+    g.add_argument(
+        "--all_reduce",
+        default="auto",
+        choices=ALL_REDUCE_CHOICES,
+        help="gradient all-reduce implementation across replicas / workers",
+    )
+    g.add_argument(
+        "--fp16_compression",
+        action=bool_flag,
+        default=False,
+        help="all-reduce gradients in float16 (half the bytes)",
+    )
+    g.add_argument(
+        "--cpu_replicas",
+        type=int,
+        default=1,
+        help="without GPUs: MirroredStrategy over this many logical CPU devices "
+        "(tests and scripts/benchmark_table.py; 1 = no strategy)",
+    )
 
     g = p.add_argument_group("precision and compilation")
-    g.add_argument("--use_xla", action=bool_flag, default=None,
-                   help="XLA jit_compile (default: on with a GPU, off on CPU where it is slower)")
+    g.add_argument(
+        "--use_xla",
+        action=bool_flag,
+        default=None,
+        help="XLA jit_compile (default: on with a GPU, off on CPU where it is slower)",
+    )
     g.add_argument("--use_amp", action=bool_flag, default=False, help="mixed precision")
-    g.add_argument("--amp_dtype", default="float16", choices=AMP_DTYPES,
-                   help="float16 uses dynamic loss scaling, bfloat16 needs none")
-    g.add_argument("--use_tf32", action=bool_flag, default=True,
-                   help="TensorFloat-32 for float32 matmuls/convolutions on Ampere+ GPUs")
+    g.add_argument(
+        "--amp_dtype",
+        default="float16",
+        choices=AMP_DTYPES,
+        help="float16 uses dynamic loss scaling, bfloat16 needs none",
+    )
+    g.add_argument(
+        "--use_tf32",
+        action=bool_flag,
+        default=True,
+        help="TensorFloat-32 for float32 matmuls/convolutions on Ampere+ GPUs",
+    )
 
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", type=_dataset, default="imagenet",
-                   help="imagenet (TFRecords), tfds:NAME, folder, digits (bundled, no download), synthetic")
-    g.add_argument("--data_dir", default=None, help="where the dataset lives (imagenet, folder, tfds)")
+    g.add_argument(
+        "--dataset",
+        type=_dataset,
+        default="imagenet",
+        help="imagenet (TFRecords), tfds:NAME, folder, digits (bundled, no download), synthetic",
+    )
+    g.add_argument(
+        "--data_dir", default=None, help="where the dataset lives (imagenet, folder, tfds)"
+    )
     g.add_argument("--augmenter_name", default="autoaugment", choices=AUGMENTERS)
     g.add_argument("--raug_num_layers", type=int, default=2, help="RandAugment ops per image")
-    g.add_argument("--raug_magnitude", type=float, default=10.0,
-                   help="RandAugment magnitude (of the last stage with --n_stages > 1)")
+    g.add_argument(
+        "--raug_magnitude",
+        type=float,
+        default=10.0,
+        help="RandAugment magnitude (of the last stage with --n_stages > 1)",
+    )
     g.add_argument("--mixup_alpha", type=float, default=0.0, help="MixUp alpha; 0 = off")
     g.add_argument("--cutmix_alpha", type=float, default=0.0, help="CutMix alpha; 0 = off")
-    g.add_argument("--defer_img_mixing", action=bool_flag, default=False,
-                   help="MixUp/CutMix inside the train step (on the accelerator) instead of the input pipeline")
-    g.add_argument("--crop_fraction", type=float, default=None,
-                   help="eval center-crop fraction (default: size / (size + 32))")
-    g.add_argument("--cache", action=bool_flag, default=False,
-                   help="keep the dataset in host memory after the first epoch")
-    g.add_argument("--follow_symlinks", action=bool_flag, default=False,
-                   help="folder / predict inputs: follow symlinks that point outside the folder")
+    g.add_argument(
+        "--defer_img_mixing",
+        action=bool_flag,
+        default=False,
+        help="MixUp/CutMix inside the train step (on the accelerator) instead of the input pipeline",
+    )
+    g.add_argument(
+        "--crop_fraction",
+        type=float,
+        default=None,
+        help="eval center-crop fraction (default: size / (size + 32))",
+    )
+    g.add_argument(
+        "--cache",
+        action=bool_flag,
+        default=False,
+        help="keep the dataset in host memory after the first epoch",
+    )
+    g.add_argument(
+        "--follow_symlinks",
+        action=bool_flag,
+        default=False,
+        help="folder / predict inputs: follow symlinks that point outside the folder",
+    )
     # NOTE: PIL's Image.MAX_IMAGE_PIXELS default (decompression-bomb guard).
-    g.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
-                   help="folder / predict inputs: skip (and report) images with more pixels, "
-                        "read from the JPEG/PNG header before decoding")
+    g.add_argument(
+        "--max_image_pixels",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help="folder / predict inputs: skip (and report) images with more pixels, "
+        "read from the JPEG/PNG header before decoding",
+    )
     # Data recipe overrides (issue 9): None = the model family's value (docs/parity.md).
-    g.add_argument("--crop_area_min", type=float, default=None,
-                   help="smallest random-crop area fraction (default: v1 0.08, v2 0.05)")
-    g.add_argument("--eval_crop", default=None, choices=EVAL_CROPS,
-                   help="eval/predict transform: center crop, or resize the whole image to the "
-                        "square (default: v1 crop; v2 squash at >= 320 px, crop below)")
-    g.add_argument("--resize_method", default=None, choices=RESIZE_METHODS,
-                   help="image resize (default: v1 bicubic, v2 bilinear)")
-    g.add_argument("--label_offset", type=int, default=None, choices=(0, 1),
-                   help="stored TFRecord label of class 0: 1 for the standard ImageNet build, 0 "
-                        "for 0-based shards (default: dataset_info.json, else 1)")
-    g.add_argument("--auto_bn_momentum", action=bool_flag, default=True,
-                   help="lower BN momentum when an epoch has fewer steps than its averaging "
-                        "window 1 / (1 - momentum) (small data; docs/parity.md)")
+    g.add_argument(
+        "--crop_area_min",
+        type=float,
+        default=None,
+        help="smallest random-crop area fraction (default: v1 0.08, v2 0.05)",
+    )
+    g.add_argument(
+        "--eval_crop",
+        default=None,
+        choices=EVAL_CROPS,
+        help="eval/predict transform: center crop, or resize the whole image to the "
+        "square (default: v1 crop; v2 squash at >= 320 px, crop below)",
+    )
+    g.add_argument(
+        "--resize_method",
+        default=None,
+        choices=RESIZE_METHODS,
+        help="image resize (default: v1 bicubic, v2 bilinear)",
+    )
+    g.add_argument(
+        "--label_offset",
+        type=int,
+        default=None,
+        choices=(0, 1),
+        help="stored TFRecord label of class 0: 1 for the standard ImageNet build, 0 "
+        "for 0-based shards (default: dataset_info.json, else 1)",
+    )
+    g.add_argument(
+        "--auto_bn_momentum",
+        action=bool_flag,
+        default=True,
+        help="lower BN momentum when an epoch has fewer steps than its averaging "
+        "window 1 / (1 - momentum) (small data; docs/parity.md)",
+    )
 
     g = p.add_argument_group("training")
-    g.add_argument("--train_img_size", type=int, default=None,
-                   help="training image size (default: the model config's; of the last stage)")
+    g.add_argument(
+        "--train_img_size",
+        type=int,
+        default=None,
+        help="training image size (default: the model config's; of the last stage)",
+    )
     g.add_argument("--max_epochs", type=int, default=300, help="epochs of the whole run")
-    g.add_argument("--steps_per_epoch", type=int, default=None,
-                   help="optimizer updates per epoch (default: train images / global batch)")
+    g.add_argument(
+        "--steps_per_epoch",
+        type=int,
+        default=None,
+        help="optimizer updates per epoch (default: train images / global batch)",
+    )
     g.add_argument("--train_batch_size", type=int, default=32, help="per device")
-    g.add_argument("--grad_accum_steps", type=int, default=1,
-                   help="micro-batches per update; global batch = batch x devices x steps")
-    g.add_argument("--grad_clip_norm", type=float, default=0.0,
-                   help="clip the global gradient norm; 0 = off")
+    g.add_argument(
+        "--grad_accum_steps",
+        type=int,
+        default=1,
+        help="micro-batches per update; global batch = batch x devices x steps",
+    )
+    g.add_argument(
+        "--grad_clip_norm", type=float, default=0.0, help="clip the global gradient norm; 0 = off"
+    )
     g.add_argument("--label_smoothing", type=float, default=0.1, help="of the cross-entropy loss")
-    g.add_argument("--moving_average_decay", type=float, default=0.0,
-                   help="EMA of weights and BN statistics; 0 = off (e.g. 0.9999)")
+    g.add_argument(
+        "--moving_average_decay",
+        type=float,
+        default=0.0,
+        help="EMA of weights and BN statistics; 0 = off (e.g. 0.9999)",
+    )
     g.add_argument("--save_checkpoint_freq", type=int, default=5, help="epochs between checkpoints")
-    g.add_argument("--resume_checkpoint", action=bool_flag, default=True,
-                   help="continue from the latest checkpoint in model_dir")
+    g.add_argument(
+        "--resume_checkpoint",
+        action=bool_flag,
+        default=True,
+        help="continue from the latest checkpoint in model_dir",
+    )
 
     g = p.add_argument_group("fine-tuning (docs/finetune.md)")
-    g.add_argument("--pretrained", default=None,
-                   help="start from these weights: a keras.applications EfficientNet(V2) .h5 / "
-                        ".weights.h5 file, or a run directory, checkpoint or model.weights.h5 of "
-                        "ours (not a resume: optimizer, step and EMA start fresh)")
-    g.add_argument("--freeze_until", default=None,
-                   help="freeze layers up to this one: stem, stageN, stageN_blockM, a layer "
-                        "name, or head (train only the classifier)")
-    g.add_argument("--freeze_bn", action=bool_flag, default=False,
-                   help="BatchNormalization in inference mode, not trained (small data sets)")
-    g.add_argument("--unfreeze_epoch", type=int, default=None,
-                   help="two phases: the first N epochs train with --freeze_until (default "
-                        "head), later epochs everything, with the learning-rate warm-up again")
+    g.add_argument(
+        "--pretrained",
+        default=None,
+        help="start from these weights: a keras.applications EfficientNet(V2) .h5 / "
+        ".weights.h5 file, or a run directory, checkpoint or model.weights.h5 of "
+        "ours (not a resume: optimizer, step and EMA start fresh)",
+    )
+    g.add_argument(
+        "--freeze_until",
+        default=None,
+        help="freeze layers up to this one: stem, stageN, stageN_blockM, a layer "
+        "name, or head (train only the classifier)",
+    )
+    g.add_argument(
+        "--freeze_bn",
+        action=bool_flag,
+        default=False,
+        help="BatchNormalization in inference mode, not trained (small data sets)",
+    )
+    g.add_argument(
+        "--unfreeze_epoch",
+        type=int,
+        default=None,
+        help="two phases: the first N epochs train with --freeze_until (default "
+        "head), later epochs everything, with the learning-rate warm-up again",
+    )
 
     g = p.add_argument_group("AdvProp (docs/advprop.md)")
-    g.add_argument("--advprop", action=bool_flag, default=False,
-                   help="also train on PGD adversarial images through auxiliary BatchNorms")
-    g.add_argument("--advprop_epsilon", type=float, default=1.0,
-                   help="L-inf radius of the attack, in pixels (0..255 scale)")
+    g.add_argument(
+        "--advprop",
+        action=bool_flag,
+        default=False,
+        help="also train on PGD adversarial images through auxiliary BatchNorms",
+    )
+    g.add_argument(
+        "--advprop_epsilon",
+        type=float,
+        default=1.0,
+        help="L-inf radius of the attack, in pixels (0..255 scale)",
+    )
     g.add_argument("--advprop_steps", type=int, default=1, help="PGD steps per batch")
     g.add_argument("--advprop_step_size", type=float, default=1.0, help="PGD step, in pixels")
 
@@ -209,69 +348,148 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--nesterov", action=bool_flag, default=False, help="momentum")
     g.add_argument("--opt_epsilon", type=float, default=0.001, help="rmsprop / adam / adamw / lamb")
     g.add_argument("--decay", type=float, default=0.9, help="RMSProp rho")
-    g.add_argument("--weight_decay", type=float, default=5e-6,
-                   help="L2 in the loss (rmsprop/sgd/momentum/adam) or decoupled (adamw/lamb)")
+    g.add_argument(
+        "--weight_decay",
+        type=float,
+        default=5e-6,
+        help="L2 in the loss (rmsprop/sgd/momentum/adam) or decoupled (adamw/lamb)",
+    )
 
     g = p.add_argument_group("learning rate")
-    g.add_argument("--lr_init", type=float, default=0.008,
-                   help="learning rate for a global batch of 128 (scaled linearly)")
+    g.add_argument(
+        "--lr_init",
+        type=float,
+        default=0.008,
+        help="learning rate for a global batch of 128 (scaled linearly)",
+    )
     g.add_argument("--lr_decay", default="exponential", choices=LR_DECAYS)
-    g.add_argument("--lr_decay_rate", type=float, default=0.97,
-                   help="multiplier per decay (exponential, piecewise)")
-    g.add_argument("--lr_decay_epochs", type=float, default=2.4,
-                   help="epochs between decays (exponential, piecewise)")
-    g.add_argument("--lr_warmup_epochs", type=float, default=5.0,
-                   help="linear warm-up from 0 to the peak learning rate")
-    g.add_argument("--lr_decay_origin", default="warmup_end", choices=SCHEDULE_ORIGINS,
-                   help="decay counts from the end of warm-up (NVIDIA) or from step 0 (automl)")
+    g.add_argument(
+        "--lr_decay_rate",
+        type=float,
+        default=0.97,
+        help="multiplier per decay (exponential, piecewise)",
+    )
+    g.add_argument(
+        "--lr_decay_epochs",
+        type=float,
+        default=2.4,
+        help="epochs between decays (exponential, piecewise)",
+    )
+    g.add_argument(
+        "--lr_warmup_epochs",
+        type=float,
+        default=5.0,
+        help="linear warm-up from 0 to the peak learning rate",
+    )
+    g.add_argument(
+        "--lr_decay_origin",
+        default="warmup_end",
+        choices=SCHEDULE_ORIGINS,
+        help="decay counts from the end of warm-up (NVIDIA) or from step 0 (automl)",
+    )
 
     g = p.add_argument_group("stage-wise training (progressive learning)")
-    g.add_argument("--n_stages", type=int, default=1,
-                   help="stages of progressive training (1 = off)")
+    g.add_argument(
+        "--n_stages", type=int, default=1, help="stages of progressive training (1 = off)"
+    )
     g.add_argument("--base_img_size", type=int, default=128, help="image size of the first stage")
     g.add_argument("--base_mixup", type=float, default=0.0, help="MixUp alpha of the first stage")
     g.add_argument("--base_cutmix", type=float, default=0.0, help="CutMix alpha of the first stage")
-    g.add_argument("--base_randaug_mag", type=float, default=5.0,
-                   help="RandAugment magnitude of the first stage")
+    g.add_argument(
+        "--base_randaug_mag",
+        type=float,
+        default=5.0,
+        help="RandAugment magnitude of the first stage",
+    )
 
     g = p.add_argument_group("evaluation")
-    g.add_argument("--eval_img_size", type=int, default=None,
-                   help="evaluation image size (default: the model config's)")
+    g.add_argument(
+        "--eval_img_size",
+        type=int,
+        default=None,
+        help="evaluation image size (default: the model config's)",
+    )
     g.add_argument("--eval_batch_size", type=int, default=100, help="per device")
-    g.add_argument("--skip_eval", action=bool_flag, default=False,
-                   help="train_and_eval: no evaluation during or after training")
-    g.add_argument("--num_epochs_between_eval", type=int, default=1,
-                   help="train_and_eval: evaluate every this many epochs (and at the end)")
+    g.add_argument(
+        "--skip_eval",
+        action=bool_flag,
+        default=False,
+        help="train_and_eval: no evaluation during or after training",
+    )
+    g.add_argument(
+        "--num_epochs_between_eval",
+        type=int,
+        default=1,
+        help="train_and_eval: evaluate every this many epochs (and at the end)",
+    )
 
     g = p.add_argument_group("predict and export")
     g.add_argument("--predict_img_dir", default=None, help="an image file or a folder (any depth)")
-    g.add_argument("--predict_ckpt", default=None,
-                   help="checkpoint prefix, directory or .weights.h5 (default: latest in model_dir)")
+    g.add_argument(
+        "--predict_ckpt",
+        default=None,
+        help="checkpoint prefix, directory or .weights.h5 (default: latest in model_dir)",
+    )
     g.add_argument("--predict_batch_size", type=int, default=32, help="images per predict batch")
-    g.add_argument("--export_SavedModel", action=bool_flag, default=False,
-                   help="also export the final (better of raw/EMA) weights as a TF SavedModel")
+    g.add_argument(
+        "--export_SavedModel",
+        action=bool_flag,
+        default=False,
+        help="also export the final (better of raw/EMA) weights as a TF SavedModel",
+    )
     g.add_argument("--predict_top_k", type=int, default=5, help="classes reported per image")
-    g.add_argument("--export_format", type=_format_list, default=("saved_model",),
-                   help="--mode export: comma-separated subset of " + ",".join(runtimes.FORMATS))
-    g.add_argument("--export_quantize", default="none", choices=runtimes.QUANTIZATIONS,
-                   help="LiteRT (tflite) post-training quantization; --runtime litert runs that file")
-    g.add_argument("--export_preprocessing", action=bool_flag, default=False,
-                   help="bake the eval crop+resize into the export: uint8 images of any size in "
-                        "(SavedModel: also serve_bytes for encoded JPEG/PNG)")
-    g.add_argument("--export_dir", default=None,
-                   help="where --mode export writes and --runtime reads (default: model_dir/export)")
-    g.add_argument("--runtime", default="keras", choices=runtimes.RUNTIMES,
-                   help="predict / inference_benchmark: the Keras model or an exported file")
-    g.add_argument("--runtime_threads", type=int, default=None,
-                   help="CPU threads of onnxruntime / litert (default: all cores)")
+    g.add_argument(
+        "--export_format",
+        type=_format_list,
+        default=("saved_model",),
+        help="--mode export: comma-separated subset of " + ",".join(runtimes.FORMATS),
+    )
+    g.add_argument(
+        "--export_quantize",
+        default="none",
+        choices=runtimes.QUANTIZATIONS,
+        help="LiteRT (tflite) post-training quantization; --runtime litert runs that file",
+    )
+    g.add_argument(
+        "--export_preprocessing",
+        action=bool_flag,
+        default=False,
+        help="bake the eval crop+resize into the export: uint8 images of any size in "
+        "(SavedModel: also serve_bytes for encoded JPEG/PNG)",
+    )
+    g.add_argument(
+        "--export_dir",
+        default=None,
+        help="where --mode export writes and --runtime reads (default: model_dir/export)",
+    )
+    g.add_argument(
+        "--runtime",
+        default="keras",
+        choices=runtimes.RUNTIMES,
+        help="predict / inference_benchmark: the Keras model or an exported file",
+    )
+    g.add_argument(
+        "--runtime_threads",
+        type=int,
+        default=None,
+        help="CPU threads of onnxruntime / litert (default: all cores)",
+    )
 
     g = p.add_argument_group("benchmarks (training_benchmark, inference_benchmark)")
-    g.add_argument("--benchmark_batch_sizes", type=_int_list, default=None,
-                   help="per-device batch sizes to sweep, e.g. 32,64,128 (default: "
-                        "--train_batch_size / --eval_batch_size)")
+    g.add_argument(
+        "--benchmark_batch_sizes",
+        type=_int_list,
+        default=None,
+        help="per-device batch sizes to sweep, e.g. 32,64,128 (default: "
+        "--train_batch_size / --eval_batch_size)",
+    )
     g.add_argument("--benchmark_steps", type=int, default=50, help="timed steps per batch size")
-    g.add_argument("--benchmark_warmup_steps", type=int, default=10,
-                   help="untimed steps first (tracing, XLA compilation, autotuning)")
+    g.add_argument(
+        "--benchmark_warmup_steps",
+        type=int,
+        default=10,
+        help="untimed steps first (tracing, XLA compilation, autotuning)",
+    )
     return p
 
 
@@ -291,17 +509,42 @@ def _reject_unknown(parser: argparse.ArgumentParser, extras: Sequence[str]) -> N
     first = extras[0].split("=", 1)[0]
     close = difflib.get_close_matches(first, names, n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
-    parser.error(f"unrecognized argument(s): {' '.join(extras)}{hint}; "
-                 f"valid flags: {' '.join(names)}")
+    parser.error(
+        f"unrecognized argument(s): {' '.join(extras)}{hint}; valid flags: {' '.join(names)}"
+    )
 
 
-_POSITIVE_INTS = ("log_steps", "max_epochs", "train_batch_size", "eval_batch_size",
-                  "predict_batch_size", "predict_top_k", "grad_accum_steps", "save_checkpoint_freq",
-                  "num_epochs_between_eval", "n_stages", "base_img_size", "benchmark_steps",
-                  "max_image_pixels", "cpu_replicas")
-_NON_NEGATIVE = ("grad_clip_norm", "weight_decay", "mixup_alpha", "cutmix_alpha", "base_mixup",
-                 "base_cutmix", "raug_magnitude", "base_randaug_mag", "lr_warmup_epochs",
-                 "opt_epsilon", "momentum", "benchmark_warmup_steps", "raug_num_layers")
+_POSITIVE_INTS = (
+    "log_steps",
+    "max_epochs",
+    "train_batch_size",
+    "eval_batch_size",
+    "predict_batch_size",
+    "predict_top_k",
+    "grad_accum_steps",
+    "save_checkpoint_freq",
+    "num_epochs_between_eval",
+    "n_stages",
+    "base_img_size",
+    "benchmark_steps",
+    "max_image_pixels",
+    "cpu_replicas",
+)
+_NON_NEGATIVE = (
+    "grad_clip_norm",
+    "weight_decay",
+    "mixup_alpha",
+    "cutmix_alpha",
+    "base_mixup",
+    "base_cutmix",
+    "raug_magnitude",
+    "base_randaug_mag",
+    "lr_warmup_epochs",
+    "opt_epsilon",
+    "momentum",
+    "benchmark_warmup_steps",
+    "raug_num_layers",
+)
 
 
 def validate(params: dict[str, Any]) -> None:
@@ -338,17 +581,26 @@ def validate(params: dict[str, Any]) -> None:
         raise FlagError(f"--crop_fraction must be in (0, 1], got {params['crop_fraction']}")
     log_name = params["log_filename"]
     if not log_name or os.path.basename(log_name) != log_name or log_name in (".", ".."):
-        raise FlagError(f"--log_filename must be a file name inside --model_dir, not a path: "
-                        f"{log_name!r}")
+        raise FlagError(
+            f"--log_filename must be a file name inside --model_dir, not a path: {log_name!r}"
+        )
     if params["crop_area_min"] is not None and not 0 < params["crop_area_min"] <= 1:
         raise FlagError(f"--crop_area_min must be in (0, 1], got {params['crop_area_min']}")
     if params["n_stages"] > params["max_epochs"]:
-        raise FlagError(f"--n_stages={params['n_stages']} exceeds --max_epochs={params['max_epochs']}")
-    if params["dataset"] in DATASETS_NEEDING_DIR and params["mode"] not in (
-            "predict", "training_benchmark", "inference_benchmark", "export") and not params["data_dir"]:
+        raise FlagError(
+            f"--n_stages={params['n_stages']} exceeds --max_epochs={params['max_epochs']}"
+        )
+    if (
+        params["dataset"] in DATASETS_NEEDING_DIR
+        and params["mode"] not in ("predict", "training_benchmark", "inference_benchmark", "export")
+        and not params["data_dir"]
+    ):
         raise FlagError(f"--dataset {params['dataset']} needs --data_dir")
-    if params["data_dir"] and params["dataset"] in DATASETS_NEEDING_DIR \
-            and not os.path.isdir(params["data_dir"]):
+    if (
+        params["data_dir"]
+        and params["dataset"] in DATASETS_NEEDING_DIR
+        and not os.path.isdir(params["data_dir"])
+    ):
         raise FlagError(f"--data_dir {params['data_dir']} is not a directory")
     _validate_finetune(params)
     _validate_advprop(params)
@@ -368,8 +620,10 @@ def _validate_advprop(params: dict[str, Any]) -> None:
     if params["advprop_steps"] < 1:
         raise FlagError(f"--advprop_steps must be >= 1, got {params['advprop_steps']}")
     if params["advprop"] and params["model"].get("input_normalization") == "none":
-        raise FlagError("--advprop needs raw 0..255 model inputs (input_normalization imagenet "
-                        "or scale128); with input_normalization=none pixel units are unknown")
+        raise FlagError(
+            "--advprop needs raw 0..255 model inputs (input_normalization imagenet "
+            "or scale128); with input_normalization=none pixel units are unknown"
+        )
 
 
 def _validate_export(params: dict[str, Any]) -> None:
@@ -378,22 +632,30 @@ def _validate_export(params: dict[str, Any]) -> None:
         raise FlagError(f"--runtime_threads must be >= 1, got {params['runtime_threads']}")
     if params["mode"] == "export":
         if params["export_quantize"] != "none" and "tflite" not in params["export_format"]:
-            raise FlagError(f"--export_quantize {params['export_quantize']} applies to LiteRT "
-                            "only; add tflite to --export_format")
+            raise FlagError(
+                f"--export_quantize {params['export_quantize']} applies to LiteRT "
+                "only; add tflite to --export_format"
+            )
         for path in runtimes.planned_artifacts(params).values():
             if os.path.exists(path):
                 raise FlagError(f"{path} exists; remove it or pass another --export_dir")
     if params["runtime"] != "keras":
         if params["mode"] not in ("predict", "inference_benchmark"):
-            raise FlagError(f"--runtime {params['runtime']} is for --mode predict and "
-                            "inference_benchmark only")
+            raise FlagError(
+                f"--runtime {params['runtime']} is for --mode predict and inference_benchmark only"
+            )
         path = runtimes.runtime_artifact(params)
         if not os.path.exists(path):
             fmt = runtimes.RUNTIME_FORMATS[params["runtime"]]
-            quant = (f" --export_quantize {params['export_quantize']}"
-                     if params["export_quantize"] != "none" else "")
-            raise FlagError(f"--runtime {params['runtime']} runs {path}, which does not exist; "
-                            f"write it with --mode export --export_format {fmt}{quant}")
+            quant = (
+                f" --export_quantize {params['export_quantize']}"
+                if params["export_quantize"] != "none"
+                else ""
+            )
+            raise FlagError(
+                f"--runtime {params['runtime']} runs {path}, which does not exist; "
+                f"write it with --mode export --export_format {fmt}{quant}"
+            )
 
 
 _FREEZE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -405,23 +667,32 @@ def _validate_finetune(params: dict[str, Any]) -> None:
         return
     path = params["pretrained"]
     if path is not None and not (os.path.exists(path) or os.path.isfile(path + ".index")):
-        raise FlagError(f"--pretrained {path} does not exist (a weights file, run directory "
-                        "or checkpoint prefix)")
+        raise FlagError(
+            f"--pretrained {path} does not exist (a weights file, run directory "
+            "or checkpoint prefix)"
+        )
     until = params["freeze_until"]
     if until is not None:
         stage = re.match(r"^stage(\d+)(_|$)", until)
         stages = len(params["model"].get("blocks", ()))
         if not _FREEZE_NAME.match(until) or (stage and not 1 <= int(stage[1]) <= stages):
-            raise FlagError(f"--freeze_until {until!r}: use stem, stage1..stage{stages}, "
-                            "stageN_blockM, head (train only the classifier) or a layer name")
+            raise FlagError(
+                f"--freeze_until {until!r}: use stem, stage1..stage{stages}, "
+                "stageN_blockM, head (train only the classifier) or a layer name"
+            )
     epoch = params["unfreeze_epoch"]
     if epoch is not None and not 1 <= epoch < params["max_epochs"]:
-        raise FlagError(f"--unfreeze_epoch must be in 1..{params['max_epochs'] - 1} "
-                        f"(--max_epochs {params['max_epochs']}), got {epoch}")
+        raise FlagError(
+            f"--unfreeze_epoch must be in 1..{params['max_epochs'] - 1} "
+            f"(--max_epochs {params['max_epochs']}), got {epoch}"
+        )
 
 
-def resolve(args: argparse.Namespace, saved: dict[str, Any] | None = None,
-            explicit: dict[str, Any] | None = None) -> dict[str, Any]:
+def resolve(
+    args: argparse.Namespace,
+    saved: dict[str, Any] | None = None,
+    explicit: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Flags + model config -> the params dict every mode receives.
 
     Derived values are filled in here, once: image sizes from the model config when not
@@ -439,16 +710,19 @@ def resolve(args: argparse.Namespace, saved: dict[str, Any] | None = None,
     params = dict(vars(args))
     if saved is not None:
         explicit = explicit or {}
-        params["model"] = run_params.model_config(saved, args.model_dir, explicit.get("cfg"),
-                                                  explicit.get("mparams"))
+        params["model"] = run_params.model_config(
+            saved, args.model_dir, explicit.get("cfg"), explicit.get("mparams")
+        )
         # Image sizes follow an --mparams / --cfg override of the model's sizes.
         for flag in ("train_img_size", "eval_img_size"):
             if flag not in explicit and ("cfg" in explicit or "mparams" in explicit):
                 params[flag] = None
     elif args.cfg is None:
-        raise FlagError("the following arguments are required: --cfg (or, for --mode "
-                        f"{'/'.join(run_params.RUN_READING_MODES)}, a --model_dir holding a "
-                        f"training run's {PARAMS_FILE})")
+        raise FlagError(
+            "the following arguments are required: --cfg (or, for --mode "
+            f"{'/'.join(run_params.RUN_READING_MODES)}, a --model_dir holding a "
+            f"training run's {PARAMS_FILE})"
+        )
     else:
         params["model"] = load_config(args.cfg, args.mparams)
     for flag, key in (("train_img_size", "train_img_size"), ("eval_img_size", "eval_img_size")):

@@ -53,8 +53,11 @@ def read_lock(model_dir: str) -> dict[str, Any] | None:
 
 def _describe(holder: dict[str, Any]) -> str:
     started = holder.get("started")
-    since = time.strftime(" since %Y-%m-%d %H:%M:%S", time.localtime(started)) \
-        if isinstance(started, int | float) else ""
+    since = (
+        time.strftime(" since %Y-%m-%d %H:%M:%S", time.localtime(started))
+        if isinstance(started, int | float)
+        else ""
+    )
     return f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}{since}"
 
 
@@ -102,18 +105,28 @@ class ModelDirLock:
             pid = holder.get("pid")
             local = holder.get("host") == host_name()
             if local and isinstance(pid, int) and pid != os.getpid() and not pid_alive(pid):
-                logger.warning("taking over the stale lock %s of %s (that process is gone)",
-                               self.path, _describe(holder))
+                logger.warning(
+                    "taking over the stale lock %s of %s (that process is gone)",
+                    self.path,
+                    _describe(holder),
+                )
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(self.path)
                 continue
             if not holder:
-                raise LockError(f"--model_dir {self.model_dir} has an unreadable lock file "
-                                f"{self.path}; delete it if no training runs there")
-            hint = ("stop that run or use another --model_dir" if local else
-                    f"if no training runs there any more, delete {self.path}")
-            raise LockError(f"--model_dir {self.model_dir} is in use by another training run "
-                            f"({_describe(holder)}); {hint}")
+                raise LockError(
+                    f"--model_dir {self.model_dir} has an unreadable lock file "
+                    f"{self.path}; delete it if no training runs there"
+                )
+            hint = (
+                "stop that run or use another --model_dir"
+                if local
+                else f"if no training runs there any more, delete {self.path}"
+            )
+            raise LockError(
+                f"--model_dir {self.model_dir} is in use by another training run "
+                f"({_describe(holder)}); {hint}"
+            )
         raise LockError(f"could not take the lock {self.path} (another run keeps taking it)")
 
     def release(self) -> None:

@@ -62,8 +62,9 @@ class Prediction:
     probabilities: tuple[float, ...]
 
 
-def find_images(path: str, policy: FilePolicy | None = None,
-                skipped: list[dict[str, str]] | None = None) -> list[str]:
+def find_images(
+    path: str, policy: FilePolicy | None = None, skipped: list[dict[str, str]] | None = None
+) -> list[str]:
     """List the JPEG/PNG files to classify, in a stable (sorted) order.
 
     Args:
@@ -106,8 +107,10 @@ def find_images(path: str, policy: FilePolicy | None = None,
     for bad in skipped:
         logger.warning("skipping %s: %s", bad["file"], bad["error"])
     if not found and skipped:
-        raise PredictError(f"--predict_img_dir {path!r} holds no readable image: "
-                           f"{len(skipped)} skipped, e.g. {skipped[0]['file']}: {skipped[0]['error']}")
+        raise PredictError(
+            f"--predict_img_dir {path!r} holds no readable image: "
+            f"{len(skipped)} skipped, e.g. {skipped[0]['file']}: {skipped[0]['error']}"
+        )
     if not found:
         raise PredictError(f"--predict_img_dir {path!r} holds no {'/'.join(IMAGE_EXTENSIONS)} file")
     return sorted(os.path.abspath(f) for f in found)
@@ -125,12 +128,19 @@ def _decode_error(path: str, preprocess: Callable[[tf.Tensor], tf.Tensor]) -> st
     return "could not be read"
 
 
-def predict_files(model: keras.Model, files: Sequence[str], image_size: int,
-                  crop_fraction: float, batch_size: int = 32, top_k: int = 5,
-                  class_names: Sequence[str] | None = None, jit_compile: bool = False,
-                  relative_to: str | None = None, progress: bool = True,
-                  preprocess_fn: Callable | None = None
-                  ) -> tuple[list[Prediction], list[dict[str, str]]]:
+def predict_files(
+    model: keras.Model,
+    files: Sequence[str],
+    image_size: int,
+    crop_fraction: float,
+    batch_size: int = 32,
+    top_k: int = 5,
+    class_names: Sequence[str] | None = None,
+    jit_compile: bool = False,
+    relative_to: str | None = None,
+    progress: bool = True,
+    preprocess_fn: Callable | None = None,
+) -> tuple[list[Prediction], list[dict[str, str]]]:
     """Classify image files.
 
     Args:
@@ -166,11 +176,13 @@ def predict_files(model: keras.Model, files: Sequence[str], image_size: int,
 
     # Decoding in tf.data runs in parallel; a file that fails is dropped by ignore_errors and
     # found again below by comparing paths, so it is reported with its own error message.
-    dataset = (tf.data.Dataset.from_tensor_slices(list(files))
-               .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-               .ignore_errors()
-               .batch(batch_size)
-               .prefetch(1))
+    dataset = (
+        tf.data.Dataset.from_tensor_slices(list(files))
+        .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .ignore_errors()
+        .batch(batch_size)
+        .prefetch(1)
+    )
 
     @tf.function(jit_compile=jit_compile, reduce_retracing=True)
     def top_k_probs(images):
@@ -188,17 +200,23 @@ def predict_files(model: keras.Model, files: Sequence[str], image_size: int,
             values, indices = top_k_probs(images)
         else:
             values, indices = tf.math.top_k(tf.nn.softmax(model(images.numpy()), axis=-1), k=k)
-        for path, probs, classes in zip(paths.numpy(), values.numpy(), indices.numpy(),
-                                        strict=True):
+        for path, probs, classes in zip(
+            paths.numpy(), values.numpy(), indices.numpy(), strict=True
+        ):
             path = path.decode()
             seen.add(path)
-            predictions.append(Prediction(
-                file=shown(path), classes=tuple(int(c) for c in classes),
-                names=tuple(names[c] for c in classes),
-                probabilities=tuple(float(p) for p in probs)))
+            predictions.append(
+                Prediction(
+                    file=shown(path),
+                    classes=tuple(int(c) for c in classes),
+                    names=tuple(names[c] for c in classes),
+                    probabilities=tuple(float(p) for p in probs),
+                )
+            )
         bar.update(len(paths))
-    unreadable = [{"file": shown(f), "error": _decode_error(f, preprocess)}
-                  for f in files if f not in seen]
+    unreadable = [
+        {"file": shown(f), "error": _decode_error(f, preprocess)} for f in files if f not in seen
+    ]
     bar.update(len(unreadable))
     bar.close()
     for bad in unreadable:
@@ -215,19 +233,27 @@ def output_paths(out_dir: str) -> tuple[str, str]:
     n = 1
     while True:
         suffix = "" if n == 1 else f"_{n}"
-        paths = (os.path.join(out_dir, f"{stem_csv}{suffix}{ext_csv}"),
-                 os.path.join(out_dir, f"{stem_json}{suffix}{ext_json}"))
+        paths = (
+            os.path.join(out_dir, f"{stem_csv}{suffix}{ext_csv}"),
+            os.path.join(out_dir, f"{stem_json}{suffix}{ext_json}"),
+        )
         if not any(os.path.exists(p) for p in paths):
             if n > 1:
-                logger.info("%s exists (an earlier predict run): writing %s and %s",
-                            PREDICTIONS_CSV, *(os.path.basename(p) for p in paths))
+                logger.info(
+                    "%s exists (an earlier predict run): writing %s and %s",
+                    PREDICTIONS_CSV,
+                    *(os.path.basename(p) for p in paths),
+                )
             return paths
         n += 1
 
 
-def write_predictions(out_dir: str, predictions: Sequence[Prediction],
-                      unreadable: Sequence[dict[str, str]],
-                      extra: dict[str, Any] | None = None) -> tuple[str, str]:
+def write_predictions(
+    out_dir: str,
+    predictions: Sequence[Prediction],
+    unreadable: Sequence[dict[str, str]],
+    extra: dict[str, Any] | None = None,
+) -> tuple[str, str]:
     """Write predictions as CSV (file, rank, class_id, class_name, probability) and JSON.
 
     Args:
@@ -247,7 +273,8 @@ def write_predictions(out_dir: str, predictions: Sequence[Prediction],
     writer.writerow(["file", "rank", "class_id", "class_name", "probability"])
     for pred in predictions:
         for rank, (cls, name, prob) in enumerate(
-                zip(pred.classes, pred.names, pred.probabilities, strict=True), start=1):
+            zip(pred.classes, pred.names, pred.probabilities, strict=True), start=1
+        ):
             writer.writerow([pred.file, rank, cls, name, f"{prob:.6f}"])
     atomic_write_text(csv_path, buffer.getvalue())
 
@@ -257,18 +284,26 @@ def write_predictions(out_dir: str, predictions: Sequence[Prediction],
         "num_predicted": len(predictions),
         "num_unreadable": len(unreadable),
         "predictions": [
-            {"file": p.file,
-             "top_k": [{"class_id": c, "class_name": n, "probability": pr}
-                       for c, n, pr in zip(p.classes, p.names, p.probabilities, strict=True)]}
-            for p in predictions],
+            {
+                "file": p.file,
+                "top_k": [
+                    {"class_id": c, "class_name": n, "probability": pr}
+                    for c, n, pr in zip(p.classes, p.names, p.probabilities, strict=True)
+                ],
+            }
+            for p in predictions
+        ],
         "unreadable": list(unreadable),
     }
     components.write_json(json_path, document)
     return csv_path, json_path
 
 
-def format_summary(predictions: Sequence[Prediction], unreadable: Sequence[dict[str, str]],
-                   max_rows: int = SUMMARY_ROWS) -> str:
+def format_summary(
+    predictions: Sequence[Prediction],
+    unreadable: Sequence[dict[str, str]],
+    max_rows: int = SUMMARY_ROWS,
+) -> str:
     """The on-screen summary: a top-1 table (first `max_rows` files) and class counts."""
     lines = []
     if predictions:
@@ -278,8 +313,9 @@ def format_summary(predictions: Sequence[Prediction], unreadable: Sequence[dict[
             name = pred.names[0]
             if name != str(pred.classes[0]):
                 name = f"{name} ({pred.classes[0]})"
-            lines.append(f"{pred.file[-width:]:<{width}}  {name[:24]:<24} "
-                         f"{pred.probabilities[0]:>6.3f}")
+            lines.append(
+                f"{pred.file[-width:]:<{width}}  {name[:24]:<24} {pred.probabilities[0]:>6.3f}"
+            )
         if len(predictions) > max_rows:
             lines.append(f"... {len(predictions) - max_rows} more files (see the CSV/JSON files)")
         counts = Counter(p.names[0] for p in predictions)
@@ -287,7 +323,6 @@ def format_summary(predictions: Sequence[Prediction], unreadable: Sequence[dict[
     lines.append(f"{len(predictions)} file(s) classified, {len(unreadable)} unreadable skipped")
     lines.extend(f"  unreadable: {u['file']} ({u['error']})" for u in unreadable)
     return "\n".join(lines)
-
 
 
 def _classes_for_predict(params: Mapping[str, Any]) -> tuple[int, tuple[str, ...] | None]:
@@ -298,14 +333,23 @@ def _classes_for_predict(params: Mapping[str, Any]) -> tuple[int, tuple[str, ...
         return saved[0], class_names_for(*saved)
     try:
         info = dataset_info(components.data_config(params, training=False))
-        logger.warning("%s has no %s: class names taken from --dataset %s",
-                       params["model_dir"], components.CLASS_NAMES_FILE, params["dataset"])
+        logger.warning(
+            "%s has no %s: class names taken from --dataset %s",
+            params["model_dir"],
+            components.CLASS_NAMES_FILE,
+            params["dataset"],
+        )
         return info.num_classes, class_names_for(info.num_classes, info.class_names)
     except (DataError, OSError) as err:
         num_classes = int(params["model"]["num_classes"])
-        logger.warning("%s has no %s and the dataset gives no classes (%s): reporting class "
-                       "indices of the config's %d classes", params["model_dir"],
-                       components.CLASS_NAMES_FILE, err, num_classes)
+        logger.warning(
+            "%s has no %s and the dataset gives no classes (%s): reporting class "
+            "indices of the config's %d classes",
+            params["model_dir"],
+            components.CLASS_NAMES_FILE,
+            err,
+            num_classes,
+        )
         return num_classes, class_names_for(num_classes, None)
 
 
@@ -326,8 +370,11 @@ def run_predict(params: Mapping[str, Any]) -> dict[str, Any]:
       RunError: no checkpoint, or no file could be decoded (outputs are still written).
     """
     refused: list[dict[str, str]] = []
-    files = find_images(params["predict_img_dir"],
-                        FilePolicy(params["follow_symlinks"], params["max_image_pixels"]), refused)
+    files = find_images(
+        params["predict_img_dir"],
+        FilePolicy(params["follow_symlinks"], params["max_image_pixels"]),
+        refused,
+    )
     strategy = components.setup_run(params)
     is_chief = distribute.is_chief(strategy)
     num_classes, class_names = _classes_for_predict(params)
@@ -344,23 +391,44 @@ def run_predict(params: Mapping[str, Any]) -> dict[str, Any]:
     # validation pipeline would see it.
     cfg = components.data_config(params, training=False)
     predictions, unreadable = predict_files(
-        model, files, image_size=cfg.image_size, crop_fraction=cfg.eval_crop_fraction,
-        batch_size=params["predict_batch_size"], top_k=params["predict_top_k"],
-        class_names=class_names, jit_compile=bool(params["use_xla"]), relative_to=folder,
+        model,
+        files,
+        image_size=cfg.image_size,
+        crop_fraction=cfg.eval_crop_fraction,
+        batch_size=params["predict_batch_size"],
+        top_k=params["predict_top_k"],
+        class_names=class_names,
+        jit_compile=bool(params["use_xla"]),
+        relative_to=folder,
         progress=is_chief,
-        preprocess_fn=functools.partial(preprocess_for_eval, resize_method=cfg.resize_method,
-                                        eval_crop=cfg.eval_crop))
+        preprocess_fn=functools.partial(
+            preprocess_for_eval, resize_method=cfg.resize_method, eval_crop=cfg.eval_crop
+        ),
+    )
     unreadable = refused + unreadable
     files = [*files, *(bad["file"] for bad in refused)]
-    result: dict[str, Any] = {"num_files": len(files), "num_predicted": len(predictions),
-                              "num_unreadable": len(unreadable), "runtime": params["runtime"],
-                              "checkpoint": loaded["path"], "weights": loaded["weights"]}
+    result: dict[str, Any] = {
+        "num_files": len(files),
+        "num_predicted": len(predictions),
+        "num_unreadable": len(unreadable),
+        "runtime": params["runtime"],
+        "checkpoint": loaded["path"],
+        "weights": loaded["weights"],
+    }
     if is_chief:
         csv_path, json_path = write_predictions(
-            params["model_dir"], predictions, unreadable,
-            extra={"input": os.path.abspath(params["predict_img_dir"]),
-                   "runtime": params["runtime"], "checkpoint": loaded["path"], "weights": loaded["weights"],
-                   "image_size": cfg.image_size, "crop_fraction": cfg.eval_crop_fraction})
+            params["model_dir"],
+            predictions,
+            unreadable,
+            extra={
+                "input": os.path.abspath(params["predict_img_dir"]),
+                "runtime": params["runtime"],
+                "checkpoint": loaded["path"],
+                "weights": loaded["weights"],
+                "image_size": cfg.image_size,
+                "crop_fraction": cfg.eval_crop_fraction,
+            },
+        )
         result.update(csv=csv_path, json=json_path)
         print(format_summary(predictions, unreadable))
         print(f"predictions written to {csv_path} and {json_path}")
@@ -368,6 +436,8 @@ def run_predict(params: Mapping[str, Any]) -> dict[str, Any]:
             log.log_params(params)
             log.log([], {f"predict.{k}": v for k, v in result.items()})
     if not predictions:
-        raise RunError(f"none of the {len(files)} image file(s) under "
-                       f"{params['predict_img_dir']} could be decoded")
+        raise RunError(
+            f"none of the {len(files)} image file(s) under "
+            f"{params['predict_img_dir']} could be decoded"
+        )
     return result

@@ -28,15 +28,37 @@ PARAMS_FILE = "params.json"
 # The modes that read a training run's params.json (main.py's export mode included).
 RUN_READING_MODES = ("eval", "predict", "export", "training_benchmark", "inference_benchmark")
 # Never inherited: they describe this invocation or this machine, not the trained model.
-RUN_LOCAL_KEYS = ("mode", "model_dir", "use_xla", "num_gpus", "all_reduce", "fp16_compression",
-                  "cpu_replicas", "predict_img_dir", "predict_ckpt", "resume_checkpoint")
+RUN_LOCAL_KEYS = (
+    "mode",
+    "model_dir",
+    "use_xla",
+    "num_gpus",
+    "all_reduce",
+    "fp16_compression",
+    "cpu_replicas",
+    "predict_img_dir",
+    "predict_ckpt",
+    "resume_checkpoint",
+)
 # NOTE: a copy of model.efficientnet.MODEL_KEYS minus the keys that change no weight and no
 # layer output in inference (dropout_rate, drop_connect_rate, bn_momentum): importing model/
 # loads TensorFlow. tests/test_run_params.py checks the copy.
-ARCHITECTURE_KEYS = ("name", "blocks", "width_coefficient", "depth_coefficient", "activation",
-                     "bn_epsilon", "depth_divisor", "min_depth", "round_down_guard",
-                     "stem_filters", "head_filters", "num_classes", "include_top",
-                     "input_normalization")
+ARCHITECTURE_KEYS = (
+    "name",
+    "blocks",
+    "width_coefficient",
+    "depth_coefficient",
+    "activation",
+    "bn_epsilon",
+    "depth_divisor",
+    "min_depth",
+    "round_down_guard",
+    "stem_filters",
+    "head_filters",
+    "num_classes",
+    "include_top",
+    "input_normalization",
+)
 
 
 def reads_run(mode: str) -> bool:
@@ -65,15 +87,20 @@ def load_saved_params(model_dir: str) -> dict[str, Any] | None:
 
 def architecture_diff(trained: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
     """`key: trained -> requested` for every architecture key that differs."""
+
     def norm(value):  # params.json stores tuples as lists
         return list(value) if isinstance(value, tuple | list) else value
 
-    return [f"{k}: {trained.get(k)!r} -> {requested.get(k)!r}" for k in ARCHITECTURE_KEYS
-            if norm(trained.get(k)) != norm(requested.get(k))]
+    return [
+        f"{k}: {trained.get(k)!r} -> {requested.get(k)!r}"
+        for k in ARCHITECTURE_KEYS
+        if norm(trained.get(k)) != norm(requested.get(k))
+    ]
 
 
-def model_config(saved: Mapping[str, Any], model_dir: str, cfg: str | None,
-                 mparams: str | None) -> dict[str, Any]:
+def model_config(
+    saved: Mapping[str, Any], model_dir: str, cfg: str | None, mparams: str | None
+) -> dict[str, Any]:
     """The model config of a run-reading mode: the trained one, with allowed overrides.
 
     Args:
@@ -101,17 +128,22 @@ def model_config(saved: Mapping[str, Any], model_dir: str, cfg: str | None,
         raise ConfigError(
             f"{given} would change the architecture of the model trained in {model_dir} "
             f"({'; '.join(changed[:3])}); leave them out to use the run's params.json, or "
-            "use another --model_dir")
+            "use another --model_dir"
+        )
     return requested
 
 
-def merge(defaults: Mapping[str, Any], saved: Mapping[str, Any],
-          explicit: Mapping[str, Any]) -> dict[str, Any]:
+def merge(
+    defaults: Mapping[str, Any], saved: Mapping[str, Any], explicit: Mapping[str, Any]
+) -> dict[str, Any]:
     """parser defaults <- saved run (except RUN_LOCAL_KEYS) <- flags given on the command line.
 
     Keys of the saved file that the parser does not know (written by another version) are
     dropped; lists are turned back into the tuples the parser produces.
     """
-    inherited = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()
-                 if k in defaults and k not in RUN_LOCAL_KEYS}
+    inherited = {
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in saved.items()
+        if k in defaults and k not in RUN_LOCAL_KEYS
+    }
     return {**defaults, **inherited, **explicit}

@@ -26,8 +26,11 @@ RUNTIMES = ("keras", "saved_model", "onnxruntime", "litert")
 # The export format each runtime reads (runtime.export.FORMATS).
 RUNTIME_FORMATS = {"saved_model": "saved_model", "onnxruntime": "onnx", "litert": "tflite"}
 # The Python module each optional runtime (or exporter) needs, and the pip package that has it.
-OPTIONAL_MODULES = {"onnxruntime": "onnxruntime", "tf2onnx": "tf2onnx",
-                    "ai_edge_litert": "ai-edge-litert"}
+OPTIONAL_MODULES = {
+    "onnxruntime": "onnxruntime",
+    "tf2onnx": "tf2onnx",
+    "ai_edge_litert": "ai-edge-litert",
+}
 REQUIREMENTS_FILE = "requirements-export.txt"
 
 
@@ -55,10 +58,13 @@ def artifact_name(fmt: str, quantize: str = "none", preprocessing: bool = False)
 
 def planned_artifacts(params: Mapping[str, Any]) -> dict[str, str]:
     """{format: path} that `--mode export` with these params writes."""
-    return {fmt: os.path.join(export_dir(params),
-                              artifact_name(fmt, params["export_quantize"],
-                                            params["export_preprocessing"]))
-            for fmt in params["export_format"]}
+    return {
+        fmt: os.path.join(
+            export_dir(params),
+            artifact_name(fmt, params["export_quantize"], params["export_preprocessing"]),
+        )
+        for fmt in params["export_format"]
+    }
 
 
 def runtime_artifact(params: Mapping[str, Any]) -> str:
@@ -83,7 +89,8 @@ def require(module: str, what: str) -> Any:
     except ImportError as err:
         raise RuntimeUnavailable(
             f"{what} needs the {OPTIONAL_MODULES[module]} package ({err}); "
-            f"pip install -r {REQUIREMENTS_FILE}") from err
+            f"pip install -r {REQUIREMENTS_FILE}"
+        ) from err
 
 
 class Runtime:
@@ -116,8 +123,9 @@ class KerasRuntime(Runtime):
         import tensorflow as tf
 
         super().__init__("", tuple(model.output_shape), None)
-        self._forward = tf.function(lambda x: model(x, training=False), jit_compile=jit_compile,
-                                    reduce_retracing=True)
+        self._forward = tf.function(
+            lambda x: model(x, training=False), jit_compile=jit_compile, reduce_retracing=True
+        )
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return np.asarray(self._forward(images), dtype=np.float32)
@@ -136,8 +144,9 @@ class SavedModelRuntime(Runtime):
         _, inputs = self._fn.structured_input_signature
         self._input_name, spec = next(iter(inputs.items()))
         outputs = self._fn.structured_outputs
-        super().__init__(path, (None, int(outputs["logits"].shape[-1])),
-                         _fixed_side(spec.shape.as_list()))
+        super().__init__(
+            path, (None, int(outputs["logits"].shape[-1])), _fixed_side(spec.shape.as_list())
+        )
         self._tf = tf
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -157,13 +166,15 @@ class OnnxRuntime(Runtime):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
-        self._session = ort.InferenceSession(path, sess_options=options,
-                                             providers=["CPUExecutionProvider"])
+        self._session = ort.InferenceSession(
+            path, sess_options=options, providers=["CPUExecutionProvider"]
+        )
         image_input = self._session.get_inputs()[0]
         self._input_name = image_input.name
         outputs = {o.name: o for o in self._session.get_outputs()}
-        super().__init__(path, (None, int(outputs["logits"].shape[-1])),
-                         _fixed_side(image_input.shape))
+        super().__init__(
+            path, (None, int(outputs["logits"].shape[-1])), _fixed_side(image_input.shape)
+        )
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self._session.run(["logits"], {self._input_name: images})[0]
@@ -182,15 +193,17 @@ class LiteRTRuntime(Runtime):
         require("ai_edge_litert", "--runtime litert")
         from ai_edge_litert.interpreter import Interpreter
 
-        self._interpreter = Interpreter(
-            model_path=path, num_threads=threads or os.cpu_count())
+        self._interpreter = Interpreter(model_path=path, num_threads=threads or os.cpu_count())
         runner = self._interpreter.get_signature_runner()
-        (self._input_index, spec), = [(d["index"], d) for d in runner.get_input_details().values()]
+        ((self._input_index, spec),) = [
+            (d["index"], d) for d in runner.get_input_details().values()
+        ]
         self._logits_index = runner.get_output_details()["logits"]["index"]
         self._shape: tuple[int, ...] | None = None
         output_shape = runner.get_output_details()["logits"]["shape_signature"]
-        super().__init__(path, (None, int(output_shape[-1])),
-                         _fixed_side(list(spec["shape_signature"])))
+        super().__init__(
+            path, (None, int(output_shape[-1])), _fixed_side(list(spec["shape_signature"]))
+        )
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         if images.shape != self._shape:

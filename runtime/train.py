@@ -75,10 +75,14 @@ logger = logging.getLogger(__name__)
 
 FINAL_WEIGHTS = "model.weights.h5"
 _METRIC_FORMATS = {
-    "train.loss": {"format": ":.4f"}, "train.top1": {"format": ":.4f"},
-    "train.lr": {"format": ":.6g"}, "train.images_per_sec": {"format": ":.1f", "unit": "img/s"},
-    "train.epoch_time_s": {"format": ":.1f", "unit": "s"}, "val.top1": {"format": ":.4f"},
-    "val.top5": {"format": ":.4f"}, "val.loss": {"format": ":.4f"},
+    "train.loss": {"format": ":.4f"},
+    "train.top1": {"format": ":.4f"},
+    "train.lr": {"format": ":.6g"},
+    "train.images_per_sec": {"format": ":.1f", "unit": "img/s"},
+    "train.epoch_time_s": {"format": ":.1f", "unit": "s"},
+    "val.top1": {"format": ":.4f"},
+    "val.top5": {"format": ":.4f"},
+    "val.loss": {"format": ":.4f"},
 }
 SAVED_MODEL_DIR = "saved_model"
 
@@ -110,9 +114,15 @@ class Stage:
     cutmix_alpha: float
 
 
-def stage_schedule(max_epochs: int, n_stages: int, *, image_size: tuple[int, int],
-                   raug_magnitude: tuple[float, float], mixup_alpha: tuple[float, float],
-                   cutmix_alpha: tuple[float, float]) -> tuple[Stage, ...]:
+def stage_schedule(
+    max_epochs: int,
+    n_stages: int,
+    *,
+    image_size: tuple[int, int],
+    raug_magnitude: tuple[float, float],
+    mixup_alpha: tuple[float, float],
+    cutmix_alpha: tuple[float, float],
+) -> tuple[Stage, ...]:
     """Split `max_epochs` into stages with linearly interpolated settings.
 
     Each stage gets max_epochs // n_stages epochs, the last one also the remainder. Stage i of n
@@ -144,20 +154,25 @@ def stage_schedule(max_epochs: int, n_stages: int, *, image_size: tuple[int, int
     for i in range(n_stages):
         ratio = i / (n_stages - 1) if n_stages > 1 else 1.0
         end = max_epochs if i == n_stages - 1 else (i + 1) * per_stage
-        stages.append(Stage(
-            index=i, first_epoch=i * per_stage, end_epoch=end,
-            image_size=int(round(lerp(image_size, ratio))),
-            raug_magnitude=float(lerp(raug_magnitude, ratio)),
-            mixup_alpha=float(lerp(mixup_alpha, ratio)),
-            cutmix_alpha=float(lerp(cutmix_alpha, ratio)),
-        ))
+        stages.append(
+            Stage(
+                index=i,
+                first_epoch=i * per_stage,
+                end_epoch=end,
+                image_size=int(round(lerp(image_size, ratio))),
+                raug_magnitude=float(lerp(raug_magnitude, ratio)),
+                mixup_alpha=float(lerp(mixup_alpha, ratio)),
+                cutmix_alpha=float(lerp(cutmix_alpha, ratio)),
+            )
+        )
     return tuple(stages)
 
 
 def stages_from_params(params: Mapping[str, Any]) -> tuple[Stage, ...]:
     """The stage schedule of the command-line flags."""
     return stage_schedule(
-        params["max_epochs"], params["n_stages"],
+        params["max_epochs"],
+        params["n_stages"],
         image_size=(params["base_img_size"], params["train_img_size"]),
         raug_magnitude=(params["base_randaug_mag"], params["raug_magnitude"]),
         mixup_alpha=(params["base_mixup"], params["mixup_alpha"]),
@@ -230,8 +245,11 @@ class TrainMetrics:
         count = float(self.count.numpy())
         if count == 0:
             return {"loss": math.nan, "top1": math.nan, "count": 0.0}
-        return {"loss": float(self.loss_sum.numpy()) / count,
-                "top1": float(self.correct.numpy()) / count, "count": count}
+        return {
+            "loss": float(self.loss_sum.numpy()) / count,
+            "top1": float(self.correct.numpy()) / count,
+            "count": count,
+        }
 
 
 def _skip_optimizer_all_reduce(optimizer: keras.optimizers.Optimizer) -> None:
@@ -247,10 +265,15 @@ def _skip_optimizer_all_reduce(optimizer: keras.optimizers.Optimizer) -> None:
     compat.skip_optimizer_all_reduce(inner_optimizer(optimizer))
 
 
-def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, *,
-                    strategy: tf.distribute.Strategy | None = None,
-                    config: StepConfig = StepConfig(), metrics: TrainMetrics | None = None,
-                    ema: ExponentialMovingAverage | None = None) -> Callable:
+def make_train_step(
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer,
+    *,
+    strategy: tf.distribute.Strategy | None = None,
+    config: StepConfig = StepConfig(),
+    metrics: TrainMetrics | None = None,
+    ema: ExponentialMovingAverage | None = None,
+) -> Callable:
     """Build the distributed training step (also used by the training benchmark).
 
     Args:
@@ -279,15 +302,18 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, *
         if config.mixup_alpha > 0 or config.cutmix_alpha > 0:
             images, labels = mix_batch(images, labels, config.mixup_alpha, config.cutmix_alpha)
         if config.advprop is not None:
-            adv_images = advprop.adversarial_images(model, images, labels, config.advprop,
-                                                    config.label_smoothing, optimizer.scale_loss)
+            adv_images = advprop.adversarial_images(
+                model, images, labels, config.advprop, config.label_smoothing, optimizer.scale_loss
+            )
         with tf.GradientTape() as tape:
             logits = tf.cast(model(images, training=True), tf.float32)
             per_example = keras.losses.categorical_crossentropy(
-                labels, logits, from_logits=True, label_smoothing=config.label_smoothing)
+                labels, logits, from_logits=True, label_smoothing=config.label_smoothing
+            )
             if config.advprop is not None:  # AdvProp: loss = clean + adversarial
-                per_example += advprop.adversarial_loss(model, adv_images, labels,
-                                                        config.label_smoothing)
+                per_example += advprop.adversarial_loss(
+                    model, adv_images, labels, config.label_smoothing
+                )
             batch = tf.cast(tf.shape(per_example)[0], tf.float32)
             loss = tf.reduce_sum(per_example) / (batch * loss_divisor)
             penalty = l2_penalty(variables, config.l2_weight_decay)
@@ -296,25 +322,38 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, *
             loss += penalty / loss_divisor
             scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, variables)
-        grads = [tf.zeros_like(v.value) if g is None else tf.convert_to_tensor(g)
-                 for g, v in zip(grads, variables, strict=True)]
-        correct = tf.reduce_sum(tf.cast(
-            tf.equal(tf.argmax(logits, -1), tf.argmax(labels, -1)), tf.float32))
+        grads = [
+            tf.zeros_like(v.value) if g is None else tf.convert_to_tensor(g)
+            for g, v in zip(grads, variables, strict=True)
+        ]
+        correct = tf.reduce_sum(
+            tf.cast(tf.equal(tf.argmax(logits, -1), tf.argmax(labels, -1)), tf.float32)
+        )
         return grads, tf.reduce_sum(per_example), correct, batch
 
     def replica_step(images, labels):
         if accum == 1:
             grads, loss_sum, correct, count = micro_step(images, labels)
         else:
+
             def body(i, grads, loss_sum, correct, count):
-                micro_grads, micro_loss, micro_correct, micro_count = micro_step(images[i], labels[i])
-                return (i + 1, [a + b for a, b in zip(grads, micro_grads, strict=True)],
-                        loss_sum + micro_loss, correct + micro_correct, count + micro_count)
+                micro_grads, micro_loss, micro_correct, micro_count = micro_step(
+                    images[i], labels[i]
+                )
+                return (
+                    i + 1,
+                    [a + b for a, b in zip(grads, micro_grads, strict=True)],
+                    loss_sum + micro_loss,
+                    correct + micro_correct,
+                    count + micro_count,
+                )
 
             zeros = [tf.zeros_like(v.value) for v in variables]
             _, grads, loss_sum, correct, count = tf.while_loop(
-                lambda i, *_: i < accum, body,
-                (tf.constant(0), zeros, tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)))
+                lambda i, *_: i < accum,
+                body,
+                (tf.constant(0), zeros, tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)),
+            )
         grads = distribute.all_reduce_gradients(grads, strategy)
         optimizer.apply(grads, variables)
         return loss_sum, correct, count
@@ -328,7 +367,8 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, *
         images, labels = inputs
         per_replica = strategy.run(replica_fn, args=(images, labels))
         loss_sum, correct, count = (
-            strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None) for t in per_replica)
+            strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None) for t in per_replica
+        )
         if ema is not None:
             ema.update(optimizer.iterations)
         if metrics is not None:
@@ -363,21 +403,38 @@ class TrainRun:
     def evaluate(self, desc: str) -> dict[str, float]:
         """Evaluate the model's current weights on the validation split (one traced step)."""
         if self._eval_step is None:
-            self._eval_step = make_eval_step(self.model, self.strategy,
-                                             top_k=min(5, self.num_classes),
-                                             jit_compile=self.params["use_xla"])
-        return without_missing_timing(evaluate(self.model, eval_dataset(self.params, self.strategy),
-                        strategy=self.strategy, jit_compile=self.params["use_xla"],
-                        num_classes=self.num_classes, progress=self.is_chief, desc=desc,
-                        eval_step=self._eval_step))
+            self._eval_step = make_eval_step(
+                self.model,
+                self.strategy,
+                top_k=min(5, self.num_classes),
+                jit_compile=self.params["use_xla"],
+            )
+        return without_missing_timing(
+            evaluate(
+                self.model,
+                eval_dataset(self.params, self.strategy),
+                strategy=self.strategy,
+                jit_compile=self.params["use_xla"],
+                num_classes=self.num_classes,
+                progress=self.is_chief,
+                desc=desc,
+                eval_step=self._eval_step,
+            )
+        )
 
 
 def _optimizer_config(params: Mapping[str, Any]) -> OptimizerConfig:
     return OptimizerConfig(
-        name=params["optimizer"], momentum=params["momentum"], beta_1=params["beta_1"],
-        beta_2=params["beta_2"], nesterov=params["nesterov"], epsilon=params["opt_epsilon"],
-        rho=params["decay"], weight_decay=params["weight_decay"],
-        grad_clip_norm=params["grad_clip_norm"] or None)
+        name=params["optimizer"],
+        momentum=params["momentum"],
+        beta_1=params["beta_1"],
+        beta_2=params["beta_2"],
+        nesterov=params["nesterov"],
+        epsilon=params["opt_epsilon"],
+        rho=params["decay"],
+        weight_decay=params["weight_decay"],
+        grad_clip_norm=params["grad_clip_norm"] or None,
+    )
 
 
 def build_run(params: Mapping[str, Any]) -> TrainRun:
@@ -408,40 +465,84 @@ def build_run(params: Mapping[str, Any]) -> TrainRun:
         advprop_config = advprop.setup(params, model)  # None without --advprop
         # The optimizer holds slots for every variable trained in some epoch of the run.
         freeze.apply(model, epoch=None)
-        schedule = finetune.schedule_for(build_schedule(
-            params["lr_decay"], params["lr_init"], global_batch, steps_per_epoch,
-            params["max_epochs"], params["lr_warmup_epochs"], params["lr_decay_epochs"],
-            params["lr_decay_rate"], params["lr_decay_origin"]), params, steps_per_epoch)
-        optimizer = build_optimizer(opt_config, schedule, model.trainable_variables,
-                                    loss_scaling=needs_loss_scaling(policy))
+        schedule = finetune.schedule_for(
+            build_schedule(
+                params["lr_decay"],
+                params["lr_init"],
+                global_batch,
+                steps_per_epoch,
+                params["max_epochs"],
+                params["lr_warmup_epochs"],
+                params["lr_decay_epochs"],
+                params["lr_decay_rate"],
+                params["lr_decay_origin"],
+            ),
+            params,
+            steps_per_epoch,
+        )
+        optimizer = build_optimizer(
+            opt_config, schedule, model.trainable_variables, loss_scaling=needs_loss_scaling(policy)
+        )
         optimizer.build(model.trainable_variables)
         decay = params["moving_average_decay"]
         ema = ExponentialMovingAverage(model, decay) if decay > 0 else None
     checkpoint = TrainingCheckpoint(params["model_dir"], model, optimizer, ema, strategy=strategy)
     step_config = StepConfig(
-        grad_accum_steps=accum, label_smoothing=params["label_smoothing"],
+        grad_accum_steps=accum,
+        label_smoothing=params["label_smoothing"],
         l2_weight_decay=params["weight_decay"] if uses_l2_penalty(opt_config) else 0.0,
-        jit_compile=params["use_xla"], advprop=advprop_config)
-    log = open_metrics_log(params, is_chief,
-                           append=checkpoint.latest is not None and params["resume_checkpoint"])
+        jit_compile=params["use_xla"],
+        advprop=advprop_config,
+    )
+    log = open_metrics_log(
+        params, is_chief, append=checkpoint.latest is not None and params["resume_checkpoint"]
+    )
     stages = finetune.split_at(stages_from_params(params), freeze.unfreeze_epoch)
-    derived = derived_values(strategy, global_batch, steps_per_epoch, schedule, stages,
-                             params["max_epochs"])
-    logger.info("run: %d replica(s) on %d worker(s), global batch %d, %d steps/epoch, %d steps, "
-                "peak LR %.6g", derived["num_replicas"], derived["num_workers"],
-                derived["global_batch_size"], steps_per_epoch, derived["total_steps"],
-                derived["peak_lr"])
+    derived = derived_values(
+        strategy, global_batch, steps_per_epoch, schedule, stages, params["max_epochs"]
+    )
+    logger.info(
+        "run: %d replica(s) on %d worker(s), global batch %d, %d steps/epoch, %d steps, "
+        "peak LR %.6g",
+        derived["num_replicas"],
+        derived["num_workers"],
+        derived["global_batch_size"],
+        steps_per_epoch,
+        derived["total_steps"],
+        derived["peak_lr"],
+    )
     if is_chief:
         save_class_names(params["model_dir"], info.num_classes, info.class_names)
         # params.json was written before the strategy existed; add what a user checks a run by.
-        write_json(os.path.join(params["model_dir"], params_filename(params["mode"])),
-                   {**params, "derived": derived})
-    return TrainRun(params, strategy, model, optimizer, ema, checkpoint, stages,
-                steps_per_epoch, global_batch, info.num_classes, step_config, log, is_chief)
+        write_json(
+            os.path.join(params["model_dir"], params_filename(params["mode"])),
+            {**params, "derived": derived},
+        )
+    return TrainRun(
+        params,
+        strategy,
+        model,
+        optimizer,
+        ema,
+        checkpoint,
+        stages,
+        steps_per_epoch,
+        global_batch,
+        info.num_classes,
+        step_config,
+        log,
+        is_chief,
+    )
 
 
-def derived_values(strategy: tf.distribute.Strategy, global_batch: int, steps_per_epoch: int,
-                   schedule, stages: Sequence[Stage], max_epochs: int) -> dict[str, Any]:
+def derived_values(
+    strategy: tf.distribute.Strategy,
+    global_batch: int,
+    steps_per_epoch: int,
+    schedule,
+    stages: Sequence[Stage],
+    max_epochs: int,
+) -> dict[str, Any]:
     """The values a run derives from its flags and cluster (params.json's "derived" entry)."""
     while not hasattr(schedule, "peak_lr") and hasattr(schedule, "base"):  # RewarmSchedule
         schedule = schedule.base
@@ -452,9 +553,16 @@ def derived_values(strategy: tf.distribute.Strategy, global_batch: int, steps_pe
         "steps_per_epoch": steps_per_epoch,
         "total_steps": steps_per_epoch * max_epochs,
         "peak_lr": float(schedule.peak_lr),
-        "stages": [{"epochs": [st.first_epoch + 1, st.end_epoch], "image_size": st.image_size,
-                    "raug_magnitude": st.raug_magnitude, "mixup_alpha": st.mixup_alpha,
-                    "cutmix_alpha": st.cutmix_alpha} for st in stages],
+        "stages": [
+            {
+                "epochs": [st.first_epoch + 1, st.end_epoch],
+                "image_size": st.image_size,
+                "raug_magnitude": st.raug_magnitude,
+                "mixup_alpha": st.mixup_alpha,
+                "cutmix_alpha": st.cutmix_alpha,
+            }
+            for st in stages
+        ],
     }
 
 
@@ -488,10 +596,15 @@ def train_dataset(run: TrainRun, stage: Stage, epoch: int | None = None, announc
     """
     params = run.params
     defer = params["defer_img_mixing"]
-    cfg = data_config(params, training=True, image_size=stage.image_size,
-                      raug_magnitude=stage.raug_magnitude,
-                      mixup_alpha=stage.mixup_alpha, cutmix_alpha=stage.cutmix_alpha,
-                      seed=epoch_data_seed(params["seed"], epoch))
+    cfg = data_config(
+        params,
+        training=True,
+        image_size=stage.image_size,
+        raug_magnitude=stage.raug_magnitude,
+        mixup_alpha=stage.mixup_alpha,
+        cutmix_alpha=stage.cutmix_alpha,
+        seed=epoch_data_seed(params["seed"], epoch),
+    )
     accum = run.step_config.grad_accum_steps
 
     def dataset_fn(input_context):
@@ -501,13 +614,22 @@ def train_dataset(run: TrainRun, stage: Stage, epoch: int | None = None, announc
         return dataset
 
     if announce:
-        logger.info("%s", describe_stage(stage, len(run.stages), params["augmenter_name"], defer,
-                                         with_epochs=params["mode"] in TRAINING_MODES))
+        logger.info(
+            "%s",
+            describe_stage(
+                stage,
+                len(run.stages),
+                params["augmenter_name"],
+                defer,
+                with_epochs=params["mode"] in TRAINING_MODES,
+            ),
+        )
     return run.strategy.distribute_datasets_from_function(dataset_fn)
 
 
-def describe_stage(stage: Stage, n_stages: int, augmenter: str, defer: bool,
-                   with_epochs: bool = True) -> str:
+def describe_stage(
+    stage: Stage, n_stages: int, augmenter: str, defer: bool, with_epochs: bool = True
+) -> str:
     """One log line of what a stage trains on: only the settings that are in effect."""
     parts = [f"epochs {stage.first_epoch + 1}-{stage.end_epoch}"] if with_epochs else []
     parts.append(f"image size {stage.image_size}")
@@ -516,8 +638,11 @@ def describe_stage(stage: Stage, n_stages: int, augmenter: str, defer: bool,
     elif augmenter != "none":
         parts.append(augmenter)
     where = " (in the step)" if defer else ""
-    parts += [f"{name} {alpha:.3f}{where}" for name, alpha in
-              (("mixup", stage.mixup_alpha), ("cutmix", stage.cutmix_alpha)) if alpha > 0]
+    parts += [
+        f"{name} {alpha:.3f}{where}"
+        for name, alpha in (("mixup", stage.mixup_alpha), ("cutmix", stage.cutmix_alpha))
+        if alpha > 0
+    ]
     return f"stage {stage.index + 1}/{n_stages}: " + ", ".join(parts)
 
 
@@ -527,7 +652,8 @@ def _check_finite(loss: float, epoch: int, step: int, run: TrainRun) -> None:
         raise NonFiniteLossError(
             f"training loss became {loss} at epoch {epoch}, step {step}; stopped without "
             f"saving. Last good checkpoint: {latest}. Lower --lr_init, set --grad_clip_norm, "
-            "or check the input data")
+            "or check the input data"
+        )
 
 
 def _train_epochs(run: TrainRun, start_epoch: int, with_eval: bool) -> None:
@@ -541,25 +667,42 @@ def _train_epochs(run: TrainRun, start_epoch: int, with_eval: bool) -> None:
         freeze = finetune.FreezePlan.from_params(params)
         if freeze.active:
             freeze.apply(run.model, max(stage.first_epoch, start_epoch))
-            logger.info("epochs %d-%d: %s", max(stage.first_epoch, start_epoch) + 1,
-                        stage.end_epoch, finetune.describe_trainable(run.model))
+            logger.info(
+                "epochs %d-%d: %s",
+                max(stage.first_epoch, start_epoch) + 1,
+                stage.end_epoch,
+                finetune.describe_trainable(run.model),
+            )
         # Seeded runs read every epoch from its own seed, so that a resumed run reads what the
         # uninterrupted one did (the iterator's position is not part of the checkpoint).
         per_epoch = params["seed"] is not None
         iterator = None if per_epoch else iter(train_dataset(run, stage))
-        mixing = ({"mixup_alpha": stage.mixup_alpha, "cutmix_alpha": stage.cutmix_alpha}
-                  if params["defer_img_mixing"] else {})
-        step_fn = make_train_step(run.model, run.optimizer, strategy=run.strategy,
-                                  config=dataclasses.replace(run.step_config, **mixing),
-                                  metrics=metrics, ema=run.ema)
+        mixing = (
+            {"mixup_alpha": stage.mixup_alpha, "cutmix_alpha": stage.cutmix_alpha}
+            if params["defer_img_mixing"]
+            else {}
+        )
+        step_fn = make_train_step(
+            run.model,
+            run.optimizer,
+            strategy=run.strategy,
+            config=dataclasses.replace(run.step_config, **mixing),
+            metrics=metrics,
+            ema=run.ema,
+        )
         first = max(stage.first_epoch, start_epoch)
         for epoch in range(first, stage.end_epoch):
             if per_epoch:
                 iterator = iter(train_dataset(run, stage, epoch, announce=epoch == first))
             metrics.reset()
-            bar = ProgressBar(run.steps_per_epoch, desc=f"epoch {epoch + 1}/{max_epochs}",
-                              enabled=run.is_chief)
-            interval_start, interval_images, epoch_start = time.perf_counter(), 0.0, time.perf_counter()
+            bar = ProgressBar(
+                run.steps_per_epoch, desc=f"epoch {epoch + 1}/{max_epochs}", enabled=run.is_chief
+            )
+            interval_start, interval_images, epoch_start = (
+                time.perf_counter(),
+                0.0,
+                time.perf_counter(),
+            )
             for step in range(1, run.steps_per_epoch + 1):
                 step_fn(next(iterator))
                 interval_images += run.global_batch
@@ -568,12 +711,17 @@ def _train_epochs(run: TrainRun, start_epoch: int, with_eval: bool) -> None:
                     result = metrics.result()
                     _check_finite(result["loss"], epoch + 1, step, run)
                     now = time.perf_counter()
-                    record = {"train.loss": result["loss"], "train.top1": result["top1"],
-                              "train.lr": current_learning_rate(run.optimizer),
-                              "train.images_per_sec": interval_images / (now - interval_start),
-                              "stage": stage.index + 1, "image_size": stage.image_size}
-                    run.log.log([epoch + 1, step], record,
-                                global_step=int(run.optimizer.iterations.numpy()))
+                    record = {
+                        "train.loss": result["loss"],
+                        "train.top1": result["top1"],
+                        "train.lr": current_learning_rate(run.optimizer),
+                        "train.images_per_sec": interval_images / (now - interval_start),
+                        "stage": stage.index + 1,
+                        "image_size": stage.image_size,
+                    }
+                    run.log.log(
+                        [epoch + 1, step], record, global_step=int(run.optimizer.iterations.numpy())
+                    )
                     interval_start, interval_images = now, 0.0
             bar.close()
             result = metrics.result()
@@ -581,10 +729,14 @@ def _train_epochs(run: TrainRun, start_epoch: int, with_eval: bool) -> None:
             done = epoch + 1
             if done % params["save_checkpoint_freq"] == 0 or done == max_epochs:
                 run.checkpoint.save(done)
-            summary = {"train.loss": result["loss"], "train.top1": result["top1"],
-                       "train.lr": current_learning_rate(run.optimizer),
-                       "train.images_per_sec": run.steps_per_epoch * run.global_batch / epoch_time,
-                       "train.epoch_time_s": epoch_time, "stage": stage.index + 1}
+            summary = {
+                "train.loss": result["loss"],
+                "train.top1": result["top1"],
+                "train.lr": current_learning_rate(run.optimizer),
+                "train.images_per_sec": run.steps_per_epoch * run.global_batch / epoch_time,
+                "train.epoch_time_s": epoch_time,
+                "stage": stage.index + 1,
+            }
             if with_eval and (done % params["num_epochs_between_eval"] == 0 or done == max_epochs):
                 # Evaluation during training uses the EMA weights when EMA is on.
                 if run.ema is not None:
@@ -600,13 +752,17 @@ def _train_epochs(run: TrainRun, start_epoch: int, with_eval: bool) -> None:
 def _finish(run: TrainRun, with_eval: bool) -> dict[str, Any]:
     """Pick raw or EMA weights (by eval top-1 when evaluating), export them, return a summary."""
     params = run.params
-    summary: dict[str, Any] = {"global_step": int(run.optimizer.iterations.numpy()),
-                               "epochs": params["max_epochs"]}
+    summary: dict[str, Any] = {
+        "global_step": int(run.optimizer.iterations.numpy()),
+        "epochs": params["max_epochs"],
+    }
     use_ema = run.ema is not None
     if with_eval:
-        logger.info("training done: final evaluation of the %s weights on the validation split "
-                    "(building the eval input and tracing the eval step first)",
-                    "raw and EMA" if use_ema else "raw")
+        logger.info(
+            "training done: final evaluation of the %s weights on the validation split "
+            "(building the eval input and tracing the eval step first)",
+            "raw and EMA" if use_ema else "raw",
+        )
         raw = run.evaluate("final eval (raw)")
         summary.update({f"val.{k}": v for k, v in raw.items()})
         if run.ema is not None:
@@ -654,14 +810,18 @@ def _check_validation(summary: dict[str, Any], results: Mapping[str, float], run
     loss, top1 = results.get("loss", math.nan), results.get("top1", math.nan)
     chance = 1.0 / run.num_classes
     if not top1 > chance:
-        warning = (f"validation top-1 {top1:.4f} is at or below chance (1/{run.num_classes} = "
-                   f"{chance:.4f}): the model has not learned; check --lr_init and the labels")
+        warning = (
+            f"validation top-1 {top1:.4f} is at or below chance (1/{run.num_classes} = "
+            f"{chance:.4f}): the model has not learned; check --lr_init and the labels"
+        )
         logger.warning(warning)
         summary.setdefault("warnings", []).append(warning)
     if not math.isfinite(loss):
-        message = (f"validation loss is {loss} after training (top-1 {top1:.4f}); the weights "
-                   f"are not exported. Checkpoints are in {run.checkpoint.directory}. Lower "
-                   "--lr_init, set --grad_clip_norm, or check the input data")
+        message = (
+            f"validation loss is {loss} after training (top-1 {top1:.4f}); the weights "
+            f"are not exported. Checkpoints are in {run.checkpoint.directory}. Lower "
+            "--lr_init, set --grad_clip_norm, or check the input data"
+        )
         summary.setdefault("warnings", []).append(message)
         run.log.log([], summary)
         raise RunError(message)
@@ -690,9 +850,13 @@ def train(params: Mapping[str, Any], with_eval: bool) -> dict[str, Any]:
             start_epoch = run.checkpoint.restore_latest() or 0
         if start_epoch:
             stage = stage_for_epoch(run.stages, start_epoch)
-            logger.info("resuming at epoch %d (stage %d), step %d, learning rate %.6g",
-                        start_epoch + 1, stage.index + 1, int(run.optimizer.iterations.numpy()),
-                        current_learning_rate(run.optimizer))
+            logger.info(
+                "resuming at epoch %d (stage %d), step %d, learning rate %.6g",
+                start_epoch + 1,
+                stage.index + 1,
+                int(run.optimizer.iterations.numpy()),
+                current_learning_rate(run.optimizer),
+            )
         _train_epochs(run, start_epoch, with_eval)
         summary = _finish(run, with_eval and not params["skip_eval"])
         run.log.log([], summary)

@@ -53,8 +53,12 @@ def traffic_row(cfg_path: str, replicas: list[int]) -> dict:
     model = build_model(config)
     trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
     keras.backend.clear_session()
-    row = {"model": config["name"], "trainable_params": trainable,
-           "grad_mb_fp32": trainable * 4 / MB, "grad_mb_fp16": trainable * 2 / MB}
+    row = {
+        "model": config["name"],
+        "trainable_params": trainable,
+        "grad_mb_fp32": trainable * 4 / MB,
+        "grad_mb_fp16": trainable * 2 / MB,
+    }
     for n in replicas:
         row[f"ring_mb_fp32_{n}"] = ring_bytes_per_replica(trainable * 4, n) / MB
         row[f"ring_mb_fp16_{n}"] = ring_bytes_per_replica(trainable * 2, n) / MB
@@ -68,8 +72,12 @@ def markdown(rows: list[dict], replicas: list[int]) -> str:
         head += [f"sent/replica MB, N={n} fp32", f"N={n} fp16"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["model"], f"{r['trainable_params']:,}", f"{r['grad_mb_fp32']:.1f}",
-                 f"{r['grad_mb_fp16']:.1f}"]
+        cells = [
+            r["model"],
+            f"{r['trainable_params']:,}",
+            f"{r['grad_mb_fp32']:.1f}",
+            f"{r['grad_mb_fp16']:.1f}",
+        ]
         for n in replicas:
             cells += [f"{r[f'ring_mb_fp32_{n}']:.1f}", f"{r[f'ring_mb_fp16_{n}']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -79,8 +87,11 @@ def markdown(rows: list[dict], replicas: list[int]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("configs", nargs="*", help="config modules (default: all shipped ones)")
-    parser.add_argument("--replicas", default="8,32",
-                        help="comma-separated replica counts N (default 8,32: one 8-GPU node, 4 nodes)")
+    parser.add_argument(
+        "--replicas",
+        default="8,32",
+        help="comma-separated replica counts N (default 8,32: one 8-GPU node, 4 nodes)",
+    )
     parser.add_argument("--format", choices=("markdown", "json"), default="markdown")
     args = parser.parse_args(argv)
     try:

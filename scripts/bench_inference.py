@@ -50,7 +50,9 @@ def cpu_name() -> str:
 
 def load_average() -> str:
     try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+        return subprocess.run(
+            ["uptime"], capture_output=True, text=True, check=False
+        ).stdout.strip()
     except OSError:
         return "unknown"
 
@@ -92,12 +94,18 @@ def build_runners(key: str, workdir: str, threads: int | None, int8: bool) -> di
     keras.utils.set_random_seed(0)
     ours = build_model(config, num_classes=1000)
     serving = export.serving_model(ours, size, size / (size + 32))
-    runners = {BASELINE: tf_runner(getattr(keras.applications, app_name)(
-        weights=None, input_shape=(size, size, 3)))}
+    runners = {
+        BASELINE: tf_runner(
+            getattr(keras.applications, app_name)(weights=None, input_shape=(size, size, 3))
+        )
+    }
     runners["ours: keras (TF)"] = runtimes.KerasRuntime(ours)
     check = np.random.default_rng(1).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
-    plan = [("saved_model", "none", "saved_model"), ("onnx", "none", "onnxruntime"),
-            ("tflite", "none", "litert")]
+    plan = [
+        ("saved_model", "none", "saved_model"),
+        ("onnx", "none", "onnxruntime"),
+        ("tflite", "none", "litert"),
+    ]
     if int8:
         plan.append(("tflite", "dynamic_int8", "litert"))
     for fmt, quantize, runtime_name in plan:
@@ -106,8 +114,11 @@ def build_runners(key: str, workdir: str, threads: int | None, int8: bool) -> di
         export.write_artifact(fmt, serving, path, quantize)
         diff = export.verify_artifact(fmt, path, serving, check, quantize, False)
         label = f"ours: {runtime_name}" + ("" if quantize == "none" else f" ({quantize})")
-        print(f"  {label}: exported in {time.perf_counter() - start:.0f} s, max abs logit diff "
-              f"vs Keras {diff['max_abs_diff_logits']:.2g}", flush=True)
+        print(
+            f"  {label}: exported in {time.perf_counter() - start:.0f} s, max abs logit diff "
+            f"vs Keras {diff['max_abs_diff_logits']:.2g}",
+            flush=True,
+        )
         runners[label] = runtimes.load_runtime(runtime_name, path, threads)
     if importlib.util.find_spec("timm") and importlib.util.find_spec("torch"):
         runners["timm (PyTorch)"] = timm_runner(timm_name, size, threads)
@@ -131,13 +142,25 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="b0,v2s", help=f"comma-separated: {','.join(MODELS)}")
     parser.add_argument("--batch_sizes", default="1,32")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="timed calls per runtime per round (default: 10 at batch 1, 2 above)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="timed calls per runtime per round (default: 10 at batch 1, 2 above)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="onnxruntime / litert / torch threads (default: all cores)")
-    parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
-                        help="also time a dynamic-range int8 LiteRT file")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="onnxruntime / litert / torch threads (default: all cores)",
+    )
+    parser.add_argument(
+        "--int8",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time a dynamic-range int8 LiteRT file",
+    )
     args = parser.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
     unknown = [m for m in models if m not in MODELS]
@@ -148,8 +171,10 @@ def main(argv=None) -> int:
     import keras
     import tensorflow as tf
 
-    print(f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; CPU: {cpu_name()}, "
-          f"{os.cpu_count()} cores; TF {tf.__version__}, Keras {keras.__version__}")
+    print(
+        f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; CPU: {cpu_name()}, "
+        f"{os.cpu_count()} cores; TF {tf.__version__}, Keras {keras.__version__}"
+    )
     print(f"load before: {load_average()}")
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
@@ -159,10 +184,15 @@ def main(argv=None) -> int:
             runners = build_runners(key, workdir, args.threads, args.int8)
             for batch in batch_sizes:
                 steps = args.steps or (10 if batch == 1 else 2)
-                images = np.random.default_rng(0).uniform(
-                    0, 255, (batch, size, size, 3)).astype(np.float32)
-                print(f"{key} @ {size}, batch {batch}: {args.rounds} x {steps} calls per runtime",
-                      flush=True)
+                images = (
+                    np.random.default_rng(0)
+                    .uniform(0, 255, (batch, size, size, 3))
+                    .astype(np.float32)
+                )
+                print(
+                    f"{key} @ {size}, batch {batch}: {args.rounds} x {steps} calls per runtime",
+                    flush=True,
+                )
                 times = measure(runners, images, steps, args.rounds)
                 base = batch / np.median(times[BASELINE])
                 for name, values in times.items():
@@ -171,11 +201,15 @@ def main(argv=None) -> int:
                     rows.append((f"{key} @ {size}", batch, name, *ms, ips, ips / base))
             del runners
     print(f"load after: {load_average()}")
-    print("\n| model | batch | runtime | p50 ms | p90 ms | p99 ms | img/s | vs keras.applications |")
+    print(
+        "\n| model | batch | runtime | p50 ms | p90 ms | p99 ms | img/s | vs keras.applications |"
+    )
     print("|---|---:|---|---:|---:|---:|---:|---:|")
     for model_name, batch, name, p50, p90, p99, ips, ratio in rows:
-        print(f"| {model_name} | {batch} | {name} | {p50:.1f} | {p90:.1f} | {p99:.1f} | "
-              f"{ips:.1f} | {ratio:.2f}x |")
+        print(
+            f"| {model_name} | {batch} | {name} | {p50:.1f} | {p90:.1f} | {p99:.1f} | "
+            f"{ips:.1f} | {ratio:.2f}x |"
+        )
     return 0
 
 

@@ -74,8 +74,9 @@ def _keras_variant(model: keras.Model, x: np.ndarray, y: np.ndarray, train: bool
     def step(images, labels):
         with tf.GradientTape() as tape:
             logits = tf.cast(model(images, training=True), tf.float32)
-            loss = tf.reduce_mean(keras.losses.categorical_crossentropy(labels, logits,
-                                                                        from_logits=True))
+            loss = tf.reduce_mean(
+                keras.losses.categorical_crossentropy(labels, logits, from_logits=True)
+            )
         optimizer.apply(tape.gradient(loss, variables), variables)
         return loss
 
@@ -86,16 +87,36 @@ def _runtime_variant(args: argparse.Namespace, model_dir: str) -> Callable:
     """Our runtime's training step, built as `--mode training_benchmark` builds it."""
     from runtime import flags, train
 
-    params = flags.parse([
-        "--cfg", args.cfg, *(["--mparams", args.mparams] if args.mparams else []),
-        "--mode", "training_benchmark", "--dataset", "synthetic",
-        "--model_dir", model_dir, "--train_batch_size", str(args.batch_size),
-        "--train_img_size", str(args.image_size), "--no-use_xla", "--log_steps", "1000000"])
+    params = flags.parse(
+        [
+            "--cfg",
+            args.cfg,
+            *(["--mparams", args.mparams] if args.mparams else []),
+            "--mode",
+            "training_benchmark",
+            "--dataset",
+            "synthetic",
+            "--model_dir",
+            model_dir,
+            "--train_batch_size",
+            str(args.batch_size),
+            "--train_img_size",
+            str(args.image_size),
+            "--no-use_xla",
+            "--log_steps",
+            "1000000",
+        ]
+    )
     run = train.build_run(params)
     iterator = iter(train.train_dataset(run, run.stages[-1]))
-    step = train.make_train_step(run.model, run.optimizer, strategy=run.strategy,
-                                 config=run.step_config, metrics=train.TrainMetrics(),
-                                 ema=run.ema)
+    step = train.make_train_step(
+        run.model,
+        run.optimizer,
+        strategy=run.strategy,
+        config=run.step_config,
+        metrics=train.TrainMetrics(),
+        ema=run.ema,
+    )
 
     def one_step():
         step(next(iterator))
@@ -113,7 +134,8 @@ def _timm_variant(args: argparse.Namespace, classes: int, train: bool) -> Callab
     model = timm.create_model(args.timm_model, num_classes=classes, pretrained=False)
     model = model.to(memory_format=torch.channels_last)
     x = torch.rand(args.batch_size, 3, args.image_size, args.image_size).to(
-        memory_format=torch.channels_last)
+        memory_format=torch.channels_last
+    )
     y = torch.randint(0, classes, (args.batch_size,))
     if not train:
         model.eval()
@@ -134,8 +156,9 @@ def _timm_variant(args: argparse.Namespace, classes: int, train: bool) -> Callab
     return step
 
 
-def build_variant(name: str, args: argparse.Namespace, train: bool,
-                  model_dir: str) -> Callable | None:
+def build_variant(
+    name: str, args: argparse.Namespace, train: bool, model_dir: str
+) -> Callable | None:
     """The zero-argument synchronous call that one timed step of variant `name` makes."""
     from config.loader import load_config
     from model import build_model
@@ -150,8 +173,11 @@ def build_variant(name: str, args: argparse.Namespace, train: bool,
     x, y = _synthetic(args.batch_size, args.image_size, classes)
     if name == REFERENCE:
         model = getattr(keras.applications, args.reference)(
-            weights=None, input_shape=(args.image_size, args.image_size, 3), classes=classes,
-            classifier_activation=None)
+            weights=None,
+            input_shape=(args.image_size, args.image_size, 3),
+            classes=classes,
+            classifier_activation=None,
+        )
     else:
         FusedBatchNormalization.fused_default = name != "ours_keras_bn"
         try:
@@ -161,8 +187,9 @@ def build_variant(name: str, args: argparse.Namespace, train: bool,
     return _keras_variant(model, x, y, train)
 
 
-def time_rounds(steps: dict[str, Callable], warmup: int, rounds: int,
-                n: int, batch: int) -> dict[str, list[float]]:
+def time_rounds(
+    steps: dict[str, Callable], warmup: int, rounds: int, n: int, batch: int
+) -> dict[str, list[float]]:
     """Images/s of each variant per round, rounds alternating between variants."""
     for name, fn in steps.items():
         logger.info("warming up %s (%d steps)", name, warmup)
@@ -175,8 +202,12 @@ def time_rounds(steps: dict[str, Callable], warmup: int, rounds: int,
             for _ in range(n):
                 fn()
             rates[name].append(n * batch / (time.perf_counter() - start))
-        logger.info("round %d/%d: %s", r + 1, rounds,
-                    ", ".join(f"{k} {v[-1]:.2f}" for k, v in rates.items()))
+        logger.info(
+            "round %d/%d: %s",
+            r + 1,
+            rounds,
+            ", ".join(f"{k} {v[-1]:.2f}" for k, v in rates.items()),
+        )
     return rates
 
 
@@ -184,14 +215,19 @@ def format_table(title: str, rates: dict[str, list[float]], rss: dict[str, float
     """The markdown table of one phase: median img/s, ratio to keras.applications, rounds."""
     median = {name: statistics.median(v) for name, v in rates.items()}
     base = median.get(REFERENCE)
-    lines = [f"### {title}", "",
-             "| variant | median img/s | vs keras.applications | peak RSS GB | rounds (img/s) |",
-             "|---|---:|---:|---:|---|"]
+    lines = [
+        f"### {title}",
+        "",
+        "| variant | median img/s | vs keras.applications | peak RSS GB | rounds (img/s) |",
+        "|---|---:|---:|---:|---|",
+    ]
     for name, values in rates.items():
         ratio = f"{median[name] / base:.3f}" if base else "-"
         memory = f"{rss[name]:.2f}" if name in rss else "-"
-        lines.append(f"| {name} | {median[name]:.2f} | {ratio} | {memory} | "
-                     f"{' '.join(f'{v:.2f}' for v in values)} |")
+        lines.append(
+            f"| {name} | {median[name]:.2f} | {ratio} | {memory} | "
+            f"{' '.join(f'{v:.2f}' for v in values)} |"
+        )
     return "\n".join(lines)
 
 
@@ -213,12 +249,32 @@ def peak_rss_gb() -> float:
 
 def measure_rss(args: argparse.Namespace, name: str, phase: str) -> float | None:
     """Peak RSS (GB) of one variant's warm-up + timing in a fresh process; None if it failed."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--cfg", args.cfg,
-           *(["--mparams", args.mparams] if args.mparams else []), "--reference",
-           args.reference, "--batch_size", str(args.batch_size), "--image_size",
-           str(args.image_size), "--warmup", str(args.warmup), "--steps", str(args.steps),
-           "--rounds", "1", "--variants", name, "--phases", phase, "--timm_model",
-           args.timm_model, "--_rss_child"]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--cfg",
+        args.cfg,
+        *(["--mparams", args.mparams] if args.mparams else []),
+        "--reference",
+        args.reference,
+        "--batch_size",
+        str(args.batch_size),
+        "--image_size",
+        str(args.image_size),
+        "--warmup",
+        str(args.warmup),
+        "--steps",
+        str(args.steps),
+        "--rounds",
+        "1",
+        "--variants",
+        name,
+        "--phases",
+        phase,
+        "--timm_model",
+        args.timm_model,
+        "--_rss_child",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
@@ -229,32 +285,52 @@ def measure_rss(args: argparse.Namespace, name: str, phase: str) -> float | None
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cfg", default=os.path.join("config", "efficientnet_v1", "b0_cfg.py"),
-                        help="our config module (default: %(default)s)")
+    parser.add_argument(
+        "--cfg",
+        default=os.path.join("config", "efficientnet_v1", "b0_cfg.py"),
+        help="our config module (default: %(default)s)",
+    )
     parser.add_argument("--mparams", default=None, help="model overrides k=v,... of our config")
-    parser.add_argument("--reference", default="EfficientNetB0",
-                        help="keras.applications constructor to compare with (default: %(default)s)")
-    parser.add_argument("--timm_model", default="efficientnet_b0",
-                        help="timm model name, used when torch and timm are installed")
+    parser.add_argument(
+        "--reference",
+        default="EfficientNetB0",
+        help="keras.applications constructor to compare with (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--timm_model",
+        default="efficientnet_b0",
+        help="timm model name, used when torch and timm are installed",
+    )
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant (tracing)")
     parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds")
     parser.add_argument("--steps", type=int, default=2, help="steps per variant per round")
-    parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help="comma-separated subset of: " + ", ".join(VARIANTS))
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="comma-separated subset of: " + ", ".join(VARIANTS),
+    )
     parser.add_argument("--phases", default="train,infer", help="train, infer or both")
-    parser.add_argument("--rss", action="store_true",
-                        help="also measure peak RSS per variant, one fresh process each")
+    parser.add_argument(
+        "--rss",
+        action="store_true",
+        help="also measure peak RSS per variant, one fresh process each",
+    )
     parser.add_argument("--_rss_child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args._rss_child else logging.INFO,
-                        format="%(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if args._rss_child else logging.INFO, format="%(message)s"
+    )
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
-    bad = [v for v in names if v not in VARIANTS] + [p for p in phases if p not in ("train", "infer")]
+    bad = [v for v in names if v not in VARIANTS] + [
+        p for p in phases if p not in ("train", "infer")
+    ]
     if bad or not names or not phases:
-        print(f"error: unknown variant or phase {', '.join(bad) or '(none given)'}", file=sys.stderr)
+        print(
+            f"error: unknown variant or phase {', '.join(bad) or '(none given)'}", file=sys.stderr
+        )
         return 2
     if not hasattr(keras.applications, args.reference):
         print(f"error: keras.applications has no {args.reference!r}", file=sys.stderr)
@@ -263,8 +339,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no config file {args.cfg}", file=sys.stderr)
         return 2
     if keras.backend.backend() != "tensorflow":
-        print("error: this benchmark runs the TensorFlow backend (unset KERAS_BACKEND)",
-              file=sys.stderr)
+        print(
+            "error: this benchmark runs the TensorFlow backend (unset KERAS_BACKEND)",
+            file=sys.stderr,
+        )
         return 2
 
     with tempfile.TemporaryDirectory() as model_dir:
@@ -274,9 +352,12 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:
                 fn = build_variant(name, args, phase == "train", model_dir)
                 if fn is None:
-                    logger.info("%s: not run for %s (%s)", name, phase,
-                                "torch or timm not installed" if name == "timm"
-                                else "training only")
+                    logger.info(
+                        "%s: not run for %s (%s)",
+                        name,
+                        phase,
+                        "torch or timm not installed" if name == "timm" else "training only",
+                    )
                     continue
                 steps[name] = fn
             rates = time_rounds(steps, args.warmup, args.rounds, args.steps, args.batch_size)
@@ -289,10 +370,15 @@ def main(argv: list[str] | None = None) -> int:
                     value = measure_rss(args, name, phase)
                     if value is not None:
                         rss[name] = value
-            tables.append(format_table(
-                f"{phase}: {os.path.basename(args.cfg)} vs {args.reference}, batch "
-                f"{args.batch_size}, {args.image_size}px, float32, {args.rounds} rounds x "
-                f"{args.steps} steps", rates, rss))
+            tables.append(
+                format_table(
+                    f"{phase}: {os.path.basename(args.cfg)} vs {args.reference}, batch "
+                    f"{args.batch_size}, {args.image_size}px, float32, {args.rounds} rounds x "
+                    f"{args.steps} steps",
+                    rates,
+                    rss,
+                )
+            )
     print("\n\n".join(tables))
     return 0
 

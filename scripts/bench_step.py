@@ -35,11 +35,24 @@ def build_variants(args: argparse.Namespace, model_dir: str) -> dict[str, Callab
 
     from runtime import flags, train
 
-    params = flags.parse([
-        "--cfg", args.cfg, *(["--mparams", args.mparams] if args.mparams else []),
-        "--mode", "training_benchmark", "--dataset", "synthetic", "--model_dir", model_dir,
-        "--train_batch_size", str(args.batch_size), "--train_img_size", str(args.image_size),
-        "--no-use_xla"])
+    params = flags.parse(
+        [
+            "--cfg",
+            args.cfg,
+            *(["--mparams", args.mparams] if args.mparams else []),
+            "--mode",
+            "training_benchmark",
+            "--dataset",
+            "synthetic",
+            "--model_dir",
+            model_dir,
+            "--train_batch_size",
+            str(args.batch_size),
+            "--train_img_size",
+            str(args.image_size),
+            "--no-use_xla",
+        ]
+    )
     run = train.build_run(params)
     run.log.close()
     batch = next(iter(train.train_dataset(run, run.stages[-1], announce=False)))
@@ -47,17 +60,25 @@ def build_variants(args: argparse.Namespace, model_dir: str) -> dict[str, Callab
     steps = {}
 
     def add(name: str, config: train.StepConfig, metrics: bool = True) -> None:
-        step = train.make_train_step(run.model, run.optimizer, strategy=run.strategy,
-                                     config=config, ema=run.ema,
-                                     metrics=train.TrainMetrics() if metrics else None)
+        step = train.make_train_step(
+            run.model,
+            run.optimizer,
+            strategy=run.strategy,
+            config=config,
+            ema=run.ema,
+            metrics=train.TrainMetrics() if metrics else None,
+        )
         steps[name] = lambda: (step(batch), run.optimizer.iterations.numpy())
 
     add("runtime step (as training runs it)", base)
     add("  without the L2 penalty", dataclasses.replace(base, l2_weight_decay=0.0))
     add("  without label smoothing", dataclasses.replace(base, label_smoothing=0.0))
     add("  without train metrics", base, metrics=False)
-    add("  without all three", dataclasses.replace(base, l2_weight_decay=0.0,
-                                                   label_smoothing=0.0), metrics=False)
+    add(
+        "  without all three",
+        dataclasses.replace(base, l2_weight_decay=0.0, label_smoothing=0.0),
+        metrics=False,
+    )
     model, optimizer = run.model, run.optimizer
     variables = model.trainable_variables
 
@@ -65,8 +86,9 @@ def build_variants(args: argparse.Namespace, model_dir: str) -> dict[str, Callab
     def bare(images, labels):
         with tf.GradientTape() as tape:
             logits = tf.cast(model(images, training=True), tf.float32)
-            loss = tf.reduce_mean(keras.losses.categorical_crossentropy(labels, logits,
-                                                                        from_logits=True))
+            loss = tf.reduce_mean(
+                keras.losses.categorical_crossentropy(labels, logits, from_logits=True)
+            )
         optimizer.apply(tape.gradient(loss, variables), variables)
 
     steps[BARE] = lambda: (bare(*batch), optimizer.iterations.numpy())
@@ -86,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no config file {args.cfg}", file=sys.stderr)
         return 2
     if min(args.batch_size, args.image_size, args.rounds, args.steps) < 1:
-        print("error: --batch_size, --image_size, --rounds and --steps must be >= 1",
-              file=sys.stderr)
+        print(
+            "error: --batch_size, --image_size, --rounds and --steps must be >= 1", file=sys.stderr
+        )
         return 2
     with tempfile.TemporaryDirectory() as model_dir:
         steps = build_variants(args, model_dir)
@@ -101,13 +124,17 @@ def main(argv: list[str] | None = None) -> int:
                     fn()
                 rates[name].append(args.steps * args.batch_size / (time.perf_counter() - start))
     bare = statistics.median(rates[BARE])
-    print(f"{os.path.basename(args.cfg)}, batch {args.batch_size}, {args.image_size}px, float32, "
-          f"{args.rounds} rounds x {args.steps} steps\n")
+    print(
+        f"{os.path.basename(args.cfg)}, batch {args.batch_size}, {args.image_size}px, float32, "
+        f"{args.rounds} rounds x {args.steps} steps\n"
+    )
     print("| step | median img/s | vs bare | rounds (img/s) |\n|---|---:|---:|---|")
     for name, values in rates.items():
         median = statistics.median(values)
-        print(f"| {name} | {median:.2f} | {median / bare:.3f} | "
-              f"{' '.join(f'{v:.2f}' for v in values)} |")
+        print(
+            f"| {name} | {median:.2f} | {median / bare:.3f} | "
+            f"{' '.join(f'{v:.2f}' for v in values)} |"
+        )
     return 0
 
 

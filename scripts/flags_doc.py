@@ -57,8 +57,11 @@ def render(parser: argparse.ArgumentParser) -> str:
     """The markdown page for `parser`: one table per argument group, in parser order."""
     out = [HEADER]
     for group in parser._action_groups:  # argparse has no public accessor for its groups
-        actions = [a for a in group._group_actions
-                   if a.option_strings and not isinstance(a, argparse._HelpAction)]
+        actions = [
+            a
+            for a in group._group_actions
+            if a.option_strings and not isinstance(a, argparse._HelpAction)
+        ]
         if not actions:
             continue
         out.append(f"\n## {group.title}\n")
@@ -66,13 +69,15 @@ def render(parser: argparse.ArgumentParser) -> str:
         out.append("| --- | --- | --- | --- |")
         for a in actions:
             choices = ", ".join(str(c) for c in a.choices) if a.choices else ""
-            out.append(f"| {_flag(a)} | {_cell(_default(a))} | {_cell(choices)} "
-                       f"| {_cell(a.help or '')} |")
+            out.append(
+                f"| {_flag(a)} | {_cell(_default(a))} | {_cell(choices)} | {_cell(a.help or '')} |"
+            )
     return "\n".join(out) + "\n"
 
 
 def generate() -> str:
     from runtime.flags import build_parser
+
     return render(build_parser())
 
 

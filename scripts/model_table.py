@@ -30,9 +30,15 @@ from model.profile import profile_model  # noqa: E402
 
 logger = logging.getLogger("model_table")
 
-COLUMNS = (("model", "model"), ("params", "params"), ("params_m", "params (M)"),
-           ("trainable_m", "trainable (M)"), ("resolution", "resolution"),
-           ("gmacs", "GMACs (paper 'FLOPs')"), ("gflops", "GFLOPs (2 x MACs)"))
+COLUMNS = (
+    ("model", "model"),
+    ("params", "params"),
+    ("params_m", "params (M)"),
+    ("trainable_m", "trainable (M)"),
+    ("resolution", "resolution"),
+    ("gmacs", "GMACs (paper 'FLOPs')"),
+    ("gflops", "GFLOPs (2 x MACs)"),
+)
 
 
 def default_configs() -> list[str]:
@@ -60,10 +66,15 @@ def model_row(cfg_path: str, mparams: str | None = None) -> dict:
     prof = profile_model(model, resolution)
     keras.backend.clear_session()  # keep memory flat over twelve models
     return {
-        "model": config["name"], "config": cfg_path, "params": prof.params,
-        "params_m": round(prof.params / 1e6, 2), "trainable_params": prof.trainable_params,
+        "model": config["name"],
+        "config": cfg_path,
+        "params": prof.params,
+        "params_m": round(prof.params / 1e6, 2),
+        "trainable_params": prof.trainable_params,
         "trainable_m": round(prof.trainable_params / 1e6, 2),
-        "resolution": resolution, "macs": prof.macs, "gmacs": round(prof.macs / 1e9, 3),
+        "resolution": resolution,
+        "macs": prof.macs,
+        "gmacs": round(prof.macs / 1e9, 3),
         "gflops": round(prof.flops / 1e9, 3),
     }
 
@@ -87,15 +98,21 @@ def format_rows(rows: list[dict], fmt: str) -> str:
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
         return "\n".join(lines)
     widths = [max(len(c) for c in col) for col in zip(header, *body, strict=True)]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))
-                     for cells in [header, *body])
+    return "\n".join(
+        "  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))
+        for cells in [header, *body]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("configs", nargs="*", help="config modules (default: all shipped ones)")
-    parser.add_argument("--format", choices=("table", "markdown", "json"), default="table",
-                        help="output format (default: %(default)s)")
+    parser.add_argument(
+        "--format",
+        choices=("table", "markdown", "json"),
+        default="table",
+        help="output format (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     paths = args.configs or default_configs()

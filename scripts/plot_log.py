@@ -28,8 +28,12 @@ PANELS = (
     ("accuracy", lambda k: any(t in k for t in ("top1", "top5", "acc"))),
     ("learning rate", lambda k: k == "lr" or k.endswith(".lr") or "learning_rate" in k),
     # Per-device throughput is total / replicas: drawing both would only repeat the curve.
-    ("throughput (img/s)", lambda k: "per_device" not in k and any(
-        t in k for t in ("ips", "images_per_sec", "throughput"))),
+    (
+        "throughput (img/s)",
+        lambda k: (
+            "per_device" not in k and any(t in k for t in ("ips", "images_per_sec", "throughput"))
+        ),
+    ),
 )
 
 
@@ -42,17 +46,28 @@ def collect_series(records: list[dict]) -> tuple[dict[str, list[tuple[float, flo
     Returns:
       (metric -> sorted points, x-axis label "epoch" or "step").
     """
-    progress = [r for r in records if r.get("type") == "LOG" and isinstance(r.get("step"), list)
-                and len(r["step"]) >= 2]
-    per_epoch = [r for r in records if r.get("type") == "LOG" and isinstance(r.get("step"), list)
-                 and len(r["step"]) == 1]
+    progress = [
+        r
+        for r in records
+        if r.get("type") == "LOG" and isinstance(r.get("step"), list) and len(r["step"]) >= 2
+    ]
+    per_epoch = [
+        r
+        for r in records
+        if r.get("type") == "LOG" and isinstance(r.get("step"), list) and len(r["step"]) == 1
+    ]
     steps_by_epoch: dict[int, list[int]] = defaultdict(list)
     for r in progress:
         steps_by_epoch[int(r["step"][0])].append(int(r["step"][1]))
     epochs = sorted(steps_by_epoch)
     # Global step counters keep growing across epochs; per-epoch counters restart.
-    global_steps = all(min(steps_by_epoch[b]) > max(steps_by_epoch[a])
-                       for a, b in zip(epochs, epochs[1:], strict=False)) and len(epochs) > 1
+    global_steps = (
+        all(
+            min(steps_by_epoch[b]) > max(steps_by_epoch[a])
+            for a, b in zip(epochs, epochs[1:], strict=False)
+        )
+        and len(epochs) > 1
+    )
     steps_per_epoch = max((max(s) for s in steps_by_epoch.values()), default=1) or 1
 
     def progress_x(epoch: int, step: int) -> float:
@@ -81,8 +96,9 @@ def collect_series(records: list[dict]) -> tuple[dict[str, list[tuple[float, flo
     return {k: sorted(v) for k, v in series.items()}, ("step" if global_steps else "epoch")
 
 
-def plot(series: dict[str, list[tuple[float, float]]], xlabel: str, title: str,
-         out_path: str) -> list[str]:
+def plot(
+    series: dict[str, list[tuple[float, float]]], xlabel: str, title: str, out_path: str
+) -> list[str]:
     """Draw the four panels; returns the metric names that were drawn."""
     import matplotlib
 

@@ -45,8 +45,9 @@ DEFAULT_INTER_GBPS = 12.5
 DEFAULT_GPUS_PER_NODE = 8
 
 
-def allreduce_seconds(gradient_bytes: float, replicas: int, intra_gbps: float, inter_gbps: float,
-                      gpus_per_node: int) -> float:
+def allreduce_seconds(
+    gradient_bytes: float, replicas: int, intra_gbps: float, inter_gbps: float, gpus_per_node: int
+) -> float:
     """Seconds of one ring all-reduce of `gradient_bytes` over `replicas` GPUs (0 for one)."""
     if replicas <= 1:
         return 0.0
@@ -54,9 +55,16 @@ def allreduce_seconds(gradient_bytes: float, replicas: int, intra_gbps: float, i
     return ring_bytes_per_replica(gradient_bytes, replicas) / (bandwidth * GB)
 
 
-def predict(step_time_s: float, batch: int, gradient_bytes: float, gpus: list[int] | tuple[int, ...],
-            intra_gbps: float = DEFAULT_INTRA_GBPS, inter_gbps: float = DEFAULT_INTER_GBPS,
-            gpus_per_node: int = DEFAULT_GPUS_PER_NODE, overlap: float = 0.0) -> list[dict]:
+def predict(
+    step_time_s: float,
+    batch: int,
+    gradient_bytes: float,
+    gpus: list[int] | tuple[int, ...],
+    intra_gbps: float = DEFAULT_INTRA_GBPS,
+    inter_gbps: float = DEFAULT_INTER_GBPS,
+    gpus_per_node: int = DEFAULT_GPUS_PER_NODE,
+    overlap: float = 0.0,
+) -> list[dict]:
     """Predicted throughput and weak scaling at each GPU count.
 
     Args:
@@ -76,12 +84,21 @@ def predict(step_time_s: float, batch: int, gradient_bytes: float, gpus: list[in
     for n in gpus:
         t_ar = allreduce_seconds(gradient_bytes, n, intra_gbps, inter_gbps, gpus_per_node)
         t_step = step_time_s + max(0.0, t_ar - overlap * step_time_s)
-        rows.append({"gpus": n, "allreduce_ms": t_ar * 1e3, "step_ms": t_step * 1e3,
-                     "images_per_sec": n * batch / t_step, "weak_scaling": step_time_s / t_step})
+        rows.append(
+            {
+                "gpus": n,
+                "allreduce_ms": t_ar * 1e3,
+                "step_ms": t_step * 1e3,
+                "images_per_sec": n * batch / t_step,
+                "weak_scaling": step_time_s / t_step,
+            }
+        )
     return rows
 
 
-def check_inputs(intra_gbps: float, inter_gbps: float, gpus_per_node: int, overlap: float) -> str | None:
+def check_inputs(
+    intra_gbps: float, inter_gbps: float, gpus_per_node: int, overlap: float
+) -> str | None:
     """A one-line error for an impossible interconnect description, else None."""
     if not (intra_gbps > 0 and inter_gbps > 0):
         return f"bandwidths must be > 0 GB/s, got intra {intra_gbps}, inter {inter_gbps}"
@@ -95,8 +112,11 @@ def check_inputs(intra_gbps: float, inter_gbps: float, gpus_per_node: int, overl
 def markdown(rows: list[dict]) -> str:
     """Predicted rows as a markdown table."""
     lines = ["| GPUs | all-reduce ms | step ms | img/s | weak scaling |", "|---|---|---|---|---|"]
-    lines += [f"| {r['gpus']} | {r['allreduce_ms']:.2f} | {r['step_ms']:.1f} | "
-              f"{r['images_per_sec']:.1f} | {r['weak_scaling']:.3f} |" for r in rows]
+    lines += [
+        f"| {r['gpus']} | {r['allreduce_ms']:.2f} | {r['step_ms']:.1f} | "
+        f"{r['images_per_sec']:.1f} | {r['weak_scaling']:.3f} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -104,7 +124,9 @@ def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
     if any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"GPU counts must be >= 1, got {text!r}")
     return values
@@ -113,36 +135,70 @@ def _int_list(text: str) -> list[int]:
 def add_interconnect_args(parser: argparse.ArgumentParser) -> None:
     """The interconnect flags shared with scripts/benchmark_table.py."""
     g = parser.add_argument_group("scaling model (interconnect)")
-    g.add_argument("--predict_gpus", type=_int_list, default=list(DEFAULT_GPUS),
-                   help="GPU counts to predict (default 8,16,32,64,128)")
-    g.add_argument("--intra_bandwidth", type=float, default=DEFAULT_INTRA_GBPS,
-                   help="per-GPU all-reduce bus bandwidth inside a node, GB/s (default %(default)s)")
-    g.add_argument("--inter_bandwidth", type=float, default=DEFAULT_INTER_GBPS,
-                   help="per-GPU all-reduce bus bandwidth across nodes, GB/s (default %(default)s)")
+    g.add_argument(
+        "--predict_gpus",
+        type=_int_list,
+        default=list(DEFAULT_GPUS),
+        help="GPU counts to predict (default 8,16,32,64,128)",
+    )
+    g.add_argument(
+        "--intra_bandwidth",
+        type=float,
+        default=DEFAULT_INTRA_GBPS,
+        help="per-GPU all-reduce bus bandwidth inside a node, GB/s (default %(default)s)",
+    )
+    g.add_argument(
+        "--inter_bandwidth",
+        type=float,
+        default=DEFAULT_INTER_GBPS,
+        help="per-GPU all-reduce bus bandwidth across nodes, GB/s (default %(default)s)",
+    )
     g.add_argument("--gpus_per_node", type=int, default=DEFAULT_GPUS_PER_NODE)
-    g.add_argument("--overlap", type=float, default=0.0,
-                   help="fraction of the 1-GPU step that hides all-reduce time, 0..1 (default 0)")
-    g.add_argument("--grad_bytes_per_param", type=int, default=4, choices=(2, 4),
-                   help="4 = float32 gradients, 2 = --fp16_compression")
+    g.add_argument(
+        "--overlap",
+        type=float,
+        default=0.0,
+        help="fraction of the 1-GPU step that hides all-reduce time, 0..1 (default 0)",
+    )
+    g.add_argument(
+        "--grad_bytes_per_param",
+        type=int,
+        default=4,
+        choices=(2, 4),
+        help="4 = float32 gradients, 2 = --fp16_compression",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=int, required=True, help="trainable parameters")
     parser.add_argument("--batch", type=int, required=True, help="per-GPU batch")
-    parser.add_argument("--images_per_sec", type=float, required=True,
-                        help="measured 1-GPU training img/s at --batch")
+    parser.add_argument(
+        "--images_per_sec",
+        type=float,
+        required=True,
+        help="measured 1-GPU training img/s at --batch",
+    )
     parser.add_argument("--format", choices=("markdown", "json"), default="markdown")
     add_interconnect_args(parser)
     args = parser.parse_args(argv)
-    error = check_inputs(args.intra_bandwidth, args.inter_bandwidth, args.gpus_per_node, args.overlap)
+    error = check_inputs(
+        args.intra_bandwidth, args.inter_bandwidth, args.gpus_per_node, args.overlap
+    )
     if error is None and not (args.params > 0 and args.batch > 0 and args.images_per_sec > 0):
         error = "--params, --batch and --images_per_sec must be > 0"
     if error:
         parser.error(error)
-    rows = predict(args.batch / args.images_per_sec, args.batch,
-                   args.params * args.grad_bytes_per_param, args.predict_gpus,
-                   args.intra_bandwidth, args.inter_bandwidth, args.gpus_per_node, args.overlap)
+    rows = predict(
+        args.batch / args.images_per_sec,
+        args.batch,
+        args.params * args.grad_bytes_per_param,
+        args.predict_gpus,
+        args.intra_bandwidth,
+        args.inter_bandwidth,
+        args.gpus_per_node,
+        args.overlap,
+    )
     print(json.dumps(rows, indent=1) if args.format == "json" else markdown(rows))
     return 0
 

@@ -29,10 +29,13 @@ def main(out: str, steps: int, sleep_s: float) -> int:
     def shard(data):
         def part(ctx):
             start = per_replica * ctx.replica_id_in_sync_group
-            return data[start:start + per_replica]
+            return data[start : start + per_replica]
+
         return strategy.experimental_distribute_values_from_function(part)
 
-    inputs = (shard(images), shard(labels)) if strategy.num_replicas_in_sync > 1 else (images, labels)
+    inputs = (
+        (shard(images), shard(labels)) if strategy.num_replicas_in_sync > 1 else (images, labels)
+    )
     try:
         for i in range(steps):
             step(inputs)

@@ -38,13 +38,19 @@ def _batch(n=8, seed=1):
 
 
 def _main_stats(model):
-    return [np.array(v) for layer in batch_norm_layers(model)
-            for v in (layer.moving_mean, layer.moving_variance)]
+    return [
+        np.array(v)
+        for layer in batch_norm_layers(model)
+        for v in (layer.moving_mean, layer.moving_variance)
+    ]
 
 
 def _aux_stats(model):
-    return [np.array(v) for layer in batch_norm_layers(model)
-            for v in (layer.aux.moving_mean, layer.aux.moving_variance)]
+    return [
+        np.array(v)
+        for layer in batch_norm_layers(model)
+        for v in (layer.aux.moving_mean, layer.aux.moving_variance)
+    ]
 
 
 def _changed(before, after):
@@ -146,8 +152,13 @@ def test_train_step_loss_is_clean_plus_adversarial():
     images, labels = _batch(8)
     images = images[:, :8, :8]
     main0, aux0 = _main_stats(model), _aux_stats(model)
-    clean = float(np.mean(keras.losses.categorical_crossentropy(
-        labels, twin(images, training=True), from_logits=True)))
+    clean = float(
+        np.mean(
+            keras.losses.categorical_crossentropy(
+                labels, twin(images, training=True), from_logits=True
+            )
+        )
+    )
     step((images, labels))
     result = metrics.result()
     assert result["count"] == 8 and np.isfinite(result["loss"])
@@ -167,8 +178,13 @@ def test_train_step_adds_the_adversarial_loss_with_accumulation_and_ema():
             add_auxiliary_batch_norms(model)
             config = AdvPropConfig(epsilon=2.0, steps=1, step_size=2.0)
         metrics = TrainMetrics()
-        step = make_train_step(model, opt, config=StepConfig(grad_accum_steps=2, advprop=config),
-                               metrics=metrics, ema=ema)
+        step = make_train_step(
+            model,
+            opt,
+            config=StepConfig(grad_accum_steps=2, advprop=config),
+            metrics=metrics,
+            ema=ema,
+        )
         images, labels = _batch(8)
         aux0 = _aux_stats(model) if advprop else None
         step((tf.reshape(images, (2, 4, 32, 32, 3)), tf.reshape(labels, (2, 4, 10))))
@@ -189,8 +205,9 @@ def test_mixed_precision_attack_and_frozen_bn():
         model = _model()
         add_auxiliary_batch_norms(model)
         images, labels = _batch(4)
-        adv = adversarial_images(model, images, labels, AdvPropConfig(2.0, 1, 2.0), 0.1,
-                                 scale_loss=lambda x: x * 1024.0)
+        adv = adversarial_images(
+            model, images, labels, AdvPropConfig(2.0, 1, 2.0), 0.1, scale_loss=lambda x: x * 1024.0
+        )
         assert adv.dtype == tf.float32 and np.abs(np.array(adv) - images).max() <= 2.0 + 1e-4
         loss = np.array(adversarial_loss(model, adv, labels, 0.1))
         assert np.isfinite(loss).all() and loss.shape == (4,)
@@ -209,16 +226,23 @@ def test_mixed_precision_attack_and_frozen_bn():
     assert not any(_changed(aux0, _aux_stats(model)))
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--advprop_epsilon", "0"], "--advprop_epsilon must be > 0 (pixels), got 0.0"),
-    (["--advprop_step_size", "-1"], "--advprop_step_size must be > 0 (pixels), got -1.0"),
-    (["--advprop_steps", "0"], "--advprop_steps must be >= 1, got 0"),
-    (["--advprop", "--mparams", "input_normalization='none'"],
-     "--advprop needs raw 0..255 model inputs"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--advprop_epsilon", "0"], "--advprop_epsilon must be > 0 (pixels), got 0.0"),
+        (["--advprop_step_size", "-1"], "--advprop_step_size must be > 0 (pixels), got -1.0"),
+        (["--advprop_steps", "0"], "--advprop_steps must be >= 1, got 0"),
+        (
+            ["--advprop", "--mparams", "input_normalization='none'"],
+            "--advprop needs raw 0..255 model inputs",
+        ),
+    ],
+)
 def test_bad_advprop_flags_exit_2(capsys, tmp_path, argv, message):
     with pytest.raises(SystemExit) as exc:
-        main.main(["--cfg", CFG, "--dataset", "digits", "--model_dir", str(tmp_path / "run"), *argv])
+        main.main(
+            ["--cfg", CFG, "--dataset", "digits", "--model_dir", str(tmp_path / "run"), *argv]
+        )
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
@@ -227,14 +251,48 @@ def test_bad_advprop_flags_exit_2(capsys, tmp_path, argv, message):
 
 def _digits_run(model_dir, *extra):
     proc = subprocess.run(
-        [sys.executable, "main.py", "--cfg", "config/efficientnet_v1/b0_cfg.py", "--mparams",
-         "width_coefficient=0.25,depth_coefficient=0.25", "--dataset", "digits",
-         "--train_img_size", "32", "--eval_img_size", "32", "--crop_fraction", "1.0",
-         "--mode", "train_and_eval", "--max_epochs", "4", "--train_batch_size", "32",
-         "--eval_batch_size", "128", "--lr_init", "0.02", "--lr_decay", "cosine",
-         "--lr_warmup_epochs", "1", "--augmenter_name", "none", "--seed", "1", "--no-use_xla",
-         "--model_dir", str(model_dir), *extra],
-        capture_output=True, text=True, timeout=1500)
+        [
+            sys.executable,
+            "main.py",
+            "--cfg",
+            "config/efficientnet_v1/b0_cfg.py",
+            "--mparams",
+            "width_coefficient=0.25,depth_coefficient=0.25",
+            "--dataset",
+            "digits",
+            "--train_img_size",
+            "32",
+            "--eval_img_size",
+            "32",
+            "--crop_fraction",
+            "1.0",
+            "--mode",
+            "train_and_eval",
+            "--max_epochs",
+            "4",
+            "--train_batch_size",
+            "32",
+            "--eval_batch_size",
+            "128",
+            "--lr_init",
+            "0.02",
+            "--lr_decay",
+            "cosine",
+            "--lr_warmup_epochs",
+            "1",
+            "--augmenter_name",
+            "none",
+            "--seed",
+            "1",
+            "--no-use_xla",
+            "--model_dir",
+            str(model_dir),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -243,8 +301,16 @@ def _digits_run(model_dir, *extra):
 def test_advprop_trains_on_digits_like_standard_training_and_exports_the_same_layout(tmp_path):
     """4 epochs on the digits, standard vs --advprop (about 2 + 4 minutes on 2 cores)."""
     _digits_run(tmp_path / "std")
-    _digits_run(tmp_path / "adv", "--advprop", "--advprop_epsilon", "2", "--advprop_steps", "1",
-                "--advprop_step_size", "2")
+    _digits_run(
+        tmp_path / "adv",
+        "--advprop",
+        "--advprop_epsilon",
+        "2",
+        "--advprop_steps",
+        "1",
+        "--advprop_step_size",
+        "2",
+    )
     top1 = {}
     for name in ("std", "adv"):
         summary = json.loads((tmp_path / name / "params.json").read_text())
@@ -252,8 +318,11 @@ def test_advprop_trains_on_digits_like_standard_training_and_exports_the_same_la
         from utils.dllogger import read_log
 
         records = read_log(str(tmp_path / name / "log.json"))
-        top1[name] = next(r["data"]["val.top1"] for r in records
-                          if r.get("step") == [] and "global_step" in r["data"])
+        top1[name] = next(
+            r["data"]["val.top1"]
+            for r in records
+            if r.get("step") == [] and "global_step" in r["data"]
+        )
     print(f"digits val top-1 after 4 epochs: {top1}")
     assert top1["std"] > 0.5  # it learned (10 classes: chance 0.1)
     assert top1["adv"] >= top1["std"] - 0.1, top1
@@ -266,4 +335,6 @@ def test_advprop_trains_on_digits_like_standard_training_and_exports_the_same_la
             f.visititems(lambda n, o: found.append((n, o.shape)) if hasattr(o, "shape") else None)
             return sorted(found)
 
-    assert names(tmp_path / "adv" / "model.weights.h5") == names(tmp_path / "std" / "model.weights.h5")
+    assert names(tmp_path / "adv" / "model.weights.h5") == names(
+        tmp_path / "std" / "model.weights.h5"
+    )

@@ -17,9 +17,20 @@ def test_ring_bytes(replicas, sent):
 
 
 def test_b0_row_from_the_built_model():
-    out = subprocess.run([sys.executable, "scripts/allreduce_table.py", "--format", "json",
-                          "--replicas", "8", "config/efficientnet_v1/b0_cfg.py"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "scripts/allreduce_table.py",
+            "--format",
+            "json",
+            "--replicas",
+            "8",
+            "config/efficientnet_v1/b0_cfg.py",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     (row,) = json.loads(out.stdout)
     # Keras applications' EfficientNetB0 (1000 classes) has 5,288,548 trainable parameters.
@@ -30,13 +41,20 @@ def test_b0_row_from_the_built_model():
     assert "| efficientnet-b0 | 5,288,548 | 21.2 | 10.6 | 37.0 | 18.5 |" in table
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--replicas", "0"], "--replicas must be >= 1"),
-    (["--replicas", "8,x"], "comma-separated integers"),
-    (["config/nope_cfg.py"], "nope_cfg.py"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--replicas", "0"], "--replicas must be >= 1"),
+        (["--replicas", "8,x"], "comma-separated integers"),
+        (["config/nope_cfg.py"], "nope_cfg.py"),
+    ],
+)
 def test_bad_arguments(argv, message):
-    out = subprocess.run([sys.executable, "scripts/allreduce_table.py", *argv],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "scripts/allreduce_table.py", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2
     assert message in out.stderr

@@ -20,14 +20,31 @@ def _load(name):
 
 bench_model = _load("bench_model")
 
-TINY = ["--cfg", "config/efficientnet_v1/b0_cfg.py", "--mparams",
-        "width_coefficient=0.1,depth_coefficient=0.1,num_classes=10", "--image_size", "32",
-        "--batch_size", "2", "--warmup", "1", "--rounds", "2", "--steps", "1"]
+TINY = [
+    "--cfg",
+    "config/efficientnet_v1/b0_cfg.py",
+    "--mparams",
+    "width_coefficient=0.1,depth_coefficient=0.1,num_classes=10",
+    "--image_size",
+    "32",
+    "--batch_size",
+    "2",
+    "--warmup",
+    "1",
+    "--rounds",
+    "2",
+    "--steps",
+    "1",
+]
 
 
 def _rows(text: str) -> dict[str, list[str]]:
-    return {cells[0]: cells[1:] for line in text.splitlines() if line.startswith("| ")
-            for cells in [[c.strip() for c in line.strip("|").split("|")]]}
+    return {
+        cells[0]: cells[1:]
+        for line in text.splitlines()
+        if line.startswith("| ")
+        for cells in [[c.strip() for c in line.strip("|").split("|")]]
+    }
 
 
 def _check_tables(out: str, variants: list[str]) -> dict[str, list[str]]:
@@ -63,12 +80,15 @@ def test_peak_rss_comes_from_a_child_process(capsys):
     assert 0.1 < float(rss) < 24
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--variants", "resnet"], "unknown variant or phase resnet"),
-    (["--phases", "eval"], "unknown variant or phase eval"),
-    (["--reference", "NoSuchNet"], "keras.applications has no 'NoSuchNet'"),
-    (["--cfg", "config/nope.py"], "no config file config/nope.py"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--variants", "resnet"], "unknown variant or phase resnet"),
+        (["--phases", "eval"], "unknown variant or phase eval"),
+        (["--reference", "NoSuchNet"], "keras.applications has no 'NoSuchNet'"),
+        (["--cfg", "config/nope.py"], "no config file config/nope.py"),
+    ],
+)
 def test_bad_arguments_exit_2(args, message, capsys):
     assert bench_model.main([*TINY, *args]) == 2
     assert message in capsys.readouterr().err
@@ -76,12 +96,29 @@ def test_bad_arguments_exit_2(args, message, capsys):
 
 def test_step_breakdown_prints_every_variant(capsys):
     bench_step = _load("bench_step")
-    assert bench_step.main(["--mparams", "width_coefficient=0.1,depth_coefficient=0.1,"
-                            "num_classes=10", "--image_size", "32", "--batch_size", "2",
-                            "--rounds", "2", "--steps", "1"]) == 0
+    assert (
+        bench_step.main(
+            [
+                "--mparams",
+                "width_coefficient=0.1,depth_coefficient=0.1,num_classes=10",
+                "--image_size",
+                "32",
+                "--batch_size",
+                "2",
+                "--rounds",
+                "2",
+                "--steps",
+                "1",
+            ]
+        )
+        == 0
+    )
     rows = _rows(capsys.readouterr().out)
     assert len(rows) == 7 and rows[bench_step.BARE][1] == "1.000"
-    assert all(float(cells[0]) > 0 and len(cells[2].split()) == 2
-               for name, cells in rows.items() if name != "step")
+    assert all(
+        float(cells[0]) > 0 and len(cells[2].split()) == 2
+        for name, cells in rows.items()
+        if name != "step"
+    )
     assert bench_step.main(["--rounds", "0"]) == 2
     assert "must be >= 1" in capsys.readouterr().err

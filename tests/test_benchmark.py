@@ -20,15 +20,48 @@ def test_time_steps_excludes_warmup():
 
 
 def test_format_table_reports_oom_rows():
-    rows = [{"batch_size": 8, "global_batch_size": 16, "images_per_sec": 100.0,
-             "images_per_sec_per_device": 50.0, "latency_mean_ms": 1.0, "latency_p50_ms": 1.0,
-             "latency_p90_ms": 2.0, "latency_p95_ms": 3.0, "latency_p99_ms": 4.0},
-            {"batch_size": 512, "global_batch_size": 1024, "error": "out of memory"}]
+    rows = [
+        {
+            "batch_size": 8,
+            "global_batch_size": 16,
+            "images_per_sec": 100.0,
+            "images_per_sec_per_device": 50.0,
+            "latency_mean_ms": 1.0,
+            "latency_p50_ms": 1.0,
+            "latency_p90_ms": 2.0,
+            "latency_p95_ms": 3.0,
+            "latency_p99_ms": 4.0,
+        },
+        {"batch_size": 512, "global_batch_size": 1024, "error": "out of memory"},
+    ]
     lines = format_table(rows, "latency").splitlines()
-    assert lines[0].split() == ["batch", "global", "img/s", "img/s/dev", "mean", "ms", "p50", "ms",
-                                "p90", "ms", "p95", "ms", "p99", "ms"]
-    assert lines[1].split() == ["8", "16", "100.00", "50.00", "1.00", "1.00", "2.00", "3.00",
-                                "4.00"]
+    assert lines[0].split() == [
+        "batch",
+        "global",
+        "img/s",
+        "img/s/dev",
+        "mean",
+        "ms",
+        "p50",
+        "ms",
+        "p90",
+        "ms",
+        "p95",
+        "ms",
+        "p99",
+        "ms",
+    ]
+    assert lines[1].split() == [
+        "8",
+        "16",
+        "100.00",
+        "50.00",
+        "1.00",
+        "1.00",
+        "2.00",
+        "3.00",
+        "4.00",
+    ]
     assert lines[2].split() == ["512", "1024", "out", "of", "memory"]
 
 
@@ -43,20 +76,34 @@ def _check_rows(rows, batch_sizes, prefix):
 
 
 def test_training_benchmark_json_and_table(tmp_path, capsys):
-    params = tiny_params(tmp_path, "training_benchmark", "--dataset", "synthetic",
-                         "--benchmark_batch_sizes", "2,4", "--benchmark_steps", "3",
-                         "--benchmark_warmup_steps", "1")
+    params = tiny_params(
+        tmp_path,
+        "training_benchmark",
+        "--dataset",
+        "synthetic",
+        "--benchmark_batch_sizes",
+        "2,4",
+        "--benchmark_steps",
+        "3",
+        "--benchmark_warmup_steps",
+        "1",
+    )
     result = run_training_benchmark(params)
     with open(tmp_path / "benchmark_training.json") as f:
         doc = json.load(f)
     assert result["path"] == str(tmp_path / "benchmark_training.json")
     assert (doc["mode"], doc["model"], doc["image_size"], doc["precision"]) == (
-        "training_benchmark", "efficientnetv2-s", 32, "float32")
+        "training_benchmark",
+        "efficientnetv2-s",
+        32,
+        "float32",
+    )
     assert (doc["warmup_steps"], doc["steps"], doc["num_replicas"]) == (1, 3, 1)
     for row in _check_rows(doc["results"], (2, 4), "step_time"):
         # images/s is the global batch over the mean timed step: the same measured steps.
         assert row["images_per_sec"] == pytest.approx(
-            row["global_batch_size"] / (row["step_time_mean_ms"] / 1000), rel=1e-9)
+            row["global_batch_size"] / (row["step_time_mean_ms"] / 1000), rel=1e-9
+        )
     out = capsys.readouterr().out
     assert "training_benchmark: efficientnetv2-s at 32 px, float32, XLA off" in out
     assert f"results written to {tmp_path / 'benchmark_training.json'}" in out
@@ -67,8 +114,16 @@ def test_training_benchmark_json_and_table(tmp_path, capsys):
 
 
 def test_inference_benchmark_on_real_data(tmp_path):
-    params = tiny_params(tmp_path, "inference_benchmark", "--benchmark_batch_sizes", "16,32",
-                         "--benchmark_steps", "4", "--benchmark_warmup_steps", "1")
+    params = tiny_params(
+        tmp_path,
+        "inference_benchmark",
+        "--benchmark_batch_sizes",
+        "16,32",
+        "--benchmark_steps",
+        "4",
+        "--benchmark_warmup_steps",
+        "1",
+    )
     run_inference_benchmark(params)
     with open(tmp_path / "benchmark_inference.json") as f:
         doc = json.load(f)
@@ -83,10 +138,13 @@ def test_negative_warmup_exits_2(tmp_path, capsys):
     from tests.tiny_run import tiny_args
 
     with pytest.raises(SystemExit) as exc:
-        main.main(tiny_args(tmp_path / "run", "training_benchmark",
-                            "--benchmark_warmup_steps", "-1"))
+        main.main(
+            tiny_args(tmp_path / "run", "training_benchmark", "--benchmark_warmup_steps", "-1")
+        )
     assert exc.value.code == 2
-    assert capsys.readouterr().err == "main.py: error: --benchmark_warmup_steps must be >= 0, got -1\n"
+    assert (
+        capsys.readouterr().err == "main.py: error: --benchmark_warmup_steps must be >= 0, got -1\n"
+    )
     assert not (tmp_path / "run").exists()  # nothing written
 
 
@@ -103,9 +161,18 @@ def test_out_of_memory_batch_size_is_reported_and_the_sweep_goes_on(tmp_path, mo
         return real_evaluate(model, dataset, **kwargs)
 
     monkeypatch.setattr(benchmark, "evaluate", evaluate_or_oom)
-    params = tiny_params(tmp_path, "inference_benchmark", "--dataset", "synthetic",
-                         "--benchmark_batch_sizes", "32,8", "--benchmark_steps", "2",
-                         "--benchmark_warmup_steps", "1")
+    params = tiny_params(
+        tmp_path,
+        "inference_benchmark",
+        "--dataset",
+        "synthetic",
+        "--benchmark_batch_sizes",
+        "32,8",
+        "--benchmark_steps",
+        "2",
+        "--benchmark_warmup_steps",
+        "1",
+    )
     rows = run_inference_benchmark(params)["results"]
     assert rows[0] == {"batch_size": 32, "global_batch_size": 32, "error": "out of memory"}
     assert rows[1]["batch_size"] == 8 and rows[1]["images_per_sec"] > 0

@@ -29,8 +29,9 @@ def bn_model(seed=0):
 
 def training_state(seed=0, ema_decay=0.9):
     model = bn_model(seed)
-    opt = build_optimizer(OptimizerConfig(name="rmsprop"), 0.01, model.trainable_variables,
-                          loss_scaling=True)
+    opt = build_optimizer(
+        OptimizerConfig(name="rmsprop"), 0.01, model.trainable_variables, loss_scaling=True
+    )
     opt.build(model.trainable_variables)
     ema = ExponentialMovingAverage(model, ema_decay) if ema_decay else None
     return model, opt, ema
@@ -77,7 +78,9 @@ def test_resume_into_a_different_model_is_a_clear_error(tmp_path):
     other = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     opt2 = build_optimizer(OptimizerConfig(name="sgd"), 0.1)
     opt2.build(other.trainable_variables)
-    with pytest.raises(RunError, match="does not match this model/optimizer.*--no-resume_checkpoint"):
+    with pytest.raises(
+        RunError, match="does not match this model/optimizer.*--no-resume_checkpoint"
+    ):
         TrainingCheckpoint(str(tmp_path), other, opt2).restore_latest()
 
 
@@ -104,7 +107,10 @@ def test_restore_for_inference_prefers_ema(tmp_path):
     assert restore_for_inference(explicit, "unused", checkpoint=info["path"])["weights"] == "ema"
     h5 = str(tmp_path / "final.weights.h5")
     model.save_weights(h5)
-    assert restore_for_inference(bn_model(5), "unused", checkpoint=h5) == {"path": h5, "weights": "raw"}
+    assert restore_for_inference(bn_model(5), "unused", checkpoint=h5) == {
+        "path": h5,
+        "weights": "raw",
+    }
 
 
 def test_restore_for_inference_errors(tmp_path):
@@ -135,8 +141,14 @@ def test_kill_9_while_saving_leaves_a_loadable_latest_checkpoint(tmp_path):
     """)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     for delay in (0.1, 0.6):
-        proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         proc.stdout.readline()  # at least one checkpoint written by this writer
         time.sleep(delay)
         os.kill(proc.pid, signal.SIGKILL)

@@ -40,15 +40,19 @@ def test_skip_all_reduce_fails_in_one_line_when_keras_renames_it(monkeypatch):
     for klass in type(optimizer).__mro__:
         if "_all_reduce_sum_gradients" in vars(klass):
             monkeypatch.delattr(klass, "_all_reduce_sum_gradients")
-    with pytest.raises(compat.CompatError, match="no longer sums gradients through "
-                                                 "_all_reduce_sum_gradients"):
+    with pytest.raises(
+        compat.CompatError, match="no longer sums gradients through _all_reduce_sum_gradients"
+    ):
         compat.skip_optimizer_all_reduce(optimizer)
 
 
 def test_untested_versions_are_refused_unless_allowed(monkeypatch):
     compat.check_versions(keras.__version__, tf.__version__)
-    with pytest.raises(compat.CompatError, match=r"keras 4\.0\.0 is untested .*"
-                                                 "EFFICIENTNET_ALLOW_UNTESTED=1"):
+    with pytest.raises(
+        compat.CompatError,
+        match=r"keras 4\.0\.0 is untested .*"
+        "EFFICIENTNET_ALLOW_UNTESTED=1",
+    ):
         compat.check_versions("4.0.0", tf.__version__)
     monkeypatch.setenv(compat.ALLOW_UNTESTED_ENV, "1")
     compat.check_versions("4.0.0", "3.0.0")

@@ -81,10 +81,16 @@ def test_every_value_type_of_the_model_configs_has_a_bad_value_case():
 
 
 def test_good_overrides_of_every_type_pass():
-    config = load_config("config/efficientnet_v1/b0_cfg.py",
-                         "width_coefficient=2,dropout_rate=0.5,min_depth=8,include_top=false,"
-                         "name=x,train_img_size=64,blocks=('r1_k3_s1_e1_i32_o16_se0.25',)")
-    assert (config["width_coefficient"], config["min_depth"], config["include_top"]) == (2, 8, False)
+    config = load_config(
+        "config/efficientnet_v1/b0_cfg.py",
+        "width_coefficient=2,dropout_rate=0.5,min_depth=8,include_top=false,"
+        "name=x,train_img_size=64,blocks=('r1_k3_s1_e1_i32_o16_se0.25',)",
+    )
+    assert (config["width_coefficient"], config["min_depth"], config["include_top"]) == (
+        2,
+        8,
+        False,
+    )
 
 
 def test_input_normalization_names_agree_with_the_model():

@@ -12,10 +12,24 @@ V1 = {f"b{i}": size for i, size in enumerate((224, 240, 260, 300, 380, 456, 528,
 # automl effnetv2_configs: (train_size = progressive-training max, eval_size, dropout).
 V2 = {"s": (300, 384, 0.2), "m": (384, 480, 0.3), "l": (384, 480, 0.4), "xl": (384, 512, 0.4)}
 CONTRACT_KEYS = {
-    "name", "blocks", "width_coefficient", "depth_coefficient", "dropout_rate",
-    "drop_connect_rate", "activation", "bn_momentum", "bn_epsilon", "depth_divisor", "min_depth",
-    "stem_filters", "head_filters", "num_classes", "include_top", "input_normalization",
-    "train_img_size", "eval_img_size",
+    "name",
+    "blocks",
+    "width_coefficient",
+    "depth_coefficient",
+    "dropout_rate",
+    "drop_connect_rate",
+    "activation",
+    "bn_momentum",
+    "bn_epsilon",
+    "depth_divisor",
+    "min_depth",
+    "stem_filters",
+    "head_filters",
+    "num_classes",
+    "include_top",
+    "input_normalization",
+    "train_img_size",
+    "eval_img_size",
 }
 
 
@@ -52,14 +66,24 @@ def test_defaults_come_from_one_module():
     """Keys a variant does not override hold the shared default object itself."""
     for path in (v1_path("b0"), v2_path("s")):
         cfg = load_config(path)
-        for key in ("activation", "bn_epsilon", "depth_divisor", "num_classes", "include_top",
-                    "head_filters", "drop_connect_rate"):
+        for key in (
+            "activation",
+            "bn_epsilon",
+            "depth_divisor",
+            "num_classes",
+            "include_top",
+            "head_filters",
+            "drop_connect_rate",
+        ):
             assert cfg[key] == MODEL_DEFAULTS[key]
 
 
 def test_tiny_override_and_unknown_key():
-    cfg = load_config(v2_path("s"), "width_coefficient=0.1,depth_coefficient=0.1,"
-                      "train_img_size=32,eval_img_size=32,num_classes=10")
+    cfg = load_config(
+        v2_path("s"),
+        "width_coefficient=0.1,depth_coefficient=0.1,"
+        "train_img_size=32,eval_img_size=32,num_classes=10",
+    )
     assert (cfg["width_coefficient"], cfg["num_classes"], cfg["eval_img_size"]) == (0.1, 10, 32)
     with pytest.raises(ConfigError, match="did you mean 'dropout_rate'"):
         load_config(v1_path("b0"), "dropout_rat=0.1")

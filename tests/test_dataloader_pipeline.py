@@ -288,9 +288,12 @@ def zero_based_set(root: str, num_classes: int = 3, per_class: int = 8) -> str:
 def test_zero_based_shards_read_as_one_based_stop_with_the_flag_to_set(tmp_path):
     # Before: every class-0 record was skipped with a WARNING and the run went on without it.
     cfg = imagenet_cfg(zero_based_set(str(tmp_path)), num_classes=3)
-    with pytest.raises(DataError, match=r"8 of 24 train records .* have a label outside \[0, 3\) "
-                                        r"\(stored labels 0\.\.2, label_offset 1\).*"
-                                        r"look 0-based: pass --label_offset 0"):
+    with pytest.raises(
+        DataError,
+        match=r"8 of 24 train records .* have a label outside \[0, 3\) "
+        r"\(stored labels 0\.\.2, label_offset 1\).*"
+        r"look 0-based: pass --label_offset 0",
+    ):
         dataset_info(cfg)
     with pytest.raises(DataError, match="pass --label_offset 0"):
         build_dataset(cfg, "validation")
@@ -303,8 +306,11 @@ def test_zero_based_shards_read_as_one_based_stop_with_the_flag_to_set(tmp_path)
 
 def test_labels_beyond_num_classes_stop_the_run(tmp_path):
     fx.write_tfrecords(str(tmp_path), "train", [[0, 1, 2, 3, 4, 4, 4]])
-    with pytest.raises(DataError, match=r"5 of 7 train records .*outside \[0, 2\).*"
-                                        r"set --mparams num_classes to the real class count"):
+    with pytest.raises(
+        DataError,
+        match=r"5 of 7 train records .*outside \[0, 2\).*"
+        r"set --mparams num_classes to the real class count",
+    ):
         build_dataset(imagenet_cfg(str(tmp_path), num_classes=2), "train")
 
 
@@ -319,7 +325,9 @@ def test_requested_num_classes_disagreeing_with_metadata_is_an_error(records_dir
 
     write_metadata(records_dir, NUM_CLASSES, 12, 8, None)
     try:
-        with pytest.raises(DataError, match=f"num_classes=5 but .*dataset_info.json says {NUM_CLASSES}"):
+        with pytest.raises(
+            DataError, match=f"num_classes=5 but .*dataset_info.json says {NUM_CLASSES}"
+        ):
             dataset_info(imagenet_cfg(records_dir, num_classes=5))
     finally:
         os.remove(os.path.join(records_dir, "dataset_info.json"))

@@ -29,44 +29,55 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tf_config(cluster, task_type="worker", index=0):
-    return {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": task_type, "index": index}})}
+    return {
+        "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": task_type, "index": index}})
+    }
 
 
 # --- hostlists --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("hostlist, hosts", [
-    ("node1", ["node1"]),
-    ("a,b,c", ["a", "b", "c"]),
-    ("gpu[01-03,7]", ["gpu01", "gpu02", "gpu03", "gpu7"]),
-    ("n[1-2],m5,o[3-4,6,7-9]", ["n1", "n2", "m5", "o3", "o4", "o6", "o7", "o8", "o9"]),
-    ("r[1-2]n[08-09]", ["r1n08", "r1n09", "r2n08", "r2n09"]),
-    ("dgx-[009-011]-ib", ["dgx-009-ib", "dgx-010-ib", "dgx-011-ib"]),
-    (" x[9-10] ", ["x9", "x10"]),
-])
+@pytest.mark.parametrize(
+    "hostlist, hosts",
+    [
+        ("node1", ["node1"]),
+        ("a,b,c", ["a", "b", "c"]),
+        ("gpu[01-03,7]", ["gpu01", "gpu02", "gpu03", "gpu7"]),
+        ("n[1-2],m5,o[3-4,6,7-9]", ["n1", "n2", "m5", "o3", "o4", "o6", "o7", "o8", "o9"]),
+        ("r[1-2]n[08-09]", ["r1n08", "r1n09", "r2n08", "r2n09"]),
+        ("dgx-[009-011]-ib", ["dgx-009-ib", "dgx-010-ib", "dgx-011-ib"]),
+        (" x[9-10] ", ["x9", "x10"]),
+    ],
+)
 def test_expand_hostlist(hostlist, hosts):
     assert expand_hostlist(hostlist) == hosts
 
 
-@pytest.mark.parametrize("hostlist, message", [
-    ("n[1-2", "unclosed"),
-    ("n1-2]", "without"),
-    ("n[[1]]", "nested"),
-    ("a,,b", "empty host"),
-    ("n[3-1]", "decreasing"),
-    ("n[a-b]", "bad range"),
-    ("n[1-2-3]", "bad range"),
-])
+@pytest.mark.parametrize(
+    "hostlist, message",
+    [
+        ("n[1-2", "unclosed"),
+        ("n1-2]", "without"),
+        ("n[[1]]", "nested"),
+        ("a,,b", "empty host"),
+        ("n[3-1]", "decreasing"),
+        ("n[a-b]", "bad range"),
+        ("n[1-2-3]", "bad range"),
+    ],
+)
 def test_expand_hostlist_errors(hostlist, message):
     with pytest.raises(ClusterError, match=message):
         expand_hostlist(hostlist)
 
 
-@pytest.mark.parametrize("spec, nodes, counts", [
-    ("8(x4)", 4, [8, 8, 8, 8]),
-    ("2(x2),1", 3, [2, 2, 1]),
-    ("3", 1, [3]),
-])
+@pytest.mark.parametrize(
+    "spec, nodes, counts",
+    [
+        ("8(x4)", 4, [8, 8, 8, 8]),
+        ("2(x2),1", 3, [2, 2, 1]),
+        ("3", 1, [3]),
+    ],
+)
 def test_expand_tasks_per_node(spec, nodes, counts):
     assert expand_tasks_per_node(spec, nodes) == counts
 
@@ -111,28 +122,58 @@ def test_tf_config_with_chief():
 
 
 def test_tf_config_wins_over_slurm():
-    env = {**tf_config({"worker": ["a:1", "b:1"]}, index=1), "SLURM_PROCID": "0", "SLURM_NTASKS": "8"}
+    env = {
+        **tf_config({"worker": ["a:1", "b:1"]}, index=1),
+        "SLURM_PROCID": "0",
+        "SLURM_NTASKS": "8",
+    }
     assert resolve_cluster(env).source == "tf_config"
 
 
-@pytest.mark.parametrize("text, message", [
-    ("{not json", "not valid JSON"),
-    ("[1, 2]", "must be a JSON object"),
-    ('{"task": {"type": "worker", "index": 0}}', "no 'cluster'"),
-    ('{"cluster": {"worker": ["a:1"]}}', "no 'task'"),
-    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker"}}', "no 'task'"),
-    ('{"cluster": {"worker": ["a:1"], "ps": ["b:1"]}, "task": {"type": "worker", "index": 0}}',
-     r"unsupported job\(s\) \['ps'\]"),
-    ('{"cluster": {"worker": "a:1"}, "task": {"type": "worker", "index": 0}}', "non-empty list"),
-    ('{"cluster": {"worker": []}, "task": {"type": "worker", "index": 0}}', "non-empty list"),
-    ('{"cluster": {"worker": ["a"]}, "task": {"type": "worker", "index": 0}}', "is not 'host:port'"),
-    ('{"cluster": {"worker": ["a:x"]}, "task": {"type": "worker", "index": 0}}', "is not 'host:port'"),
-    ('{"cluster": {"chief": ["a:1", "b:1"]}, "task": {"type": "chief", "index": 0}}', "exactly one"),
-    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}', "not a job"),
-    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}', r"out of range.*\(0..0\)"),
-    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": "0"}}', "out of range"),
-    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": true}}', "out of range"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ('{"task": {"type": "worker", "index": 0}}', "no 'cluster'"),
+        ('{"cluster": {"worker": ["a:1"]}}', "no 'task'"),
+        ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker"}}', "no 'task'"),
+        (
+            '{"cluster": {"worker": ["a:1"], "ps": ["b:1"]}, "task": {"type": "worker", "index": 0}}',
+            r"unsupported job\(s\) \['ps'\]",
+        ),
+        (
+            '{"cluster": {"worker": "a:1"}, "task": {"type": "worker", "index": 0}}',
+            "non-empty list",
+        ),
+        ('{"cluster": {"worker": []}, "task": {"type": "worker", "index": 0}}', "non-empty list"),
+        (
+            '{"cluster": {"worker": ["a"]}, "task": {"type": "worker", "index": 0}}',
+            "is not 'host:port'",
+        ),
+        (
+            '{"cluster": {"worker": ["a:x"]}, "task": {"type": "worker", "index": 0}}',
+            "is not 'host:port'",
+        ),
+        (
+            '{"cluster": {"chief": ["a:1", "b:1"]}, "task": {"type": "chief", "index": 0}}',
+            "exactly one",
+        ),
+        ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}', "not a job"),
+        (
+            '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}',
+            r"out of range.*\(0..0\)",
+        ),
+        (
+            '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": "0"}}',
+            "out of range",
+        ),
+        (
+            '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": true}}',
+            "out of range",
+        ),
+    ],
+)
 def test_tf_config_errors(text, message):
     with pytest.raises(ClusterError, match=message):
         resolve_cluster({"TF_CONFIG": text})
@@ -142,8 +183,13 @@ def test_tf_config_errors(text, message):
 
 
 def slurm(procid, ntasks, nodelist, per_node=None, localid=None, **extra):
-    env = {"SLURM_PROCID": str(procid), "SLURM_NTASKS": str(ntasks), "SLURM_JOB_NODELIST": nodelist,
-           "SLURM_JOB_ID": "42", **extra}
+    env = {
+        "SLURM_PROCID": str(procid),
+        "SLURM_NTASKS": str(ntasks),
+        "SLURM_JOB_NODELIST": nodelist,
+        "SLURM_JOB_ID": "42",
+        **extra,
+    }
     if per_node is not None:
         env["SLURM_STEP_TASKS_PER_NODE"] = per_node
     if localid is not None:
@@ -164,8 +210,14 @@ def test_slurm_4_nodes_8_tasks_each():
 
 
 def test_slurm_step_variables_win_and_default_port():
-    env = slurm(0, 99, "ignored[1-9]", SLURM_STEP_NUM_TASKS="2", SLURM_STEP_NODELIST="a,b",
-                SLURM_LOCALID="0")
+    env = slurm(
+        0,
+        99,
+        "ignored[1-9]",
+        SLURM_STEP_NUM_TASKS="2",
+        SLURM_STEP_NODELIST="a,b",
+        SLURM_LOCALID="0",
+    )
     spec = resolve_cluster(env)
     assert spec.jobs == {"worker": ("a:12345", "b:12345")}
     assert spec.is_chief and spec.local_size == 1
@@ -186,21 +238,30 @@ def test_slurm_single_task_is_local():
     assert resolve_cluster(slurm(0, 1, "n1")) == ClusterSpec()
 
 
-@pytest.mark.parametrize("env, message", [
-    (slurm("x", 2, "a,b"), "SLURM_PROCID='x' is not an integer"),
-    (slurm(-1, 2, "a,b"), "SLURM_PROCID=-1 must be >= 0"),
-    (slurm(2, 2, "a,b"), "SLURM_PROCID=2 is not below SLURM_NTASKS=2"),
-    (slurm(0, 0, "a,b"), "SLURM_NTASKS=0 must be >= 1"),
-    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "2"}, "neither SLURM_STEP_NODELIST nor SLURM_JOB_NODELIST"),
-    (slurm(0, 3, "a,b"), "3 tasks do not divide over 2 nodes"),
-    (slurm(0, 4, "a,b", "3(x2)"), "add up to 6, not SLURM_NTASKS=4"),
-    (slurm(0, 4, "a,b", "2(x3)"), "covers 3 nodes"),
-    (slurm(3, 4, "a,b", "2(x2)", localid=0), "SLURM_LOCALID=0 but block layout gives local rank 1"),
-    (slurm(0, 2, "a[1-", "1(x2)"), "unclosed"),
-    (slurm(0, 2, "a,b", MASTER_PORT="http"), "MASTER_PORT='http' is not an integer"),
-    (slurm(0, 2, "a,b", MASTER_PORT="70000"), "not a TCP port"),
-    (slurm(0, 16, "a,b", "8(x2)", MASTER_PORT="65530"), "exceeds 65535"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        (slurm("x", 2, "a,b"), "SLURM_PROCID='x' is not an integer"),
+        (slurm(-1, 2, "a,b"), "SLURM_PROCID=-1 must be >= 0"),
+        (slurm(2, 2, "a,b"), "SLURM_PROCID=2 is not below SLURM_NTASKS=2"),
+        (slurm(0, 0, "a,b"), "SLURM_NTASKS=0 must be >= 1"),
+        (
+            {"SLURM_PROCID": "0", "SLURM_NTASKS": "2"},
+            "neither SLURM_STEP_NODELIST nor SLURM_JOB_NODELIST",
+        ),
+        (slurm(0, 3, "a,b"), "3 tasks do not divide over 2 nodes"),
+        (slurm(0, 4, "a,b", "3(x2)"), "add up to 6, not SLURM_NTASKS=4"),
+        (slurm(0, 4, "a,b", "2(x3)"), "covers 3 nodes"),
+        (
+            slurm(3, 4, "a,b", "2(x2)", localid=0),
+            "SLURM_LOCALID=0 but block layout gives local rank 1",
+        ),
+        (slurm(0, 2, "a[1-", "1(x2)"), "unclosed"),
+        (slurm(0, 2, "a,b", MASTER_PORT="http"), "MASTER_PORT='http' is not an integer"),
+        (slurm(0, 2, "a,b", MASTER_PORT="70000"), "not a TCP port"),
+        (slurm(0, 16, "a,b", "8(x2)", MASTER_PORT="65530"), "exceeds 65535"),
+    ],
+)
 def test_slurm_errors(env, message):
     with pytest.raises(ClusterError, match=message):
         resolve_cluster(env)
@@ -221,7 +282,12 @@ def ompi(rank, size, local_rank=None, local_size=None, **extra):
 def test_ompi_one_node_uses_master_addr():
     spec = resolve_cluster(ompi(1, 4, 1, 4, MASTER_ADDR="10.0.0.5", MASTER_PORT="3000"))
     assert spec.source == "mpi"
-    assert spec.jobs["worker"] == ("10.0.0.5:3000", "10.0.0.5:3001", "10.0.0.5:3002", "10.0.0.5:3003")
+    assert spec.jobs["worker"] == (
+        "10.0.0.5:3000",
+        "10.0.0.5:3001",
+        "10.0.0.5:3002",
+        "10.0.0.5:3003",
+    )
     assert (spec.task_index, spec.local_rank, spec.local_size) == (1, 1, 4)
 
 
@@ -236,8 +302,13 @@ def test_ompi_several_nodes_with_worker_hosts():
 
 
 def test_pmi_mpich():
-    env = {"PMI_RANK": "3", "PMI_SIZE": "4", "MPI_LOCALRANKID": "1", "MPI_LOCALNRANKS": "2",
-           "WORKER_HOSTS": "a,b"}
+    env = {
+        "PMI_RANK": "3",
+        "PMI_SIZE": "4",
+        "MPI_LOCALRANKID": "1",
+        "MPI_LOCALNRANKS": "2",
+        "WORKER_HOSTS": "a,b",
+    }
     spec = resolve_cluster(env)
     assert spec.jobs["worker"] == ("a:12345", "a:12346", "b:12345", "b:12346")
     assert (spec.task_index, spec.local_rank) == (3, 1)
@@ -248,16 +319,22 @@ def test_mpi_single_rank_is_local():
     assert resolve_cluster({"PMI_RANK": "0", "PMI_SIZE": "1"}) == ClusterSpec()
 
 
-@pytest.mark.parametrize("env, message", [
-    (ompi(0, 8, 0, 4), "set WORKER_HOSTS to the node list"),
-    (ompi(4, 4), "OMPI_COMM_WORLD_RANK=4 is not below OMPI_COMM_WORLD_SIZE=4"),
-    ({"OMPI_COMM_WORLD_RANK": "0"}, "OMPI_COMM_WORLD_SIZE is not set"),
-    (ompi(0, 6, 0, 2, WORKER_HOSTS="a,b,c,d"), "do not divide over WORKER_HOSTS' 4 nodes"),
-    (ompi(0, 4, 0, 2, WORKER_HOSTS="a,b", MASTER_ADDR="b"), "is not the first node 'a'"),
-    (ompi(3, 4, 0, 2, WORKER_HOSTS="a,b"), "OMPI_COMM_WORLD_LOCAL_RANK=0 but block layout gives local rank 1"),
-    ({"PMI_RANK": "0", "PMI_SIZE": "two"}, "PMI_SIZE='two' is not an integer"),
-    (ompi(0, 2, MASTER_PORT="0"), "MASTER_PORT=0 must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        (ompi(0, 8, 0, 4), "set WORKER_HOSTS to the node list"),
+        (ompi(4, 4), "OMPI_COMM_WORLD_RANK=4 is not below OMPI_COMM_WORLD_SIZE=4"),
+        ({"OMPI_COMM_WORLD_RANK": "0"}, "OMPI_COMM_WORLD_SIZE is not set"),
+        (ompi(0, 6, 0, 2, WORKER_HOSTS="a,b,c,d"), "do not divide over WORKER_HOSTS' 4 nodes"),
+        (ompi(0, 4, 0, 2, WORKER_HOSTS="a,b", MASTER_ADDR="b"), "is not the first node 'a'"),
+        (
+            ompi(3, 4, 0, 2, WORKER_HOSTS="a,b"),
+            "OMPI_COMM_WORLD_LOCAL_RANK=0 but block layout gives local rank 1",
+        ),
+        ({"PMI_RANK": "0", "PMI_SIZE": "two"}, "PMI_SIZE='two' is not an integer"),
+        (ompi(0, 2, MASTER_PORT="0"), "MASTER_PORT=0 must be >= 1"),
+    ],
+)
 def test_mpi_errors(env, message):
     with pytest.raises(ClusterError, match=message):
         resolve_cluster(env)
@@ -267,12 +344,22 @@ def test_mpi_errors(env, message):
 
 
 def run_python(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items()
-                if not k.startswith(("TF_CONFIG", "SLURM_", "OMPI_", "PMI_"))}
-    full_env.update({"CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO,
-                     **(env or {})})
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env, cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TF_CONFIG", "SLURM_", "OMPI_", "PMI_"))
+    }
+    full_env.update(
+        {"CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO, **(env or {})}
+    )
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=full_env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_create_strategy_on_cpu():
@@ -330,13 +417,18 @@ def test_create_strategy_on_cpu():
 
 
 def test_create_strategy_rejects_bad_environment():
-    result = run_python("""
+    result = run_python(
+        """
         from runtime import distribute as d
         try:
             d.create_strategy()
         except d.ClusterError as err:
             print("ERR", err)
-    """, env={"TF_CONFIG": '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}'})
+    """,
+        env={
+            "TF_CONFIG": '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}'
+        },
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ERR TF_CONFIG task index 3 is out of range" in result.stdout
 
@@ -349,15 +441,20 @@ def test_missing_worker_fails_at_startup_instead_of_hanging():
     # Worker 1 is never started: worker 0 must give up after startup_timeout_s.
     env = tf_config({"worker": [f"127.0.0.1:{p}" for p in ports]}, index=0)
     started = time.monotonic()
-    result = run_python("""
+    result = run_python(
+        """
         from runtime import distribute as d
         d.create_strategy(num_gpus=0, startup_timeout_s=3)
         print("STRATEGY CREATED")
-    """, env=env)
+    """,
+        env=env,
+    )
     # SIGKILL from the watchdog process: TF blocks the interpreter and swallows SIGTERM here.
     assert result.returncode == -9, result.stderr[-3000:]
     assert "STRATEGY CREATED" not in result.stdout
-    assert "main.py: error: multi-worker startup: not all 2 workers joined within 3s" in result.stderr
+    assert (
+        "main.py: error: multi-worker startup: not all 2 workers joined within 3s" in result.stderr
+    )
     assert f"peers 127.0.0.1:{ports[0]}, 127.0.0.1:{ports[1]}" in result.stderr
     assert time.monotonic() - started < 90
 

@@ -38,8 +38,8 @@ TWO_REPLICA_MAIN = (
     "from runtime import distribute\n"
     "distribute.create_strategy = functools.partial(distribute.create_strategy, cpu_replicas=2)\n"
     "import main\n"
-    "sys.exit(main.main(sys.argv[1:]))\n")
-
+    "sys.exit(main.main(sys.argv[1:]))\n"
+)
 
 
 def free_ports(count: int) -> list[int]:
@@ -54,36 +54,68 @@ def free_ports(count: int) -> list[int]:
 
 
 def train_args(model_dir, *extra: str) -> list[str]:
-    return ["--cfg", "config/efficientnet_v2/s_cfg.py", "--mparams", MPARAMS, "--mode", "train",
-            "--dataset", "synthetic", "--model_dir", str(model_dir), "--seed", "7", "--no-use_xla",
-            "--num_gpus", "0", "--train_batch_size", "4", "--lr_init", "0.5",
-            "--lr_warmup_epochs", "0", "--optimizer", "momentum", "--save_checkpoint_freq", "1",
-            *extra]
+    return [
+        "--cfg",
+        "config/efficientnet_v2/s_cfg.py",
+        "--mparams",
+        MPARAMS,
+        "--mode",
+        "train",
+        "--dataset",
+        "synthetic",
+        "--model_dir",
+        str(model_dir),
+        "--seed",
+        "7",
+        "--no-use_xla",
+        "--num_gpus",
+        "0",
+        "--train_batch_size",
+        "4",
+        "--lr_init",
+        "0.5",
+        "--lr_warmup_epochs",
+        "0",
+        "--optimizer",
+        "momentum",
+        "--save_checkpoint_freq",
+        "1",
+        *extra,
+    ]
 
 
 def base_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("TF_CONFIG", "SLURM_", "OMPI_", "PMI_", "MASTER_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TF_CONFIG", "SLURM_", "OMPI_", "PMI_", "MASTER_"))
+    }
     env.update({"CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO})
     return env
 
 
 def start(argv: list[str], log_path, env: dict[str, str]) -> subprocess.Popen:
     log = open(log_path, "w")  # noqa: SIM115 - closed by `finish`
-    proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, *argv], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     proc.log_file = log
     return proc
 
 
-def start_workers(ports: list[int], argv: Callable[[int], list[str]], tmp_path,
-                  tag: str) -> list[subprocess.Popen]:
+def start_workers(
+    ports: list[int], argv: Callable[[int], list[str]], tmp_path, tag: str
+) -> list[subprocess.Popen]:
     """One process per port with TF_CONFIG naming all of them; `argv(index)` is its command."""
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
     for index in range(len(ports)):
-        env = {**base_env(), "TF_CONFIG": json.dumps(
-            {"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        env = {
+            **base_env(),
+            "TF_CONFIG": json.dumps(
+                {"cluster": cluster, "task": {"type": "worker", "index": index}}
+            ),
+        }
         procs.append(start(argv(index), tmp_path / f"{tag}_worker{index}.log", env))
     return procs
 
@@ -120,13 +152,16 @@ def checkpoint_values(prefix: str) -> dict[str, np.ndarray]:
     import tensorflow as tf
 
     reader = tf.train.load_checkpoint(prefix)
-    return {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(prefix)
-            if not name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH")}
+    return {
+        name: reader.get_tensor(name)
+        for name, _ in tf.train.list_variables(prefix)
+        if not name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH")
+    }
 
 
 def summary(model_dir) -> dict:
     with open(os.path.join(model_dir, "log.json")) as f:
-        records = [json.loads(line[len("DLLL "):]) for line in f if line.startswith("DLLL ")]
+        records = [json.loads(line[len("DLLL ") :]) for line in f if line.startswith("DLLL ")]
     return [r for r in records if r.get("step") == []][-1]["data"]
 
 
@@ -134,10 +169,18 @@ def test_two_worker_steps_equal_one_device_steps(tmp_path):
     """runtime.train's step under MultiWorkerMirroredStrategy (2 processes x batch 4) equals the
     same step on one device with batch 8 (BN-free model: every variable must match)."""
     procs = start_workers(
-        free_ports(2), lambda i: ["-m", "tests.multiworker_driver", str(tmp_path / f"w{i}.npz"), "3"],
-        tmp_path, "step")
-    procs.append(start(["-m", "tests.multiworker_driver", str(tmp_path / "one.npz"), "3"],
-                       tmp_path / "one.log", base_env()))
+        free_ports(2),
+        lambda i: ["-m", "tests.multiworker_driver", str(tmp_path / f"w{i}.npz"), "3"],
+        tmp_path,
+        "step",
+    )
+    procs.append(
+        start(
+            ["-m", "tests.multiworker_driver", str(tmp_path / "one.npz"), "3"],
+            tmp_path / "one.log",
+            base_env(),
+        )
+    )
     for proc in procs:
         rc, log = finish(proc, timeout=120)
         assert rc == 0, log[-3000:]
@@ -154,7 +197,9 @@ def test_killed_worker_makes_the_other_fail_fast(tmp_path):
     procs = start_workers(
         free_ports(2),
         lambda i: ["-m", "tests.multiworker_driver", str(tmp_path / f"w{i}.npz"), "100000", "0.05"],
-        tmp_path, "kill")
+        tmp_path,
+        "kill",
+    )
     log1 = tmp_path / "kill_worker1.log"
     rc, log, _ = kill_when(lambda: "step 3" in log1.read_text(), procs, timeout=100)
     assert rc == 1, log[-3000:]
@@ -170,7 +215,9 @@ def test_two_workers_match_one_process_with_the_same_global_batch(tmp_path):
         return train_args(model_dir, "--max_epochs", "2", "--steps_per_epoch", "2")
 
     started = time.monotonic()
-    workers = start_workers(free_ports(2), lambda i: ["main.py", *args(workers_dir)], tmp_path, "run")
+    workers = start_workers(
+        free_ports(2), lambda i: ["main.py", *args(workers_dir)], tmp_path, "run"
+    )
     single = start(["-c", TWO_REPLICA_MAIN, *args(single_dir)], tmp_path / "single.log", base_env())
     results = [finish(p, timeout=240) for p in (*workers, single)]
     for rc, log in results:
@@ -179,7 +226,10 @@ def test_two_workers_match_one_process_with_the_same_global_batch(tmp_path):
     assert "1 worker(s), 2 replica(s) in sync" in results[2][1]
 
     final = os.path.join("checkpoints", "ckpt-2")
-    ours, reference = checkpoint_values(str(workers_dir / final)), checkpoint_values(str(single_dir / final))
+    ours, reference = (
+        checkpoint_values(str(workers_dir / final)),
+        checkpoint_values(str(single_dir / final)),
+    )
     assert ours.keys() == reference.keys()
     compared = 0
     for name, value in reference.items():
@@ -194,7 +244,9 @@ def test_two_workers_match_one_process_with_the_same_global_batch(tmp_path):
     moved = max(float(np.max(np.abs(first[k] - v))) for k, v in ours.items() if v.dtype.kind == "f")
     assert moved > 1e-3
     # Only the chief keeps files: no per-worker temporary checkpoint directory is left behind.
-    assert sorted(os.listdir(workers_dir / "checkpoints")) == sorted(os.listdir(single_dir / "checkpoints"))
+    assert sorted(os.listdir(workers_dir / "checkpoints")) == sorted(
+        os.listdir(single_dir / "checkpoints")
+    )
     assert summary(workers_dir)["global_step"] == summary(single_dir)["global_step"] == 4
     print(f"3 processes in {time.monotonic() - started:.1f}s")
 

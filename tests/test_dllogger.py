@@ -32,7 +32,7 @@ def test_log_file_parses_line_by_line_in_dllogger_format(tmp_path):
     records = []
     for line in lines:
         assert line.startswith("DLLL {")
-        records.append(json.loads(line[len("DLLL "):]))
+        records.append(json.loads(line[len("DLLL ") :]))
     for rec in records:
         # timestamp/elapsedtime are strings in DLLogger's files.
         assert float(rec["timestamp"]) > 1.6e9
@@ -40,7 +40,8 @@ def test_log_file_parses_line_by_line_in_dllogger_format(tmp_path):
         assert isinstance(rec["datetime"], str) and len(rec["datetime"]) >= 19
     logs = [r for r in records if r["type"] == "LOG"]
     assert [list(r) for r in logs] == [
-        ["timestamp", "datetime", "elapsedtime", "type", "step", "data"]] * 4
+        ["timestamp", "datetime", "elapsedtime", "type", "step", "data"]
+    ] * 4
     assert logs[0]["step"] == "PARAMETER"
     assert logs[0]["data"] == {"lr_init": 0.008, "optimizer": "rmsprop", "use_amp": False}
     assert logs[1]["step"] == [0, 5] and logs[1]["data"] == {"train.loss": 2.5, "lr": 0.1}

@@ -30,6 +30,7 @@ def test_flags_doc_is_current():
 
 def test_flags_doc_lists_every_flag_with_group_and_default():
     from runtime.flags import build_parser
+
     text = flags_doc.generate()
     parser = build_parser()
     for action in parser._actions:
@@ -45,6 +46,7 @@ def test_flags_doc_lists_every_flag_with_group_and_default():
 def test_flags_doc_sees_a_new_flag():
     """A parser that gained a flag renders a page that no longer matches docs/flags.md."""
     from runtime.flags import build_parser
+
     parser = build_parser()
     parser.add_argument("--brand_new_flag", default=3, help="added after the page was written")
     text = flags_doc.render(parser)
@@ -54,8 +56,13 @@ def test_flags_doc_sees_a_new_flag():
 
 
 def test_flags_doc_script_prints_the_page():
-    out = subprocess.run([sys.executable, "scripts/flags_doc.py"], cwd=ROOT, capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "scripts/flags_doc.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out == flags_doc.generate()
 
 
@@ -63,13 +70,17 @@ def _anchors(path):
     """GitHub's heading anchors of a markdown file (lower case, punctuation dropped, spaces to -)."""
     with open(path, encoding="utf-8") as f:
         text = re.sub(r"```.*?```", "", f.read(), flags=re.S)
-    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
-            for h in re.findall(r"^#+ (.+)$", text, flags=re.M)}
+    return {
+        re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+        for h in re.findall(r"^#+ (.+)$", text, flags=re.M)
+    }
 
 
 def test_anchor_slugs_follow_github():
     assert _anchors(os.path.join(ROOT, "docs", "evaluation.md")) >= {
-        "benchmarks---mode-training_benchmark---mode-inference_benchmark", "logs-and-plots"}
+        "benchmarks---mode-training_benchmark---mode-inference_benchmark",
+        "logs-and-plots",
+    }
 
 
 def test_relative_links_point_to_existing_files_and_headings():
@@ -100,16 +111,23 @@ def test_readme_test_command_is_what_ci_runs():
         readme = f.read()
     with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
         ci = f.read()
-    command = ("python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements-dev.txt"
-               " && python -m pytest -q")
+    command = (
+        "python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements-dev.txt"
+        " && python -m pytest -q"
+    )
     assert command in readme
-    for part in ("python3 -m venv .venv", ". .venv/bin/activate",
-                 "pip install -q -r requirements-dev.txt", "python -m pytest -q"):
+    for part in (
+        "python3 -m venv .venv",
+        ". .venv/bin/activate",
+        "pip install -q -r requirements-dev.txt",
+        "python -m pytest -q",
+    ):
         assert part in ci, part
 
 
-@pytest.mark.parametrize("variant", variant_params(
-    ["b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "s", "m", "l", "xl"]))
+@pytest.mark.parametrize(
+    "variant", variant_params(["b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "s", "m", "l", "xl"])
+)
 def test_model_tables_are_current(variant):
     """The model table in README.md and docs/models.md is scripts/model_table.py's output
     (rows are built once per session and shared with tests/test_model_table.py)."""
@@ -118,4 +136,5 @@ def test_model_tables_are_current(variant):
         with open(os.path.join(ROOT, page), encoding="utf-8") as f:
             assert row in f.read().splitlines(), (
                 f"{page}: model table is stale ({row}): paste the output of "
-                "python scripts/model_table.py --format markdown")
+                "python scripts/model_table.py --format markdown"
+            )

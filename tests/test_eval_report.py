@@ -25,8 +25,9 @@ def logits_model(num_classes):
 
 
 def test_confusion_matrix_counts_as_top1_does():
-    logits = np.array([[5, 1, 0], [0, 3, 1], [0, 4, 1], [1, 1, 1], [0, 0, math.nan],
-                       [0, 1, 2]], np.float32)
+    logits = np.array(
+        [[5, 1, 0], [0, 3, 1], [0, 4, 1], [1, 1, 1], [0, 0, math.nan], [0, 1, 2]], np.float32
+    )
     labels = np.eye(3, dtype=np.float32)[[0, 1, 2, 2, 2, 2]]
     ds = tf.data.Dataset.from_tensor_slices((logits, labels)).batch(4)
     got = evaluate(logits_model(3), ds, progress=False, confusion=True)
@@ -44,7 +45,10 @@ def test_report_files(tmp_path):
     with open(tmp_path / PER_CLASS_CSV, newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["class_name"], r["images"], r["correct"], r["accuracy"]) for r in rows] == [
-        ("cat", "4", "3", "0.750000"), ("dog", "0", "0", ""), ("fox", "4", "2", "0.500000")]
+        ("cat", "4", "3", "0.750000"),
+        ("dog", "0", "0", ""),
+        ("fox", "4", "2", "0.500000"),
+    ]
     with open(tmp_path / CONFUSION_CSV, newline="") as f:
         table = list(csv.reader(f))
     assert table[0] == ["true \\ predicted", "cat", "dog", "fox"]

@@ -31,8 +31,13 @@ def test_latency_percentiles_match_numpy_and_see_the_tail():
 
 def test_latency_stats_empty_is_nan():
     stats = latency_stats([])
-    assert set(stats) == {"latency_mean_ms", "latency_p50_ms", "latency_p90_ms",
-                          "latency_p95_ms", "latency_p99_ms"}
+    assert set(stats) == {
+        "latency_mean_ms",
+        "latency_p50_ms",
+        "latency_p90_ms",
+        "latency_p95_ms",
+        "latency_p99_ms",
+    }
     assert all(math.isnan(v) for v in stats.values())
 
 
@@ -89,7 +94,8 @@ def test_constant_model_scores_zero_not_hundred():
     outputs = keras.layers.Dense(10, kernel_initializer="zeros")(keras.layers.Flatten()(inputs))
     model = keras.Model(inputs, outputs)
     ds = tf.data.Dataset.from_tensor_slices(
-        (np.ones((8, 4, 4, 3), "float32"), np.eye(10, dtype="float32")[np.arange(8)])).batch(4)
+        (np.ones((8, 4, 4, 3), "float32"), np.eye(10, dtype="float32")[np.arange(8)])
+    ).batch(4)
     got = evaluate(model, ds, progress=False)
     assert got["top1"] == 0.0 and got["top5"] == 0.0
     assert got["loss"] == pytest.approx(math.log(10), rel=1e-5)
@@ -98,7 +104,8 @@ def test_constant_model_scores_zero_not_hundred():
 def test_empty_dataset_is_an_error():
     model = _linear_model()
     ds = tf.data.Dataset.from_tensor_slices(
-        (np.zeros((0, 4, 4, 3), "float32"), np.zeros((0, 7), "float32"))).batch(4)
+        (np.zeros((0, 4, 4, 3), "float32"), np.zeros((0, 7), "float32"))
+    ).batch(4)
     with pytest.raises(ValueError, match="evaluation dataset is empty"):
         evaluate(model, ds, progress=False)
 
@@ -119,8 +126,9 @@ def test_run_eval_end_to_end_on_digits(tmp_path):
     from dataloader import build_dataset
     from runtime.components import data_config
 
-    again = evaluate(model, build_dataset(data_config(params, training=False), "validation"),
-                     progress=False)
+    again = evaluate(
+        model, build_dataset(data_config(params, training=False), "validation"), progress=False
+    )
     assert got["top1"] == pytest.approx(again["top1"])
     assert got["loss"] == pytest.approx(again["loss"], rel=1e-5)
     records = read_log(str(tmp_path / "log.json"))
@@ -137,8 +145,10 @@ def test_eval_without_checkpoint_exits_1(tmp_path, capsys):
 
     assert main.main(tiny_args(tmp_path, "eval")) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == f"main.py: error: no checkpoint found in {tmp_path} " \
-                      "(train first, or pass a checkpoint path)"
+    assert (
+        err[-1] == f"main.py: error: no checkpoint found in {tmp_path} "
+        "(train first, or pass a checkpoint path)"
+    )
 
 
 def test_evaluate_under_mirrored_strategy_matches_one_device():
@@ -174,8 +184,9 @@ def test_evaluate_under_mirrored_strategy_matches_one_device():
         print(json.dumps([one, plain, distributed]))
     """)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     one, plain, distributed = json.loads(proc.stdout.strip().splitlines()[-1])
     for got in (plain, distributed):
@@ -191,12 +202,18 @@ def test_empty_batch_of_a_finished_worker_sums_to_zero():
     from config.loader import load_config
     from model import build_model
 
-    config = load_config("config/efficientnet_v2/s_cfg.py", "width_coefficient=0.1,depth_coefficient=0.1")
+    config = load_config(
+        "config/efficientnet_v2/s_cfg.py", "width_coefficient=0.1,depth_coefficient=0.1"
+    )
     model = build_model(config, num_classes=4)
     step = make_eval_step(model, tf.distribute.get_strategy(), top_k=3)
     empty = step(tf.zeros([0, 32, 32, 3]), tf.zeros([0, 4]))
     assert {k: float(v) for k, v in empty.items()} == {
-        "loss_sum": 0.0, "top1_sum": 0.0, "top5_sum": 0.0, "count": 0.0}
+        "loss_sum": 0.0,
+        "top1_sum": 0.0,
+        "top5_sum": 0.0,
+        "count": 0.0,
+    }
     full = step(tf.zeros([2, 32, 32, 3]), tf.one_hot([0, 1], 4))
     assert float(full["count"]) == 2.0 and math.isfinite(float(full["loss_sum"]))
 
@@ -209,6 +226,10 @@ def test_untimed_evaluation_warns_once_and_drops_nan_timing(caplog):
         for _ in range(3):  # three epochs of a one-batch validation set
             _warn_untimed(1, 1)
     assert sum("were warm-up" in r.getMessage() for r in caplog.records) == 1
-    results = {"top1": 0.5, "images_per_sec": float("nan"), "latency_p99_ms": float("nan"),
-               "timed_steps": 0}
+    results = {
+        "top1": 0.5,
+        "images_per_sec": float("nan"),
+        "latency_p99_ms": float("nan"),
+        "timed_steps": 0,
+    }
     assert without_missing_timing(results) == {"top1": 0.5, "timed_steps": 0}

@@ -19,9 +19,17 @@ from runtime.errors import RunError
 from tests.tiny_run import save_random_checkpoint, tiny_args, tiny_params
 
 HAVE = {m: importlib.util.find_spec(m) is not None for m in runtimes.OPTIONAL_MODULES}
-FORMAT_NEEDS = {"saved_model": (), "onnx": ("tf2onnx", "onnxruntime"), "tflite": ("ai_edge_litert",)}
-RUNTIME_NEEDS = {"keras": (), "saved_model": (), "onnxruntime": ("onnxruntime",),
-                 "litert": ("ai_edge_litert",)}
+FORMAT_NEEDS = {
+    "saved_model": (),
+    "onnx": ("tf2onnx", "onnxruntime"),
+    "tflite": ("ai_edge_litert",),
+}
+RUNTIME_NEEDS = {
+    "keras": (),
+    "saved_model": (),
+    "onnxruntime": ("onnxruntime",),
+    "litert": ("ai_edge_litert",),
+}
 
 
 def skip_without(*modules):
@@ -49,8 +57,9 @@ def exported(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("export_run")
     save_random_checkpoint(tiny_params(model_dir, "export"))
     # ONNX first: Keras' ONNX exporter needs a model that was called before (serving_model does).
-    formats = [f for f in ("onnx", "tflite", "saved_model")
-               if all(HAVE[m] for m in FORMAT_NEEDS[f])]
+    formats = [
+        f for f in ("onnx", "tflite", "saved_model") if all(HAVE[m] for m in FORMAT_NEEDS[f])
+    ]
     assert main.main(tiny_args(model_dir, "export", "--export_format", ",".join(formats))) == 0
     return model_dir, formats
 
@@ -74,8 +83,11 @@ def test_every_format_exports_and_passes_its_self_check(exported, capsys):
         assert artifact["top1_agreement"] == 1.0
         assert artifact["check_images"] == "32 digits validation"
         assert artifact["signature"]["input"] == {
-            "name": "images", "dtype": "float32", "shape": ["batch", 32, 32, 3],
-            "range": "0..255 RGB, eval center crop and resize already applied"}
+            "name": "images",
+            "dtype": "float32",
+            "shape": ["batch", 32, 32, 3],
+            "range": "0..255 RGB, eval center crop and resize already applied",
+        }
         assert artifact["signature"]["outputs"]["logits"]["shape"] == ["batch", 10]
     assert manifest["image_size"] == 32 and manifest["num_classes"] == 10
     # Atomic writes: no temporary file or folder is left next to the artifacts.
@@ -93,8 +105,16 @@ def test_each_runtime_predicts_the_same_top1_as_keras(exported, runtime, tmp_pat
     folder = _write_digit_folder(tmp_path / "images")
 
     def top1(name):
-        argv = tiny_args(model_dir, "predict", "--predict_img_dir", str(folder),
-                         "--runtime", name, "--predict_top_k", "3")
+        argv = tiny_args(
+            model_dir,
+            "predict",
+            "--predict_img_dir",
+            str(folder),
+            "--runtime",
+            name,
+            "--predict_top_k",
+            "3",
+        )
         # Predict never overwrites (it writes predictions_2.json next): start from none.
         for old in model_dir.glob("predictions*.*"):
             old.unlink()
@@ -102,8 +122,10 @@ def test_each_runtime_predicts_the_same_top1_as_keras(exported, runtime, tmp_pat
         with open(model_dir / "predictions.json", encoding="utf-8") as f:
             document = json.load(f)
         assert document["runtime"] == name
-        return {p["file"]: (p["top_k"][0]["class_id"], p["top_k"][0]["probability"])
-                for p in document["predictions"]}
+        return {
+            p["file"]: (p["top_k"][0]["class_id"], p["top_k"][0]["probability"])
+            for p in document["predictions"]
+        }
 
     keras_top1 = top1("keras")
     other = top1(runtime)
@@ -116,9 +138,20 @@ def test_each_runtime_predicts_the_same_top1_as_keras(exported, runtime, tmp_pat
 def test_inference_benchmark_with_an_exported_runtime(exported):
     model_dir, _ = exported
     skip_without("onnxruntime")
-    params = tiny_params(model_dir, "inference_benchmark", "--runtime", "onnxruntime",
-                         "--dataset", "synthetic", "--benchmark_batch_sizes", "1,4",
-                         "--benchmark_steps", "3", "--benchmark_warmup_steps", "1")
+    params = tiny_params(
+        model_dir,
+        "inference_benchmark",
+        "--runtime",
+        "onnxruntime",
+        "--dataset",
+        "synthetic",
+        "--benchmark_batch_sizes",
+        "1,4",
+        "--benchmark_steps",
+        "3",
+        "--benchmark_warmup_steps",
+        "1",
+    )
     from runtime.benchmark import run_inference_benchmark
 
     document = run_inference_benchmark({**params, "use_xla": False})
@@ -129,7 +162,8 @@ def test_inference_benchmark_with_an_exported_runtime(exported):
         assert row["timed_steps"] == 3
         assert row["latency_p50_ms"] <= row["latency_p99_ms"]
         assert row["images_per_sec"] == pytest.approx(
-            row["batch_size"] * 1000.0 / row["latency_mean_ms"])
+            row["batch_size"] * 1000.0 / row["latency_mean_ms"]
+        )
 
 
 def test_eval_transform_matches_preprocess_for_eval():
@@ -138,8 +172,9 @@ def test_eval_transform_matches_preprocess_for_eval():
     for method in ("bilinear", "bicubic"):
         layer = export.EvalTransform(24, 0.8, method)
         batched = layer(images).numpy()
-        single = np.stack([preprocess_for_eval(tf.constant(img), 24, 0.8, method).numpy()
-                           for img in images])
+        single = np.stack(
+            [preprocess_for_eval(tf.constant(img), 24, 0.8, method).numpy() for img in images]
+        )
         assert batched.shape == (2, 24, 24, 3)
         np.testing.assert_allclose(batched, single, atol=1e-3)
 
@@ -147,12 +182,15 @@ def test_eval_transform_matches_preprocess_for_eval():
 def test_export_with_preprocessing_takes_uint8_and_jpeg_bytes(tmp_path):
     skip_without("tf2onnx", "onnxruntime")
     save_random_checkpoint(tiny_params(tmp_path, "export"))
-    argv = tiny_args(tmp_path, "export", "--export_format", "onnx,saved_model",
-                     "--export_preprocessing")
+    argv = tiny_args(
+        tmp_path, "export", "--export_format", "onnx,saved_model", "--export_preprocessing"
+    )
     assert main.main(argv) == 0
     artifacts = {a["format"]: a for a in _manifest(tmp_path)["artifacts"]}
-    for fmt, name in (("saved_model", "saved_model_preprocessing"),
-                      ("onnx", "model_preprocessing.onnx")):
+    for fmt, name in (
+        ("saved_model", "saved_model_preprocessing"),
+        ("onnx", "model_preprocessing.onnx"),
+    ):
         artifact = artifacts[fmt]
         assert artifact["path"] == str(tmp_path / "export" / name)
         assert artifact["passed"] and artifact["preprocessing"] is True
@@ -217,9 +255,12 @@ def test_failed_export_leaves_no_partial_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(keras.Model, "export", half_written)
-    with pytest.raises(export.ExportError, match=r"tflite export to .*model.tflite failed: disk full"):
-        export.run_export({**tiny_params(tmp_path, "export", "--export_format", "tflite"),
-                           "use_xla": False})
+    with pytest.raises(
+        export.ExportError, match=r"tflite export to .*model.tflite failed: disk full"
+    ):
+        export.run_export(
+            {**tiny_params(tmp_path, "export", "--export_format", "tflite"), "use_xla": False}
+        )
     assert os.listdir(tmp_path / "export") == []
 
 
@@ -227,18 +268,31 @@ def test_missing_optional_package_is_one_line(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
-    with pytest.raises(runtimes.RuntimeUnavailable,
-                       match=r"^--runtime onnxruntime needs the onnxruntime package .*; "
-                             r"pip install -r requirements-export.txt$"):
+    with pytest.raises(
+        runtimes.RuntimeUnavailable,
+        match=r"^--runtime onnxruntime needs the onnxruntime package .*; "
+        r"pip install -r requirements-export.txt$",
+    ):
         runtimes.load_runtime("onnxruntime", "model.onnx")
 
 
 def test_runtime_rejects_an_export_of_another_size(exported):
     model_dir, _ = exported
-    params = tiny_params(model_dir, "predict", "--predict_img_dir", str(model_dir),
-                         "--runtime", "saved_model", "--eval_img_size", "48")
-    with pytest.raises(RunError, match=r"takes 32 px images, --eval_img_size is 48; "
-                                       r"pass --eval_img_size 32 or export again"):
+    params = tiny_params(
+        model_dir,
+        "predict",
+        "--predict_img_dir",
+        str(model_dir),
+        "--runtime",
+        "saved_model",
+        "--eval_img_size",
+        "48",
+    )
+    with pytest.raises(
+        RunError,
+        match=r"takes 32 px images, --eval_img_size is 48; "
+        r"pass --eval_img_size 32 or export again",
+    ):
         export.open_exported(params, 10)
 
 
@@ -252,18 +306,25 @@ def test_bad_export_and_runtime_flags_exit_2_and_write_nothing(tmp_path, capsys)
     run = tmp_path / "run"
     code, err = _error(capsys, tiny_args(run, "export", "--export_format", "onnx,pytorch"))
     assert code == 2 and err.endswith(
-        "invalid export format 'pytorch' (comma-separated subset of saved_model,onnx,tflite)")
+        "invalid export format 'pytorch' (comma-separated subset of saved_model,onnx,tflite)"
+    )
     code, err = _error(capsys, tiny_args(run, "export", "--export_quantize", "float16"))
-    assert code == 2 and err == ("main.py: error: --export_quantize float16 applies to LiteRT "
-                                 "only; add tflite to --export_format")
-    code, err = _error(capsys, tiny_args(run, "predict", "--predict_img_dir", str(tmp_path),
-                                         "--runtime", "onnxruntime"))
+    assert code == 2 and err == (
+        "main.py: error: --export_quantize float16 applies to LiteRT "
+        "only; add tflite to --export_format"
+    )
+    code, err = _error(
+        capsys,
+        tiny_args(run, "predict", "--predict_img_dir", str(tmp_path), "--runtime", "onnxruntime"),
+    )
     assert code == 2 and err == (
         f"main.py: error: --runtime onnxruntime runs {run}/export/model.onnx, which does not "
-        "exist; write it with --mode export --export_format onnx")
+        "exist; write it with --mode export --export_format onnx"
+    )
     code, err = _error(capsys, tiny_args(run, "eval", "--runtime", "litert"))
-    assert code == 2 and err == ("main.py: error: --runtime litert is for --mode predict and "
-                                 "inference_benchmark only")
+    assert code == 2 and err == (
+        "main.py: error: --runtime litert is for --mode predict and inference_benchmark only"
+    )
     code, err = _error(capsys, tiny_args(run, "inference_benchmark", "--runtime_threads", "0"))
     assert code == 2 and err == "main.py: error: --runtime_threads must be >= 1, got 0"
     assert not run.exists()
@@ -272,6 +333,8 @@ def test_bad_export_and_runtime_flags_exit_2_and_write_nothing(tmp_path, capsys)
 def test_existing_export_is_never_overwritten(tmp_path, capsys):
     (tmp_path / "export" / "saved_model").mkdir(parents=True)
     code, err = _error(capsys, tiny_args(tmp_path, "export"))
-    assert code == 2 and err == (f"main.py: error: {tmp_path}/export/saved_model exists; "
-                                 "remove it or pass another --export_dir")
+    assert code == 2 and err == (
+        f"main.py: error: {tmp_path}/export/saved_model exists; "
+        "remove it or pass another --export_dir"
+    )
     assert os.listdir(tmp_path) == ["export"]

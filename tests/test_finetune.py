@@ -61,8 +61,11 @@ def test_freeze_until_stage_and_layer_names():
     assert "stem_conv" not in {v.path.split("/")[0] for v in model.trainable_variables}
     assert "stem_bn" in {v.path.split("/")[0] for v in model.trainable_variables}
     finetune.apply_freezing(model, None, freeze_bn=False)  # everything trains again
-    assert len(model.trainable_variables) == len([v for v in model.weights if v.trainable]) \
+    assert (
+        len(model.trainable_variables)
+        == len([v for v in model.weights if v.trainable])
         == len(tiny_model().trainable_variables)
+    )
 
 
 def test_freeze_bn_keeps_statistics_and_excludes_bn_from_training():
@@ -93,8 +96,11 @@ def test_frozen_variables_get_no_l2_penalty():
 
 def test_freeze_until_errors():
     model = tiny_model()
-    with pytest.raises(ConfigError, match=r"--freeze_until 'stage9_block1' names no layer .*"
-                                          r"use stem, stage1..stage6, head"):
+    with pytest.raises(
+        ConfigError,
+        match=r"--freeze_until 'stage9_block1' names no layer .*"
+        r"use stem, stage1..stage6, head",
+    ):
         finetune.freeze_boundary(model, "stage9_block1")
     with pytest.raises(ConfigError, match="freezes every layer: nothing left to train"):
         finetune.freeze_boundary(model, "logits")
@@ -102,10 +108,24 @@ def test_freeze_until_errors():
 
 def test_two_phase_plan_schedule_and_stage_split(tmp_path):
     plan = finetune.FreezePlan.from_params({"unfreeze_epoch": 2, "freeze_bn": True})
-    assert (plan.until_at(0), plan.until_at(1), plan.until_at(2), plan.until_at(None)) == \
-        ("head", "head", None, None)
-    params = tiny_params(tmp_path, "train", "--max_epochs", "4", "--unfreeze_epoch", "2",
-                         "--steps_per_epoch", "3", "--lr_warmup_epochs", "1")
+    assert (plan.until_at(0), plan.until_at(1), plan.until_at(2), plan.until_at(None)) == (
+        "head",
+        "head",
+        None,
+        None,
+    )
+    params = tiny_params(
+        tmp_path,
+        "train",
+        "--max_epochs",
+        "4",
+        "--unfreeze_epoch",
+        "2",
+        "--steps_per_epoch",
+        "3",
+        "--lr_warmup_epochs",
+        "1",
+    )
     run = build_run(params)
     assert [(s.first_epoch, s.end_epoch) for s in run.stages] == [(0, 2), (2, 4)]
     # The optimizer was built for every variable trained in some phase.
@@ -132,11 +152,14 @@ def test_pretrained_from_our_weights_file_reinitializes_classifier(tmp_path, cap
         summary = finetune.load_pretrained(model, path, load_config(CFG, TINY_MPARAMS))
     assert summary["skipped"] == ["logits"] and summary["kind"] == "checkpoint"
     assert summary["weights"] == len(model.weights) - 2
-    assert "classifier re-initialized: pretrained weights have 10 classes, this run 3" in caplog.text
+    assert (
+        "classifier re-initialized: pretrained weights have 10 classes, this run 3" in caplog.text
+    )
     np.testing.assert_array_equal(model.get_layer("logits").get_weights()[0], fresh)
     for name in ("stem_conv", "stage6_block1", "head_bn"):
-        for a, b in zip(model.get_layer(name).get_weights(), source.get_layer(name).get_weights(),
-                        strict=True):
+        for a, b in zip(
+            model.get_layer(name).get_weights(), source.get_layer(name).get_weights(), strict=True
+        ):
             np.testing.assert_array_equal(a, b)
 
 
@@ -148,12 +171,15 @@ def test_pretrained_from_a_checkpoint_directory(tmp_path):
     model = tiny_model(num_classes=10)
     summary = finetune.load_pretrained(model, str(tmp_path / "src"), params["model"])
     assert summary["skipped"] == [] and summary["weights"] == len(model.weights)
-    np.testing.assert_array_equal(model.get_layer("logits").get_weights()[0],
-                                  source.get_layer("logits").get_weights()[0])
+    np.testing.assert_array_equal(
+        model.get_layer("logits").get_weights()[0], source.get_layer("logits").get_weights()[0]
+    )
 
 
 def test_pretrained_backbone_mismatch_fails(tmp_path):
-    other = tiny_model(mparams=TINY_MPARAMS.replace("width_coefficient=0.1", "width_coefficient=0.2"))
+    other = tiny_model(
+        mparams=TINY_MPARAMS.replace("width_coefficient=0.1", "width_coefficient=0.2")
+    )
     path = str(tmp_path / "model.weights.h5")
     other.save_weights(path)
     with pytest.raises(RunError, match="does not fit this model"):
@@ -168,27 +194,47 @@ def test_pretrained_keras_applications_file_through_build_run(tmp_path):
     ref = keras.applications.EfficientNetB0(weights=None, input_shape=(32, 32, 3))
     path = str(tmp_path / "b0.weights.h5")
     ref.save_weights(path)
-    params = main.flags.parse([
-        "--cfg", "config/efficientnet_v1/b0_cfg.py", "--mparams",
-        "train_img_size=32,eval_img_size=32", "--dataset", "digits", "--mode", "train",
-        "--model_dir", str(tmp_path / "run"), "--no-use_xla", "--pretrained", path,
-        "--moving_average_decay", "0.9"])
+    params = main.flags.parse(
+        [
+            "--cfg",
+            "config/efficientnet_v1/b0_cfg.py",
+            "--mparams",
+            "train_img_size=32,eval_img_size=32",
+            "--dataset",
+            "digits",
+            "--mode",
+            "train",
+            "--model_dir",
+            str(tmp_path / "run"),
+            "--no-use_xla",
+            "--pretrained",
+            path,
+            "--moving_average_decay",
+            "0.9",
+        ]
+    )
     run = build_run(params)
-    np.testing.assert_array_equal(run.model.get_layer("head_conv").get_weights()[0],
-                                  ref.get_layer("top_conv").get_weights()[0])
+    np.testing.assert_array_equal(
+        run.model.get_layer("head_conv").get_weights()[0],
+        ref.get_layer("top_conv").get_weights()[0],
+    )
     assert int(run.optimizer.iterations.numpy()) == 0
     shadow = {s.name.split(":")[0]: s.numpy() for s in run.ema.shadows}
-    np.testing.assert_array_equal(shadow["head_conv_kernel_ema"],
-                                  ref.get_layer("top_conv").get_weights()[0])
+    np.testing.assert_array_equal(
+        shadow["head_conv_kernel_ema"], ref.get_layer("top_conv").get_weights()[0]
+    )
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--pretrained", "/nonexistent.h5"], "--pretrained /nonexistent.h5 does not exist"),
-    (["--freeze_until", "stage9"], "--freeze_until 'stage9': use stem, stage1..stage6"),
-    (["--freeze_until", "Stage 1"], "--freeze_until 'Stage 1': use stem"),
-    (["--unfreeze_epoch", "3", "--max_epochs", "3"], r"--unfreeze_epoch must be in 1..2"),
-    (["--unfreeze_epoch", "0"], r"--unfreeze_epoch must be in 1..299"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--pretrained", "/nonexistent.h5"], "--pretrained /nonexistent.h5 does not exist"),
+        (["--freeze_until", "stage9"], "--freeze_until 'stage9': use stem, stage1..stage6"),
+        (["--freeze_until", "Stage 1"], "--freeze_until 'Stage 1': use stem"),
+        (["--unfreeze_epoch", "3", "--max_epochs", "3"], r"--unfreeze_epoch must be in 1..2"),
+        (["--unfreeze_epoch", "0"], r"--unfreeze_epoch must be in 1..299"),
+    ],
+)
 def test_finetune_flag_errors(tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as exc:
         main.main(tiny_args(tmp_path / "run", "train", *extra))
@@ -206,10 +252,29 @@ def test_two_phase_run_trains_head_first_then_everything(tmp_path):
     path = str(tmp_path / "model.weights.h5")
     source.save_weights(path)
     run = tmp_path / "run"
-    assert main.main(tiny_args(run, "train", "--pretrained", path, "--unfreeze_epoch", "1",
-                               "--max_epochs", "2", "--steps_per_epoch", "2",
-                               "--save_checkpoint_freq", "1", "--lr_warmup_epochs", "0",
-                               "--lr_init", "0.5")) == 0
+    assert (
+        main.main(
+            tiny_args(
+                run,
+                "train",
+                "--pretrained",
+                path,
+                "--unfreeze_epoch",
+                "1",
+                "--max_epochs",
+                "2",
+                "--steps_per_epoch",
+                "2",
+                "--save_checkpoint_freq",
+                "1",
+                "--lr_warmup_epochs",
+                "0",
+                "--lr_init",
+                "0.5",
+            )
+        )
+        == 0
+    )
     epochs = {}
     for epoch in (1, 2):
         model = tiny_model(num_classes=10)
@@ -218,5 +283,6 @@ def test_two_phase_run_trains_head_first_then_everything(tmp_path):
     stem = source.get_layer("stem_conv").get_weights()[0]
     np.testing.assert_array_equal(epochs[1].get_layer("stem_conv").get_weights()[0], stem)
     assert not np.array_equal(epochs[2].get_layer("stem_conv").get_weights()[0], stem)
-    assert not np.array_equal(epochs[1].get_layer("logits").get_weights()[0],
-                              source.get_layer("logits").get_weights()[0])
+    assert not np.array_equal(
+        epochs[1].get_layer("logits").get_weights()[0], source.get_layer("logits").get_weights()[0]
+    )

@@ -27,17 +27,48 @@ def write_jpeg_folder(root, per_class=20, val_per_class=6, size=32):
             for j in range(count):
                 pixels = np.array(class_color(k), np.float32) + rng.normal(0, 40, (size, size, 3))
                 Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
-                    os.path.join(folder, f"{name}_{j}.jpg"), quality=90)
+                    os.path.join(folder, f"{name}_{j}.jpg"), quality=90
+                )
     return root
 
 
 def finetune_args(data_dir, model_dir, cfg, mparams, pretrained, *extra):
-    return ["--cfg", cfg, "--mparams", mparams, "--dataset", "folder", "--data_dir", data_dir,
-            "--model_dir", model_dir, "--mode", "train_and_eval", "--pretrained", pretrained,
-            "--max_epochs", "6", "--train_batch_size", "16", "--num_epochs_between_eval", "6",
-            "--optimizer", "adam", "--lr_init", "0.1", "--lr_warmup_epochs", "0",
-            "--label_smoothing", "0", "--augmenter_name", "none", "--seed", "1",
-            "--no-use_xla", *extra]
+    return [
+        "--cfg",
+        cfg,
+        "--mparams",
+        mparams,
+        "--dataset",
+        "folder",
+        "--data_dir",
+        data_dir,
+        "--model_dir",
+        model_dir,
+        "--mode",
+        "train_and_eval",
+        "--pretrained",
+        pretrained,
+        "--max_epochs",
+        "6",
+        "--train_batch_size",
+        "16",
+        "--num_epochs_between_eval",
+        "6",
+        "--optimizer",
+        "adam",
+        "--lr_init",
+        "0.1",
+        "--lr_warmup_epochs",
+        "0",
+        "--label_smoothing",
+        "0",
+        "--augmenter_name",
+        "none",
+        "--seed",
+        "1",
+        "--no-use_xla",
+        *extra,
+    ]
 
 
 def summary(model_dir):
@@ -86,4 +117,3 @@ def test_finetune_from_our_weights_file(tmp_path, capsys):
     path = str(tmp_path / "model.weights.h5")
     source.save_weights(path)
     check_finetune_walkthrough(tmp_path, capsys, "config/efficientnet_v2/s_cfg.py", TINY, path)
-

@@ -17,9 +17,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHELL_SCRIPTS = sorted(
     glob.glob(os.path.join(REPO, "scripts", "**", "*.sh"), recursive=True)
     + glob.glob(os.path.join(REPO, "efficientnet_v*", "**", "*.sh"), recursive=True)
-    + glob.glob(os.path.join(REPO, "*.sub")))
-RECIPES = sorted(p for p in glob.glob(os.path.join(REPO, "efficientnet_v*", "**", "*.sh"), recursive=True)
-                 if os.path.basename(p) != "recipe.sh")
+    + glob.glob(os.path.join(REPO, "*.sub"))
+)
+RECIPES = sorted(
+    p
+    for p in glob.glob(os.path.join(REPO, "efficientnet_v*", "**", "*.sh"), recursive=True)
+    if os.path.basename(p) != "recipe.sh"
+)
 SUBMISSIONS = sorted(glob.glob(os.path.join(REPO, "*.sub")))
 LAUNCH = os.path.join(REPO, "scripts", "launch.sh")
 
@@ -30,12 +34,23 @@ def rel(path: str) -> str:
 
 def dry_run(argv: list[str], **env: str) -> subprocess.CompletedProcess:
     # The scripts' settings come from the environment: start from none of them.
-    settings = ("SLURM_", "DRY_RUN", "DATA_DIR", "MODEL_DIR", "RESULTS_DIR", "PYTHON", "CONTAINER",
-                "PRECISION", "BATCH", "MASTER_PORT")
+    settings = (
+        "SLURM_",
+        "DRY_RUN",
+        "DATA_DIR",
+        "MODEL_DIR",
+        "RESULTS_DIR",
+        "PYTHON",
+        "CONTAINER",
+        "PRECISION",
+        "BATCH",
+        "MASTER_PORT",
+    )
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(settings)}
     full_env.update({"DRY_RUN": "1", **env})
-    return subprocess.run(["bash", *argv], cwd=REPO, env=full_env, capture_output=True, text=True,
-                          timeout=30)
+    return subprocess.run(
+        ["bash", *argv], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=30
+    )
 
 
 def main_py_args(stdout: str) -> list[str]:
@@ -43,7 +58,7 @@ def main_py_args(stdout: str) -> list[str]:
     lines = [line for line in stdout.splitlines() if re.search(r"(^|/)main\.py ", line)]
     assert len(lines) == 1, stdout
     words = shlex.split(lines[0])
-    return words[next(i for i, w in enumerate(words) if w.endswith("main.py")) + 1:]
+    return words[next(i for i, w in enumerate(words) if w.endswith("main.py")) + 1 :]
 
 
 def parse(args: list[str]):
@@ -54,8 +69,11 @@ def parse(args: list[str]):
 
 def test_scripts_found():
     assert len(RECIPES) >= 3 * 15 and len(SUBMISSIONS) == 3
-    assert {rel(p) for p in SUBMISSIONS} == {"run_S_multinode.sub", "run_B0_multinode.sub",
-                                              "run_B4_multinode.sub"}
+    assert {rel(p) for p in SUBMISSIONS} == {
+        "run_S_multinode.sub",
+        "run_B0_multinode.sub",
+        "run_B4_multinode.sub",
+    }
 
 
 @pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=rel)
@@ -79,7 +97,11 @@ def test_recipe_dry_run_parses(script):
     gpus = re.search(r"_(\d+)x", path)
     assert args.num_gpus == (int(gpus.group(1)) if gpus else 1)
     assert (args.data_dir, args.model_dir) == ("/data", "/results")
-    expected_mode = {"training": "train_and_eval", "evaluation": "eval", "inference": "inference_benchmark"}
+    expected_mode = {
+        "training": "train_and_eval",
+        "evaluation": "eval",
+        "inference": "inference_benchmark",
+    }
     kind = path.split(os.sep)[2]
     mode = "training_benchmark" if "train_benchmark" in path else expected_mode[kind]
     assert args.mode == mode
@@ -90,7 +112,12 @@ def test_recipe_dry_run_parses(script):
 def test_v2s_convergence_is_the_published_recipe():
     result = dry_run(["efficientnet_v2/S/training/AMP/convergence_8xA100-80G.sh"])
     args = parse(main_py_args(result.stdout))
-    assert (args.n_stages, args.base_img_size, args.train_img_size, args.eval_img_size) == (4, 128, 300, 384)
+    assert (args.n_stages, args.base_img_size, args.train_img_size, args.eval_img_size) == (
+        4,
+        128,
+        300,
+        384,
+    )
     assert (args.max_epochs, args.lr_decay, args.lr_init) == (350, "cosine", 0.005)
     assert (args.moving_average_decay, args.augmenter_name) == (0.9999, "randaugment")
     assert (args.raug_magnitude, args.base_randaug_mag, args.train_batch_size) == (15, 5, 460)
@@ -98,30 +125,55 @@ def test_v2s_convergence_is_the_published_recipe():
 
 
 def test_extra_flags_come_last_and_override():
-    result = dry_run(["efficientnet_v1/B0/training/AMP/convergence_8xA100-80G.sh",
-                      "--max_epochs", "3", "--model_dir", "/tmp/run 1"])
+    result = dry_run(
+        [
+            "efficientnet_v1/B0/training/AMP/convergence_8xA100-80G.sh",
+            "--max_epochs",
+            "3",
+            "--model_dir",
+            "/tmp/run 1",
+        ]
+    )
     args = parse(main_py_args(result.stdout))
     assert (args.max_epochs, args.model_dir, args.train_batch_size) == (3, "/tmp/run 1", 1024)
 
 
 def test_launcher_environment_and_dry_run_flag():
     env = {k: v for k, v in os.environ.items() if k != "DRY_RUN"}
-    result = subprocess.run(["bash", LAUNCH, "--dry_run", "TF32", "2", "config/efficientnet_v1/b4_cfg.py",
-                             "eval"], cwd=REPO, capture_output=True, text=True,
-                            env={**env, "DATA_DIR": "/d", "MODEL_DIR": "/m", "PYTHON": "py"})
+    result = subprocess.run(
+        ["bash", LAUNCH, "--dry_run", "TF32", "2", "config/efficientnet_v1/b4_cfg.py", "eval"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**env, "DATA_DIR": "/d", "MODEL_DIR": "/m", "PYTHON": "py"},
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("py ")
     args = parse(main_py_args(result.stdout))
-    assert (args.data_dir, args.model_dir, args.num_gpus, args.use_amp, args.use_tf32) == \
-        ("/d", "/m", 2, False, True)
+    assert (args.data_dir, args.model_dir, args.num_gpus, args.use_amp, args.use_tf32) == (
+        "/d",
+        "/m",
+        2,
+        False,
+        True,
+    )
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["AMP", "8", "config/efficientnet_v2/s_cfg.py"], "usage:"),
-    (["BF16", "8", "config/efficientnet_v2/s_cfg.py", "train"], "precision 'BF16' is not one of AMP, TF32, FP32"),
-    (["AMP", "eight", "config/efficientnet_v2/s_cfg.py", "train"], "NUM_GPUS 'eight' is not a non-negative integer"),
-    (["AMP", "8", "config/nope.py", "train"], "config 'config/nope.py' not found"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["AMP", "8", "config/efficientnet_v2/s_cfg.py"], "usage:"),
+        (
+            ["BF16", "8", "config/efficientnet_v2/s_cfg.py", "train"],
+            "precision 'BF16' is not one of AMP, TF32, FP32",
+        ),
+        (
+            ["AMP", "eight", "config/efficientnet_v2/s_cfg.py", "train"],
+            "NUM_GPUS 'eight' is not a non-negative integer",
+        ),
+        (["AMP", "8", "config/nope.py", "train"], "config 'config/nope.py' not found"),
+    ],
+)
 def test_launcher_errors(argv, message):
     result = dry_run([LAUNCH, *argv])
     assert result.returncode == 2
@@ -132,22 +184,35 @@ def test_launcher_errors(argv, message):
 @pytest.mark.parametrize("sub", SUBMISSIONS, ids=rel)
 def test_multinode_submission_dry_run(sub):
     # As sbatch runs it: a spooled copy, SLURM_SUBMIT_DIR = where `sbatch` was called.
-    result = dry_run([sub], SLURM_SUBMIT_DIR=REPO, SLURM_JOB_ID="1000", CONTAINER="img:1",
-                     DATA_DIR="/lustre/imagenet")
+    result = dry_run(
+        [sub],
+        SLURM_SUBMIT_DIR=REPO,
+        SLURM_JOB_ID="1000",
+        CONTAINER="img:1",
+        DATA_DIR="/lustre/imagenet",
+    )
     assert result.returncode == 0, result.stderr
     srun = shlex.split(result.stdout.splitlines()[0])
     assert srun[:2] == ["srun", "--kill-on-bad-exit=1"]
     assert "--container-image=img:1" in srun
-    assert "--container-mounts=/lustre/imagenet:/data," + os.path.join(REPO, "results") in " ".join(srun)
+    assert "--container-mounts=/lustre/imagenet:/data," + os.path.join(REPO, "results") in " ".join(
+        srun
+    )
     launch = srun.index("scripts/launch.sh")
-    assert srun[launch + 1:launch + 3] == ["AMP", "1"]  # one GPU per task
+    assert srun[launch + 1 : launch + 3] == ["AMP", "1"]  # one GPU per task
     args = parse(main_py_args(result.stdout))
     assert args.num_gpus == 1 and args.mode == "train_and_eval"
 
 
 def test_multinode_without_container_runs_from_checkout():
-    result = dry_run(["run_S_multinode.sub"], SLURM_SUBMIT_DIR=REPO, CONTAINER="", PRECISION="TF32",
-                     BATCH="230", RESULTS_DIR="/shared/r")
+    result = dry_run(
+        ["run_S_multinode.sub"],
+        SLURM_SUBMIT_DIR=REPO,
+        CONTAINER="",
+        PRECISION="TF32",
+        BATCH="230",
+        RESULTS_DIR="/shared/r",
+    )
     assert result.returncode == 0, result.stderr
     assert f"--chdir={REPO}" in result.stdout and "MODEL_DIR=/shared/r" in result.stdout
     args = parse(main_py_args(result.stdout))
@@ -156,11 +221,21 @@ def test_multinode_without_container_runs_from_checkout():
 
 def test_docker_scripts():
     build = dry_run(["scripts/docker/build.sh", "effnet"])
-    assert build.returncode == 0 and shlex.split(build.stdout) == ["docker", "build", "--tag", "effnet", REPO]
-    launch = dry_run(["scripts/docker/launch.sh", "effnet"], DATA_DIR="/imagenet", RESULTS_DIR="/out")
+    assert build.returncode == 0 and shlex.split(build.stdout) == [
+        "docker",
+        "build",
+        "--tag",
+        "effnet",
+        REPO,
+    ]
+    launch = dry_run(
+        ["scripts/docker/launch.sh", "effnet"], DATA_DIR="/imagenet", RESULTS_DIR="/out"
+    )
     words = shlex.split(launch.stdout)
     assert launch.returncode == 0 and words[:2] == ["docker", "run"]
-    assert "/imagenet:/data" in words and "/out:/results" in words and words[-2:] == ["effnet", "bash"]
+    assert (
+        "/imagenet:/data" in words and "/out:/results" in words and words[-2:] == ["effnet", "bash"]
+    )
     for script in ("scripts/docker/build.sh", "scripts/docker/launch.sh"):
         result = dry_run([script])
         assert result.returncode == 2 and "usage:" in result.stderr
@@ -182,10 +257,14 @@ def test_dockerfile_uses_official_base_and_keeps_its_gpu_tensorflow():
             assert "-r requirements-base.txt" in f.read()
 
 
-@pytest.mark.parametrize("sub, name, batch", [
-    ("run_S_multinode.sub", "efficientnet_v2-s", "460"),
-    ("run_B0_multinode.sub", "efficientnet-b0", "1024"),
-    ("run_B4_multinode.sub", "efficientnet-b4", "160")])
+@pytest.mark.parametrize(
+    "sub, name, batch",
+    [
+        ("run_S_multinode.sub", "efficientnet_v2-s", "460"),
+        ("run_B0_multinode.sub", "efficientnet-b0", "1024"),
+        ("run_B4_multinode.sub", "efficientnet-b4", "160"),
+    ],
+)
 def test_submissions_are_thin_settings_over_one_job(sub, name, batch):
     with open(os.path.join(REPO, sub)) as f:
         lines = f.read().splitlines()
@@ -203,6 +282,10 @@ def test_multinode_job_needs_a_recipe():
 
 def test_docker_launch_help_is_not_an_image_name():
     shown = dry_run(["scripts/docker/launch.sh", "--help"])
-    assert shown.returncode == 0 and shown.stdout.startswith("usage:") and "docker run" not in shown.stdout
+    assert (
+        shown.returncode == 0
+        and shown.stdout.startswith("usage:")
+        and "docker run" not in shown.stdout
+    )
     bad = dry_run(["scripts/docker/launch.sh", "--gpus"])
     assert bad.returncode == 2 and "NAME is an image name, not an option: --gpus" in bad.stderr

@@ -29,8 +29,16 @@ def error_of(capsys, *argv, cfg=CFG):
 def test_defaults_and_resolved_image_sizes():
     params = parse()
     assert params["mode"] == "train_and_eval" and params["dataset"] == "imagenet"
-    assert (params["optimizer"], params["lr_init"], params["lr_decay"]) == ("rmsprop", 0.008, "exponential")
-    assert (params["max_epochs"], params["train_batch_size"], params["eval_batch_size"]) == (300, 32, 100)
+    assert (params["optimizer"], params["lr_init"], params["lr_decay"]) == (
+        "rmsprop",
+        0.008,
+        "exponential",
+    )
+    assert (params["max_epochs"], params["train_batch_size"], params["eval_batch_size"]) == (
+        300,
+        32,
+        100,
+    )
     assert params["resume_checkpoint"] is True and params["use_xla"] is None
     assert params["model"]["name"] == "efficientnet-b0"
     assert (params["train_img_size"], params["eval_img_size"]) == (224, 224)
@@ -40,54 +48,106 @@ def test_defaults_and_resolved_image_sizes():
 
 def test_every_boolean_switches_both_ways():
     parser = flags.build_parser()
-    booleans = [a.dest for a in parser._actions if len(a.option_strings) == 2
-                and a.option_strings[1].startswith("--no-")]
-    assert {"use_xla", "use_amp", "use_tf32", "resume_checkpoint", "skip_eval", "nesterov",
-            "defer_img_mixing", "enable_tensorboard", "export_SavedModel", "cache",
-            "fp16_compression"} <= set(booleans)
+    booleans = [
+        a.dest
+        for a in parser._actions
+        if len(a.option_strings) == 2 and a.option_strings[1].startswith("--no-")
+    ]
+    assert {
+        "use_xla",
+        "use_amp",
+        "use_tf32",
+        "resume_checkpoint",
+        "skip_eval",
+        "nesterov",
+        "defer_img_mixing",
+        "enable_tensorboard",
+        "export_SavedModel",
+        "cache",
+        "fp16_compression",
+    } <= set(booleans)
     for name in booleans:
         assert parse(f"--{name}")[name] is True
         assert parse(f"--no-{name}")[name] is False
 
 
 def test_typed_values_and_modes():
-    params = parse("--max_epochs", "3", "--lr_init", "0.5", "--seed", "7", "--dataset", "tfds:mnist",
-                   "--mode", "eval", "--optimizer", "lamb", "--lr_decay", "cosine")
+    params = parse(
+        "--max_epochs",
+        "3",
+        "--lr_init",
+        "0.5",
+        "--seed",
+        "7",
+        "--dataset",
+        "tfds:mnist",
+        "--mode",
+        "eval",
+        "--optimizer",
+        "lamb",
+        "--lr_decay",
+        "cosine",
+    )
     assert (params["max_epochs"], params["lr_init"], params["seed"]) == (3, 0.5, 7)
-    assert (params["dataset"], params["mode"], params["optimizer"]) == ("tfds:mnist", "eval", "lamb")
+    assert (params["dataset"], params["mode"], params["optimizer"]) == (
+        "tfds:mnist",
+        "eval",
+        "lamb",
+    )
     assert parse("--benchmark_batch_sizes", "8,16")["benchmark_batch_sizes"] == (8, 16)
     assert set(flags.MODE_NAMES) == set(MODES)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--max_epoch", "3"], r"unrecognized argument\(s\): --max_epoch 3 \(did you mean --max_epochs\?\); valid flags: .*--amp_dtype .*--weight_decay"),
-    (["--lr", "0.1"], r"unrecognized argument\(s\): --lr 0.1.*valid flags:"),
-    (["stray"], r"unrecognized argument\(s\): stray"),
-    (["--max_epochs", "three"], r"argument --max_epochs: invalid int value: 'three'"),
-    (["--lr_init", "fast"], r"argument --lr_init: invalid float value"),
-    (["--mode", "fit"], r"argument --mode: invalid choice: 'fit'"),
-    (["--optimizer", "adagrad"], r"argument --optimizer: invalid choice"),
-    (["--dataset", "cifar"], r"invalid dataset 'cifar' \(choose from imagenet, folder, digits, synthetic or tfds:NAME\)"),
-    (["--use_amp", "yes"], r"unrecognized argument\(s\): yes"),
-    (["--mparams", "widht_coefficient=2"], r"unknown --mparams key 'widht_coefficient' \(did you mean 'width_coefficient'\?\); valid keys: .*depth_coefficient"),
-    (["--mparams", "width_coefficient"], r"not of the form key=value"),
-    (["--n_stages", "5", "--max_epochs", "4"], r"--n_stages=5 exceeds --max_epochs=4"),
-    (["--max_epochs", "0"], r"--max_epochs must be >= 1, got 0"),
-    (["--grad_accum_steps", "0"], r"--grad_accum_steps must be >= 1"),
-    (["--lr_init", "0"], r"--lr_init must be > 0"),
-    (["--moving_average_decay", "1.0"], r"--moving_average_decay must be in \[0, 1\)"),
-    (["--grad_clip_norm", "-1"], r"--grad_clip_norm must be >= 0"),
-    (["--num_gpus", "-1"], r"--num_gpus must be >= 0"),
-    (["--all_reduce", "mpi"], r"argument --all_reduce: invalid choice: 'mpi'"),
-    (["--benchmark_batch_sizes", "8,x"], r"invalid batch size list '8,x' \(comma-separated integers >= 1"),
-    (["--benchmark_batch_sizes", "0"], r"invalid batch size list '0'"),
-    (["--benchmark_steps", "0"], r"--benchmark_steps must be >= 1"),
-    (["--crop_fraction", "1.5"], r"--crop_fraction must be in \(0, 1\]"),
-    (["--dataset", "imagenet"], r"--dataset imagenet needs --data_dir"),
-    (["--dataset", "folder", "--data_dir", "/no/such/dir"], r"--data_dir /no/such/dir is not a directory"),
-    (["--mode", "predict", "--dataset", "digits"], r"--mode predict needs --predict_img_dir"),
-    (["--mode", "predict", "--dataset", "digits", "--predict_img_dir", "/no/such"], r"--predict_img_dir /no/such does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--max_epoch", "3"],
+            r"unrecognized argument\(s\): --max_epoch 3 \(did you mean --max_epochs\?\); valid flags: .*--amp_dtype .*--weight_decay",
+        ),
+        (["--lr", "0.1"], r"unrecognized argument\(s\): --lr 0.1.*valid flags:"),
+        (["stray"], r"unrecognized argument\(s\): stray"),
+        (["--max_epochs", "three"], r"argument --max_epochs: invalid int value: 'three'"),
+        (["--lr_init", "fast"], r"argument --lr_init: invalid float value"),
+        (["--mode", "fit"], r"argument --mode: invalid choice: 'fit'"),
+        (["--optimizer", "adagrad"], r"argument --optimizer: invalid choice"),
+        (
+            ["--dataset", "cifar"],
+            r"invalid dataset 'cifar' \(choose from imagenet, folder, digits, synthetic or tfds:NAME\)",
+        ),
+        (["--use_amp", "yes"], r"unrecognized argument\(s\): yes"),
+        (
+            ["--mparams", "widht_coefficient=2"],
+            r"unknown --mparams key 'widht_coefficient' \(did you mean 'width_coefficient'\?\); valid keys: .*depth_coefficient",
+        ),
+        (["--mparams", "width_coefficient"], r"not of the form key=value"),
+        (["--n_stages", "5", "--max_epochs", "4"], r"--n_stages=5 exceeds --max_epochs=4"),
+        (["--max_epochs", "0"], r"--max_epochs must be >= 1, got 0"),
+        (["--grad_accum_steps", "0"], r"--grad_accum_steps must be >= 1"),
+        (["--lr_init", "0"], r"--lr_init must be > 0"),
+        (["--moving_average_decay", "1.0"], r"--moving_average_decay must be in \[0, 1\)"),
+        (["--grad_clip_norm", "-1"], r"--grad_clip_norm must be >= 0"),
+        (["--num_gpus", "-1"], r"--num_gpus must be >= 0"),
+        (["--all_reduce", "mpi"], r"argument --all_reduce: invalid choice: 'mpi'"),
+        (
+            ["--benchmark_batch_sizes", "8,x"],
+            r"invalid batch size list '8,x' \(comma-separated integers >= 1",
+        ),
+        (["--benchmark_batch_sizes", "0"], r"invalid batch size list '0'"),
+        (["--benchmark_steps", "0"], r"--benchmark_steps must be >= 1"),
+        (["--crop_fraction", "1.5"], r"--crop_fraction must be in \(0, 1\]"),
+        (["--dataset", "imagenet"], r"--dataset imagenet needs --data_dir"),
+        (
+            ["--dataset", "folder", "--data_dir", "/no/such/dir"],
+            r"--data_dir /no/such/dir is not a directory",
+        ),
+        (["--mode", "predict", "--dataset", "digits"], r"--mode predict needs --predict_img_dir"),
+        (
+            ["--mode", "predict", "--dataset", "digits", "--predict_img_dir", "/no/such"],
+            r"--predict_img_dir /no/such does not exist",
+        ),
+    ],
+)
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, argv, message):
     model_dir = tmp_path / "run"
     code, err = error_of(capsys, "--model_dir", str(model_dir), *argv)
@@ -98,17 +158,27 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, argv,
 
 
 def test_process_exit_status_and_single_stderr_line(tmp_path):
-    proc = subprocess.run([sys.executable, "main.py", "--cfg", CFG, "--model_dir", str(tmp_path / "r"),
-                           "--use-xla"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "main.py", "--cfg", CFG, "--model_dir", str(tmp_path / "r"), "--use-xla"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.startswith("main.py: error: unrecognized argument(s): --use-xla "
-                                  "(did you mean --use_xla?); valid flags: ")
+    assert proc.stderr.startswith(
+        "main.py: error: unrecognized argument(s): --use-xla "
+        "(did you mean --use_xla?); valid flags: "
+    )
     assert proc.stderr.count("\n") == 1 and not (tmp_path / "r").exists()
 
 
 def test_missing_and_broken_config_files(capsys, tmp_path):
     code, err = error_of(capsys, cfg=str(tmp_path / "nope_cfg.py"))
-    assert (code, err.strip()) == (2, f"main.py: error: config file not found: {tmp_path / 'nope_cfg.py'}")
+    assert (code, err.strip()) == (
+        2,
+        f"main.py: error: config file not found: {tmp_path / 'nope_cfg.py'}",
+    )
     code, err = error_of(capsys, cfg=None)
     assert code == 2 and "the following arguments are required: --cfg" in err
 
@@ -123,8 +193,9 @@ def test_data_config_error_fails_before_writing(capsys, tmp_path, monkeypatch):
 
     monkeypatch.setattr(components, "data_config", reject)
     model_dir = tmp_path / "run"
-    code = main.main(["--cfg", CFG, "--mparams", TINY, "--dataset", "digits",
-                      "--model_dir", str(model_dir)])
+    code = main.main(
+        ["--cfg", CFG, "--mparams", TINY, "--dataset", "digits", "--model_dir", str(model_dir)]
+    )
     assert code == 2
     assert capsys.readouterr().err == "main.py: error: augmenter settings rejected\n"
     assert not model_dir.exists()
@@ -133,10 +204,22 @@ def test_data_config_error_fails_before_writing(capsys, tmp_path, monkeypatch):
 def test_unwritable_model_dir_is_exit_2(capsys, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code = main.main(["--cfg", CFG, "--mparams", TINY, "--dataset", "digits",
-                      "--model_dir", str(blocker / "run")])
+    code = main.main(
+        [
+            "--cfg",
+            CFG,
+            "--mparams",
+            TINY,
+            "--dataset",
+            "digits",
+            "--model_dir",
+            str(blocker / "run"),
+        ]
+    )
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith(f"main.py: error: cannot write to --model_dir {blocker / 'run'}")
+    assert code == 2 and err.startswith(
+        f"main.py: error: cannot write to --model_dir {blocker / 'run'}"
+    )
 
 
 def test_params_json_holds_every_flag_and_the_model(tmp_path):
@@ -149,7 +232,9 @@ def test_params_json_holds_every_flag_and_the_model(tmp_path):
     assert {a.dest for a in parser._actions if a.dest != "help"} <= set(saved)
     assert saved["model"]["width_coefficient"] == 0.1 and saved["cfg"] == CFG
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
-    assert flags.params_filename("train") == flags.params_filename("train_and_eval") == "params.json"
+    assert (
+        flags.params_filename("train") == flags.params_filename("train_and_eval") == "params.json"
+    )
     assert flags.params_filename("eval") == "params_eval.json"
 
 
@@ -172,17 +257,38 @@ def test_flag_choices_are_the_lists_of_the_modules_that_implement_them():
     assert flags.AUGMENTERS is data_config.AUGMENTERS
     assert flags.DATASET_SOURCES is data_config.SOURCES
     # ... without loading TensorFlow: a typo on the command line fails at once.
-    code = ("import sys, runtime.flags; "
-            "sys.exit(any(m.split('.')[0] in ('tensorflow', 'keras') for m in sys.modules))")
-    assert subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(
-        os.path.dirname(os.path.abspath(__file__)))).returncode == 0
+    code = (
+        "import sys, runtime.flags; "
+        "sys.exit(any(m.split('.')[0] in ('tensorflow', 'keras') for m in sys.modules))"
+    )
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        ).returncode
+        == 0
+    )
 
 
 def test_runtime_data_error_is_one_line_exit_1(capsys, tmp_path):
     """A data directory without the expected layout is found when training starts: exit 1."""
     (tmp_path / "data").mkdir()
-    code = main.main(["--cfg", CFG, "--mparams", TINY, "--dataset", "folder", "--data_dir",
-                      str(tmp_path / "data"), "--mode", "train", "--model_dir", str(tmp_path / "run")])
+    code = main.main(
+        [
+            "--cfg",
+            CFG,
+            "--mparams",
+            TINY,
+            "--dataset",
+            "folder",
+            "--data_dir",
+            str(tmp_path / "data"),
+            "--mode",
+            "train",
+            "--model_dir",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert err.startswith("main.py: error: ") and err.count("\n") == 1, err

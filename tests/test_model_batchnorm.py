@@ -17,8 +17,9 @@ def _pair(momentum=0.9, epsilon=1e-3):
     reference.build(SHAPE)
     fused.build(SHAPE)
     rng = np.random.default_rng(1)
-    reference.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32")
-                           for w in reference.get_weights()])
+    reference.set_weights(
+        [rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in reference.get_weights()]
+    )
     fused.set_weights(reference.get_weights())
     return reference, fused
 
@@ -47,8 +48,11 @@ def test_training_matches_keras_batchnorm():
 def test_graph_runs_the_fused_kernel():
     _, fused = _pair()
     for training in (True, False):
-        graph = tf.function(lambda x, t=training: fused(x, training=t)).get_concrete_function(
-            tf.TensorSpec(SHAPE, tf.float32)).graph
+        graph = (
+            tf.function(lambda x, t=training: fused(x, training=t))
+            .get_concrete_function(tf.TensorSpec(SHAPE, tf.float32))
+            .graph
+        )
         ops = {op.type for op in graph.get_operations()}
         assert "FusedBatchNormV3" in ops
         assert "SquaredDifference" not in ops
@@ -80,8 +84,9 @@ def test_mixed_precision_keeps_float32_statistics(dtype):
     assert y.dtype == dtype
     assert all(w.dtype == "float32" for w in fused.weights)
     np.testing.assert_allclose(tf.cast(y, tf.float32), tf.cast(y_ref, tf.float32), atol=0.05)
-    np.testing.assert_allclose(fused.moving_variance.numpy(), reference.moving_variance.numpy(),
-                               rtol=1e-2)
+    np.testing.assert_allclose(
+        fused.moving_variance.numpy(), reference.moving_variance.numpy(), rtol=1e-2
+    )
 
 
 def test_fallback_and_names():

@@ -8,17 +8,41 @@ import pytest
 from model.blocks import FusedMBConvBlock, MBConvBlock, SqueezeExcite
 
 CASES = [  # (class, kwargs, expected sublayer names)
-    (MBConvBlock, dict(in_ch=16, out_ch=16, kernel=3, stride=1, expand=1, se_ratio=0.25),
-     ["dwconv", "bn", "activation", "se", "project_conv", "project_bn"]),
-    (MBConvBlock, dict(in_ch=16, out_ch=24, kernel=5, stride=2, expand=6, se_ratio=0.25),
-     ["expand_conv", "expand_bn", "expand_activation", "dwconv", "bn", "activation", "se",
-      "project_conv", "project_bn"]),
-    (FusedMBConvBlock, dict(in_ch=16, out_ch=16, kernel=3, stride=1, expand=1),
-     ["project_conv", "project_bn", "project_activation"]),
-    (FusedMBConvBlock, dict(in_ch=16, out_ch=32, kernel=3, stride=2, expand=4),
-     ["expand_conv", "expand_bn", "expand_activation", "project_conv", "project_bn"]),
-    (FusedMBConvBlock, dict(in_ch=16, out_ch=16, kernel=3, stride=1, expand=4, se_ratio=0.25),
-     ["expand_conv", "expand_bn", "expand_activation", "se", "project_conv", "project_bn"]),
+    (
+        MBConvBlock,
+        dict(in_ch=16, out_ch=16, kernel=3, stride=1, expand=1, se_ratio=0.25),
+        ["dwconv", "bn", "activation", "se", "project_conv", "project_bn"],
+    ),
+    (
+        MBConvBlock,
+        dict(in_ch=16, out_ch=24, kernel=5, stride=2, expand=6, se_ratio=0.25),
+        [
+            "expand_conv",
+            "expand_bn",
+            "expand_activation",
+            "dwconv",
+            "bn",
+            "activation",
+            "se",
+            "project_conv",
+            "project_bn",
+        ],
+    ),
+    (
+        FusedMBConvBlock,
+        dict(in_ch=16, out_ch=16, kernel=3, stride=1, expand=1),
+        ["project_conv", "project_bn", "project_activation"],
+    ),
+    (
+        FusedMBConvBlock,
+        dict(in_ch=16, out_ch=32, kernel=3, stride=2, expand=4),
+        ["expand_conv", "expand_bn", "expand_activation", "project_conv", "project_bn"],
+    ),
+    (
+        FusedMBConvBlock,
+        dict(in_ch=16, out_ch=16, kernel=3, stride=1, expand=4, se_ratio=0.25),
+        ["expand_conv", "expand_bn", "expand_activation", "se", "project_conv", "project_bn"],
+    ),
 ]
 
 
@@ -29,11 +53,18 @@ def test_block_shapes_names_and_config_round_trip(cls, kwargs, names):
     y = block(x, training=True)
     size = 9 if kwargs["stride"] == 1 else 5  # 'same' padding: ceil(9 / 2)
     assert tuple(y.shape) == (2, size, size, kwargs["out_ch"])
-    assert tuple(block.compute_output_shape((None, 9, 9, kwargs["in_ch"]))) == (None, size, size, kwargs["out_ch"])
+    assert tuple(block.compute_output_shape((None, 9, 9, kwargs["in_ch"]))) == (
+        None,
+        size,
+        size,
+        kwargs["out_ch"],
+    )
     assert [layer.name for layer in block.branch] == names
     assert all(w.path.startswith("stage3_block2/") for w in block.weights)
     # A residual gets stochastic depth; a downsampling block has no residual.
-    assert (block.drop is not None) == (kwargs["stride"] == 1 and kwargs["in_ch"] == kwargs["out_ch"])
+    assert (block.drop is not None) == (
+        kwargs["stride"] == 1 and kwargs["in_ch"] == kwargs["out_ch"]
+    )
 
     clone = cls.from_config(block.get_config())
     assert clone.get_config() == block.get_config()
@@ -60,8 +91,12 @@ def test_squeeze_excite_gates_channels_in_0_1():
     gate = y / x  # one sigmoid gate per (sample, channel), the same over space
     assert np.all((gate > 0) & (gate < 1))
     np.testing.assert_allclose(gate, gate[:, :1, :1, :].repeat(5, 1).repeat(5, 2), rtol=1e-5)
-    assert [w.path for w in se.weights] == ["se/reduce/kernel", "se/reduce/bias",
-                                            "se/expand/kernel", "se/expand/bias"]
+    assert [w.path for w in se.weights] == [
+        "se/reduce/kernel",
+        "se/reduce/bias",
+        "se/expand/kernel",
+        "se/expand/bias",
+    ]
 
 
 def test_stochastic_depth_drops_whole_samples_in_training_only():

@@ -62,7 +62,14 @@ def test_stable_layer_names_and_drop_connect_schedule():
     model = build_model(load_config(cfg_path("b0")))
     names = [layer.name for layer in model.layers]
     assert names[:5] == ["images", "input_normalization", "stem_conv", "stem_bn", "stem_activation"]
-    assert names[-6:] == ["head_conv", "head_bn", "head_activation", "avg_pool", "head_dropout", "logits"]
+    assert names[-6:] == [
+        "head_conv",
+        "head_bn",
+        "head_activation",
+        "avg_pool",
+        "head_dropout",
+        "logits",
+    ]
     blocks = [layer for layer in model.layers if layer.name.startswith("stage")]
     assert len(blocks) == 16 and blocks[4].name == "stage3_block2"
     assert [b.drop_rate for b in blocks] == pytest.approx([0.2 * i / 16 for i in range(16)])
@@ -100,20 +107,25 @@ def test_model_config_round_trip():
     np.testing.assert_allclose(clone(x), model(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"activation": "swishh"}, "unknown activation 'swishh'"),
-    ({"activation": 3}, "unknown activation 3"),
-    ({"blocks": ("r1_k3_s1_e1_i32_o16_zz1",)}, "bad block string 'r1_k3_s1_e1_i32_o16_zz1'"),
-    ({"blocks": ("r1_k3_s1_e1_i32_o16", "r1_k3_s2_e6_i24_o24")},
-     "block table inconsistent at stage2_block1"),
-    ({"input_normalization": "caffe"}, "unknown input_normalization 'caffe'"),
-    ({"width_coefficient": 0}, "width_coefficient must be a positive number"),
-    ({"dropout_rate": 1.0}, r"dropout_rate must be in \[0, 1\)"),
-    ({"num_classes": 0}, "num_classes must be a positive int"),
-    ({"bn_momentum": 1.5}, r"bn_momentum must be in \[0, 1\)"),
-    ({"bn_epsilon": 0}, "bn_epsilon must be a positive number"),
-    ({"include_top": "yes"}, "include_top must be true or false"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"activation": "swishh"}, "unknown activation 'swishh'"),
+        ({"activation": 3}, "unknown activation 3"),
+        ({"blocks": ("r1_k3_s1_e1_i32_o16_zz1",)}, "bad block string 'r1_k3_s1_e1_i32_o16_zz1'"),
+        (
+            {"blocks": ("r1_k3_s1_e1_i32_o16", "r1_k3_s2_e6_i24_o24")},
+            "block table inconsistent at stage2_block1",
+        ),
+        ({"input_normalization": "caffe"}, "unknown input_normalization 'caffe'"),
+        ({"width_coefficient": 0}, "width_coefficient must be a positive number"),
+        ({"dropout_rate": 1.0}, r"dropout_rate must be in \[0, 1\)"),
+        ({"num_classes": 0}, "num_classes must be a positive int"),
+        ({"bn_momentum": 1.5}, r"bn_momentum must be in \[0, 1\)"),
+        ({"bn_epsilon": 0}, "bn_epsilon must be a positive number"),
+        ({"include_top": "yes"}, "include_top must be true or false"),
+    ],
+)
 def test_bad_model_config_is_a_one_line_config_error(overrides, message):
     with pytest.raises(ConfigError, match=message) as err:
         build_model({**load_config(cfg_path("b0")), **overrides})

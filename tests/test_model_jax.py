@@ -39,8 +39,14 @@ print(json.dumps({"shape": list(logits.shape), "finite": bool(np.isfinite(logits
 def test_forward_and_backward_step_under_jax():
     env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
     cfg = os.path.join(ROOT, "config", "efficientnet_v2", "s_cfg.py")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, cfg], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, cfg],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["shape"] == [4, 5] and result["finite"] and result["dtype"] == "float32"

@@ -14,10 +14,34 @@ from model_zoo import ROOT, cfg_path, profiled, variant_params
 
 from scripts.model_table import format_rows, main
 
-PAPER_GMACS = {"b0": 0.39, "b1": 0.70, "b2": 1.0, "b3": 1.8, "b4": 4.2, "b5": 9.9, "b6": 19.0,
-               "b7": 37.0, "s": 8.8, "m": 24.0, "l": 53.0, "xl": 94.0}
-PAPER_PARAMS_M = {"b0": 5.3, "b1": 7.8, "b2": 9.2, "b3": 12.0, "b4": 19.0, "b5": 30.0,
-                  "b6": 43.0, "b7": 66.0, "s": 22.0, "m": 54.0, "l": 120.0, "xl": 208.0}
+PAPER_GMACS = {
+    "b0": 0.39,
+    "b1": 0.70,
+    "b2": 1.0,
+    "b3": 1.8,
+    "b4": 4.2,
+    "b5": 9.9,
+    "b6": 19.0,
+    "b7": 37.0,
+    "s": 8.8,
+    "m": 24.0,
+    "l": 53.0,
+    "xl": 94.0,
+}
+PAPER_PARAMS_M = {
+    "b0": 5.3,
+    "b1": 7.8,
+    "b2": 9.2,
+    "b3": 12.0,
+    "b4": 19.0,
+    "b5": 30.0,
+    "b6": 43.0,
+    "b7": 66.0,
+    "s": 22.0,
+    "m": 54.0,
+    "l": 120.0,
+    "xl": 208.0,
+}
 # V2-L: the conv/dense MAC count of this exact architecture (params equal automl's and
 # keras.applications') is 56.08 G at 480, 5.8% above the paper's rounded "53B"; the paper's
 # figure came from TF's profiler on automl's graph. Every other variant is within 5%.
@@ -43,8 +67,13 @@ def test_formats():
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, os.path.join("scripts", "model_table.py"), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, os.path.join("scripts", "model_table.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_cli_json_for_one_config():
@@ -59,4 +88,5 @@ def test_cli_json_for_one_config():
 def test_cli_bad_config_path_exits_2(capsys):
     assert main(["config/nope_cfg.py"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "error: config file not found: config/nope_cfg.py")
+        "error: config file not found: config/nope_cfg.py"
+    )

@@ -21,12 +21,14 @@ def reference(name):
     (identity after x/255); give it the ImageNet mean/std so it preprocesses like the
     published model. Dropout is switched off so training-mode outputs are deterministic.
     """
-    model = getattr(keras.applications, name)(weights=None, input_shape=(SIZE, SIZE, 3),
-                                              classifier_activation=None)
+    model = getattr(keras.applications, name)(
+        weights=None, input_shape=(SIZE, SIZE, 3), classifier_activation=None
+    )
     for layer in model.layers:
         if isinstance(layer, keras.layers.Normalization):
-            layer.set_weights([np.array(IMAGENET_MEAN), np.square(IMAGENET_STD),
-                               layer.get_weights()[2]])
+            layer.set_weights(
+                [np.array(IMAGENET_MEAN), np.square(IMAGENET_STD), layer.get_weights()[2]]
+            )
             layer.finalize_state()
         if isinstance(layer, keras.layers.Dropout):
             layer.rate = 0.0
@@ -43,8 +45,9 @@ def assert_same_outputs(ref, ours):
         scale = max(1.0, float(np.abs(a).max()))
         np.testing.assert_allclose(b, a, atol=1e-4 * scale)
     probs = keras.ops.convert_to_numpy(keras.ops.softmax(ours(x, training=True)))
-    np.testing.assert_allclose(probs, keras.ops.convert_to_numpy(
-        keras.ops.softmax(ref(x, training=True))), atol=1e-4)
+    np.testing.assert_allclose(
+        probs, keras.ops.convert_to_numpy(keras.ops.softmax(ref(x, training=True))), atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("variant, name", [("b0", "EfficientNetB0"), ("s", "EfficientNetV2S")])
@@ -74,8 +77,9 @@ def test_other_class_count_keeps_fresh_classifier(tmp_path, caplog):
     summary = load_keras_applications_weights(ours, str(path))
     assert summary["skipped"] == ["logits"] and "class count differs" in caplog.text
     np.testing.assert_array_equal(ours.get_layer("logits").get_weights()[0], fresh[0])
-    np.testing.assert_array_equal(ours.get_layer("head_conv").get_weights()[0],
-                                  ref.get_layer("top_conv").get_weights()[0])
+    np.testing.assert_array_equal(
+        ours.get_layer("head_conv").get_weights()[0], ref.get_layer("top_conv").get_weights()[0]
+    )
 
 
 def test_errors():
@@ -85,7 +89,9 @@ def test_errors():
     with pytest.raises(ConfigError, match="shape mismatch importing 'stem_conv'"):
         load_keras_applications_weights(tiny, reference("EfficientNetB0"))
     xl = build_model(load_config(cfg_path("b0"), "name='efficientnetv2-xl',width_coefficient=0.1"))
-    with pytest.raises(ConfigError, match="no keras.applications counterpart for 'efficientnetv2-xl'"):
+    with pytest.raises(
+        ConfigError, match="no keras.applications counterpart for 'efficientnetv2-xl'"
+    ):
         load_keras_applications_weights(xl, __file__)
 
 
@@ -100,7 +106,12 @@ def test_legacy_h5_without_top(tmp_path):
         legacy_h5_format.save_weights_to_hdf5_group(f, ref)
     ours = build_model(load_config(cfg_path("b0")))
     assert load_keras_applications_weights(ours, str(path))["skipped"] == ["logits"]
-    for src, dst in (("block7a_project_conv", "stage7_block1"), ("block2b_se_reduce", "stage2_block2")):
-        sub = ours.get_layer(dst).project_conv if "project" in src else ours.get_layer(dst).se.reduce
+    for src, dst in (
+        ("block7a_project_conv", "stage7_block1"),
+        ("block2b_se_reduce", "stage2_block2"),
+    ):
+        sub = (
+            ours.get_layer(dst).project_conv if "project" in src else ours.get_layer(dst).se.reduce
+        )
         for a, b in zip(ref.get_layer(src).get_weights(), sub.get_weights(), strict=True):
             np.testing.assert_array_equal(a, b)

@@ -16,10 +16,17 @@ def dense_model():
     return keras.Model(inputs, keras.layers.Dense(2, name="d")(inputs))
 
 
-@pytest.mark.parametrize("name, cls", [
-    ("rmsprop", keras.optimizers.RMSprop), ("sgd", keras.optimizers.SGD),
-    ("momentum", keras.optimizers.SGD), ("adam", keras.optimizers.Adam),
-    ("adamw", keras.optimizers.AdamW), ("lamb", keras.optimizers.Lamb)])
+@pytest.mark.parametrize(
+    "name, cls",
+    [
+        ("rmsprop", keras.optimizers.RMSprop),
+        ("sgd", keras.optimizers.SGD),
+        ("momentum", keras.optimizers.SGD),
+        ("adam", keras.optimizers.Adam),
+        ("adamw", keras.optimizers.AdamW),
+        ("lamb", keras.optimizers.Lamb),
+    ],
+)
 def test_each_name_builds_its_keras_optimizer(name, cls):
     opt = build_optimizer(OptimizerConfig(name=name, grad_clip_norm=2.0), 0.1)
     assert type(opt) is cls
@@ -54,7 +61,9 @@ def test_l2_penalty_is_keras_l2_on_kernels_and_biases():
     kernel.assign(np.full((3, 2), 2.0, "float32"))
     bias.assign(np.full((2,), 100.0, "float32"))
     assert is_l2_decayed(kernel) and is_l2_decayed(bias)
-    assert float(l2_penalty(model.trainable_variables, 0.1)) == pytest.approx(0.1 * (24.0 + 20000.0))
+    assert float(l2_penalty(model.trainable_variables, 0.1)) == pytest.approx(
+        0.1 * (24.0 + 20000.0)
+    )
     assert float(l2_penalty(model.trainable_variables, 0.0)) == 0.0
     assert uses_l2_penalty(OptimizerConfig(name="rmsprop"))
     assert not uses_l2_penalty(OptimizerConfig(name="adamw"))
@@ -65,7 +74,9 @@ def test_l2_penalty_of_a_tiny_efficientnet_covers_exactly_nvidias_variables():
     from model import build_model
     from tests.tiny_run import TINY_MPARAMS
 
-    model = build_model(load_config("config/efficientnet_v1/b0_cfg.py", TINY_MPARAMS), num_classes=3)
+    model = build_model(
+        load_config("config/efficientnet_v1/b0_cfg.py", TINY_MPARAMS), num_classes=3
+    )
     variables = model.trainable_variables
     bn = [v for v in variables if v.path.endswith(("/gamma", "/beta"))]
     # A depthwise kernel is [k, k, channels, 1]: DepthwiseConv2D ignores NVIDIA's
@@ -87,8 +98,9 @@ def test_decoupled_decay_leaves_biases_alone(name):
     kernel, bias = model.trainable_variables
     kernel.assign(np.ones((3, 2), "float32"))
     bias.assign(np.ones((2,), "float32"))
-    opt = build_optimizer(OptimizerConfig(name=name, weight_decay=0.5), 0.1,
-                          model.trainable_variables)
+    opt = build_optimizer(
+        OptimizerConfig(name=name, weight_decay=0.5), 0.1, model.trainable_variables
+    )
     opt.apply([np.zeros((3, 2), "float32"), np.zeros((2,), "float32")], model.trainable_variables)
     assert np.all(kernel.numpy() < 1.0)
     np.testing.assert_array_equal(bias.numpy(), np.ones(2))

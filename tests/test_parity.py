@@ -84,7 +84,9 @@ def resolved(params: dict) -> dict[str, object]:
         "input_normalization": model["input_normalization"],
         "augmenter": params["augmenter_name"],
         "raug_magnitude": params["raug_magnitude"] if randaug else "-",
-        "base_randaug_mag": params["base_randaug_mag"] if randaug and params["n_stages"] > 1 else "-",
+        "base_randaug_mag": params["base_randaug_mag"]
+        if randaug and params["n_stages"] > 1
+        else "-",
         "mixup_alpha": train.mixup_alpha,
         "cutmix_alpha": train.cutmix_alpha,
         "n_stages": params["n_stages"],
@@ -94,7 +96,8 @@ def resolved(params: dict) -> dict[str, object]:
         "crop_min_object_covered": train.crop_min_object_covered,
         "crop_max_attempts": preprocessing.CROP_MAX_ATTEMPTS,
         "eval_crop": evaluation.eval_crop,
-        "eval_crop_fraction": "-" if evaluation.eval_crop == "squash"
+        "eval_crop_fraction": "-"
+        if evaluation.eval_crop == "squash"
         else round(evaluation.eval_crop_fraction, 3),
         "resize_method": evaluation.resize_method,
     }
@@ -124,8 +127,11 @@ def test_every_recipe_resolves_to_the_ours_columns_of_docs_parity(recipe_params)
     for column, params in recipe_params.items():
         values = resolved(params)
         assert set(rows) == set(values), "docs/parity.md rows and the resolved keys differ"
-        wrong = {key: (rows[key][column], values[key]) for key in rows
-                 if not same(rows[key][column], values[key])}
+        wrong = {
+            key: (rows[key][column], values[key])
+            for key in rows
+            if not same(rows[key][column], values[key])
+        }
         assert not wrong, f"{column}: table cell vs resolved value: {wrong}"
 
 
@@ -148,8 +154,10 @@ def test_v2_eval_at_384_resizes_the_whole_non_square_image_bilinear():
     want = tf.image.resize(image, [384, 384], method="bilinear").numpy()
     np.testing.assert_allclose(got, want, atol=1e-3)
     # Below 320 px v2 center-crops, as automl does.
-    small = components.data_config(flags.parse(["--cfg", V2, "--dataset", "synthetic",
-                                                "--eval_img_size", "256"]), training=False)
+    small = components.data_config(
+        flags.parse(["--cfg", V2, "--dataset", "synthetic", "--eval_img_size", "256"]),
+        training=False,
+    )
     assert small.eval_crop == "crop"
 
 
@@ -160,19 +168,34 @@ def test_v1_eval_is_a_bicubic_center_crop():
     image = photo()
     side = int(224 / 256 * 427)
     top, left = (427 - side + 1) // 2, (640 - side + 1) // 2
-    crop = image[top:top + side, left:left + side]
+    crop = image[top : top + side, left : left + side]
     want = np.clip(tf.image.resize(crop, [224, 224], method="bicubic").numpy(), 0, 255)
     got = eval_transform(cfg)(tf.constant(fx.encode(image, "PNG"))).numpy()
     np.testing.assert_allclose(got, want, atol=1e-3)
 
 
 def test_eval_flags_override_the_family_recipe():
-    params = flags.parse(["--cfg", V1, "--dataset", "synthetic", "--eval_crop", "squash",
-                          "--resize_method", "bilinear", "--crop_area_min", "0.3"])
+    params = flags.parse(
+        [
+            "--cfg",
+            V1,
+            "--dataset",
+            "synthetic",
+            "--eval_crop",
+            "squash",
+            "--resize_method",
+            "bilinear",
+            "--crop_area_min",
+            "0.3",
+        ]
+    )
     evaluation = components.data_config(params, training=False)
     train = components.data_config(params, training=True)
-    assert (evaluation.eval_crop, evaluation.resize_method, train.crop_area_min) == \
-        ("squash", "bilinear", 0.3)
+    assert (evaluation.eval_crop, evaluation.resize_method, train.crop_area_min) == (
+        "squash",
+        "bilinear",
+        0.3,
+    )
     v2 = flags.parse(["--cfg", V2, "--dataset", "synthetic", "--eval_crop", "crop"])
     assert components.data_config(v2, training=False).eval_crop == "crop"
 
@@ -183,21 +206,33 @@ def test_v2_train_crop_samples_small_windows_without_the_coverage_floor():
     assert (cfg.crop_area_min, cfg.crop_min_object_covered) == (0.05, 0.0)
     areas = []
     for i in range(300):
-        _, _, h, w = (int(v) for v in preprocessing._random_window(
-            tf.constant(300), tf.constant(400), tf.constant([i, 3]), cfg.crop_area_min,
-            cfg.crop_aspect_range, 0.875, cfg.crop_min_object_covered))
+        _, _, h, w = (
+            int(v)
+            for v in preprocessing._random_window(
+                tf.constant(300),
+                tf.constant(400),
+                tf.constant([i, 3]),
+                cfg.crop_area_min,
+                cfg.crop_aspect_range,
+                0.875,
+                cfg.crop_min_object_covered,
+            )
+        )
         areas.append(h * w / (300 * 400))
     assert min(areas) >= 0.05 - 0.01
     assert sum(a < 0.08 for a in areas) > 3  # area 0.05..0.08 is reachable
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--crop_area_min", "0"], "--crop_area_min must be in (0, 1], got 0.0"),
-    (["--eval_crop", "center"], "argument --eval_crop: invalid choice: 'center'"),
-    (["--resize_method", "area"], "argument --resize_method: invalid choice: 'area'"),
-    (["--label_offset", "2"], "argument --label_offset: invalid choice: 2"),
-    (["--lr_decay_origin", "end"], "argument --lr_decay_origin: invalid choice: 'end'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--crop_area_min", "0"], "--crop_area_min must be in (0, 1], got 0.0"),
+        (["--eval_crop", "center"], "argument --eval_crop: invalid choice: 'center'"),
+        (["--resize_method", "area"], "argument --resize_method: invalid choice: 'area'"),
+        (["--label_offset", "2"], "argument --label_offset: invalid choice: 2"),
+        (["--lr_decay_origin", "end"], "argument --lr_decay_origin: invalid choice: 'end'"),
+    ],
+)
 def test_bad_recipe_flags_exit_2_with_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         flags.parse(["--cfg", V1, "--dataset", "synthetic", *argv])
@@ -234,8 +269,19 @@ def test_mparams_num_classes_reaches_imagenet_shards_without_metadata(tmp_path):
 
 def test_zero_based_shards_stop_the_run_and_label_offset_fixes_it(tmp_path, capsys):
     data = zero_based_shards(str(tmp_path / "data"))
-    argv = ["--cfg", V1, "--mparams", TINY + ",num_classes=3", "--data_dir", data, "--mode",
-            "train", "--model_dir", str(tmp_path / "run"), "--no-use_xla"]
+    argv = [
+        "--cfg",
+        V1,
+        "--mparams",
+        TINY + ",num_classes=3",
+        "--data_dir",
+        data,
+        "--mode",
+        "train",
+        "--model_dir",
+        str(tmp_path / "run"),
+        "--no-use_xla",
+    ]
     assert main.main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("main.py: error: 8 of 24 train records") and err.count("\n") == 1
@@ -254,8 +300,10 @@ def test_short_epochs_lower_bn_momentum_and_say_so(caplog):
     with caplog.at_level("WARNING", logger="runtime.components"):
         assert components.small_data_bn_momentum(params, 4) == pytest.approx(0.9)
         assert components.small_data_bn_momentum(params, 40) == pytest.approx(0.975)
-    assert "4 steps per epoch are fewer than the BN moving-average window 1/(1-0.99) = 100" \
+    assert (
+        "4 steps per epoch are fewer than the BN moving-average window 1/(1-0.99) = 100"
         in caplog.text
+    )
     assert components.small_data_bn_momentum(params, 100) == 0.99
     caplog.clear()
     kept = flags.parse(["--cfg", V1, "--dataset", "synthetic", "--no-auto_bn_momentum"])
@@ -265,19 +313,40 @@ def test_short_epochs_lower_bn_momentum_and_say_so(caplog):
     explicit = flags.parse(["--cfg", V1, "--dataset", "synthetic", "--mparams", "bn_momentum=0.99"])
     assert components.small_data_bn_momentum(explicit, 4) == 0.99
     # v2's 0.9 already follows 10-step epochs.
-    assert components.small_data_bn_momentum(flags.parse(["--cfg", V2, "--dataset", "synthetic"]), 4) == 0.9
+    assert (
+        components.small_data_bn_momentum(flags.parse(["--cfg", V2, "--dataset", "synthetic"]), 4)
+        == 0.9
+    )
 
 
 def test_training_builds_the_model_with_the_small_data_momentum(tmp_path):
     from runtime.train import build_run
 
-    params = flags.parse(["--cfg", V1, "--mparams", TINY, "--dataset", "digits", "--mode", "train",
-                          "--model_dir", str(tmp_path), "--no-use_xla", "--train_batch_size", "64"])
+    params = flags.parse(
+        [
+            "--cfg",
+            V1,
+            "--mparams",
+            TINY,
+            "--dataset",
+            "digits",
+            "--mode",
+            "train",
+            "--model_dir",
+            str(tmp_path),
+            "--no-use_xla",
+            "--train_batch_size",
+            "64",
+        ]
+    )
     run = build_run(params)
     # 1437 digits / 64 = 23 steps per epoch: momentum 1 - 1/23 instead of 0.99.
     assert run.steps_per_epoch == 23
-    momenta = [layer.momentum for layer in run.model.layers
-               if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [
+        layer.momentum
+        for layer in run.model.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     assert momenta and momenta == pytest.approx([1 - 1 / 23] * len(momenta))
     run.log.close()
 
@@ -290,8 +359,16 @@ def test_predict_sees_a_file_as_the_eval_transform_does(tmp_path, eval_crop):
     image = photo(60, 100)
     path = tmp_path / "wide.png"
     path.write_bytes(fx.encode(image, "PNG"))
-    params = tiny_params(tmp_path / "run", "predict", "--predict_img_dir", str(path),
-                         "--eval_crop", eval_crop, "--resize_method", "bicubic")
+    params = tiny_params(
+        tmp_path / "run",
+        "predict",
+        "--predict_img_dir",
+        str(path),
+        "--eval_crop",
+        eval_crop,
+        "--resize_method",
+        "bicubic",
+    )
     (tmp_path / "run").mkdir()
     model = save_random_checkpoint(params)
     run_predict(params)

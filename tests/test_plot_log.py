@@ -17,11 +17,24 @@ def _training_log(path, global_steps):
         for epoch in (1, 2, 3):  # 1-based, as runtime/train.py logs them
             for step in (1, 2, 3, 4):
                 shown = (epoch - 1) * 4 + step if global_steps else step
-                mlog.log([epoch, shown], {"train.loss": 3.0 - 0.2 * shown, "lr": 0.1 / shown,
-                                          "train.total_ips": 100.0 + step})
-            mlog.log([epoch], {"val.top1": 0.3 * epoch, "val.top5": 0.9,
-                               "val.loss": 3.0 - epoch, "train.loss": 1.0,
-                               "val.images_per_sec_per_device": 50.0})
+                mlog.log(
+                    [epoch, shown],
+                    {
+                        "train.loss": 3.0 - 0.2 * shown,
+                        "lr": 0.1 / shown,
+                        "train.total_ips": 100.0 + step,
+                    },
+                )
+            mlog.log(
+                [epoch],
+                {
+                    "val.top1": 0.3 * epoch,
+                    "val.top5": 0.9,
+                    "val.loss": 3.0 - epoch,
+                    "train.loss": 1.0,
+                    "val.images_per_sec_per_device": 50.0,
+                },
+            )
         mlog.log([], {"val.top1": 0.9})
 
 
@@ -47,8 +60,12 @@ def test_series_x_axis_follows_step_convention(tmp_path, global_steps):
 def test_cli_writes_png(tmp_path):
     path = tmp_path / "log.json"
     _training_log(path, global_steps=False)
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "plot_log.py"),
-                           str(path)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "plot_log.py"), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     png = tmp_path / "log.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

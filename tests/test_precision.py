@@ -42,4 +42,7 @@ def test_bfloat16_step_trains_with_float32_variables(restore_precision):
     before = [v.numpy().copy() for v in model.trainable_variables]
     step(batch(8))
     assert np.isfinite(metrics.result()["loss"])
-    assert all(not np.array_equal(a, v.numpy()) for a, v in zip(before, model.trainable_variables, strict=True))
+    assert all(
+        not np.array_equal(a, v.numpy())
+        for a, v in zip(before, model.trainable_variables, strict=True)
+    )

@@ -23,9 +23,12 @@ def _write_images(root):
     """Real JPEG and PNG files at several depths, plus files predict must skip or report."""
     rng = np.random.default_rng(0)
     made = []
-    for rel, encode in (("a.jpg", tf.io.encode_jpeg), ("sub/b.PNG", tf.io.encode_png),
-                        ("sub/deeper/c.jpeg", tf.io.encode_jpeg),
-                        ("sub/deeper/d.png", tf.io.encode_png)):
+    for rel, encode in (
+        ("a.jpg", tf.io.encode_jpeg),
+        ("sub/b.PNG", tf.io.encode_png),
+        ("sub/deeper/c.jpeg", tf.io.encode_jpeg),
+        ("sub/deeper/d.png", tf.io.encode_png),
+    ):
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         size = int(rng.integers(20, 50))
@@ -36,8 +39,9 @@ def _write_images(root):
     (root / "empty.png").write_bytes(b"")
     (root / "notes.txt").write_text("not an image")
     (root / ".hidden").mkdir()
-    (root / ".hidden" / "e.jpg").write_bytes(tf.io.encode_jpeg(
-        np.zeros((8, 8, 3), np.uint8)).numpy())
+    (root / ".hidden" / "e.jpg").write_bytes(
+        tf.io.encode_jpeg(np.zeros((8, 8, 3), np.uint8)).numpy()
+    )
     return made
 
 
@@ -71,9 +75,17 @@ def test_predict_files_and_outputs(tmp_path, capsys):
     made = _write_images(images)
     model = _model()
     files = find_images(str(images))
-    preds, bad = predict_files(model, files, image_size=32, crop_fraction=0.875, batch_size=3,
-                               top_k=3, class_names=NAMES, relative_to=str(images),
-                               progress=False)
+    preds, bad = predict_files(
+        model,
+        files,
+        image_size=32,
+        crop_fraction=0.875,
+        batch_size=3,
+        top_k=3,
+        class_names=NAMES,
+        relative_to=str(images),
+        progress=False,
+    )
     assert [p.file for p in preds] == sorted(made)
     assert sorted(b["file"] for b in bad) == ["empty.png", os.path.join("sub", "broken.jpg")]
     errors = {b["file"]: b["error"] for b in bad}
@@ -114,8 +126,14 @@ def test_predict_files_and_outputs(tmp_path, capsys):
 
 def test_single_file_and_fewer_classes_than_k(tmp_path):
     _write_images(tmp_path)
-    preds, bad = predict_files(_model(), find_images(str(tmp_path / "a.jpg")), image_size=32,
-                               crop_fraction=None, top_k=10, progress=False)
+    preds, bad = predict_files(
+        _model(),
+        find_images(str(tmp_path / "a.jpg")),
+        image_size=32,
+        crop_fraction=None,
+        top_k=10,
+        progress=False,
+    )
     assert bad == [] and len(preds) == 1
     assert len(preds[0].classes) == len(NAMES)  # k capped at the number of classes
     assert preds[0].names == tuple(str(c) for c in preds[0].classes)
@@ -136,8 +154,9 @@ def test_run_predict_end_to_end(tmp_path, capsys):
     images = tmp_path / "images"
     made = _write_images(images)
     model_dir = tmp_path / "run"
-    params = tiny_params(model_dir, "predict", "--predict_img_dir", str(images),
-                         "--predict_batch_size", "2")
+    params = tiny_params(
+        model_dir, "predict", "--predict_img_dir", str(images), "--predict_batch_size", "2"
+    )
     model_dir.mkdir()
     save_class_names(str(model_dir), 10, [f"digit{i}" for i in range(10)])
     model = save_random_checkpoint(params)
@@ -160,12 +179,20 @@ def test_run_predict_end_to_end(tmp_path, capsys):
     # A single image and an explicit .weights.h5 give the same numbers for that file; the
     # second run writes new files instead of overwriting the first run's.
     first_csv = (model_dir / "predictions.csv").read_text()
-    single = tiny_params(model_dir, "predict", "--predict_img_dir", str(images / "a.jpg"),
-                         "--predict_ckpt", str(tmp_path / "final.weights.h5"))
+    single = tiny_params(
+        model_dir,
+        "predict",
+        "--predict_img_dir",
+        str(images / "a.jpg"),
+        "--predict_ckpt",
+        str(tmp_path / "final.weights.h5"),
+    )
     again = run_predict(single)
     assert again["num_predicted"] == 1
-    assert (again["csv"], again["json"]) == (str(model_dir / "predictions_2.csv"),
-                                             str(model_dir / "predictions_2.json"))
+    assert (again["csv"], again["json"]) == (
+        str(model_dir / "predictions_2.csv"),
+        str(model_dir / "predictions_2.json"),
+    )
     assert (model_dir / "predictions.csv").read_text() == first_csv
     with open(model_dir / "predictions.json") as f:
         assert len(json.load(f)["predictions"]) == 4
@@ -182,14 +209,18 @@ def test_predict_bad_inputs_exit_codes(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:  # flag errors exit before anything is written
         main.main(tiny_args(tmp_path, "predict", "--predict_img_dir", str(tmp_path / "missing")))
     assert exc.value.code == 2
-    assert capsys.readouterr().err.strip().endswith(
-        f"--predict_img_dir {tmp_path / 'missing'} does not exist")
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(f"--predict_img_dir {tmp_path / 'missing'} does not exist")
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "readme.txt").write_text("no images")
     assert main.main(tiny_args(tmp_path, "predict", "--predict_img_dir", str(empty))) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"main.py: error: --predict_img_dir {str(empty)!r} holds no .jpg/.jpeg/.png file")
+        f"main.py: error: --predict_img_dir {str(empty)!r} holds no .jpg/.jpeg/.png file"
+    )
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "x.jpg").write_bytes(b"garbage")
@@ -199,19 +230,24 @@ def test_predict_bad_inputs_exit_codes(tmp_path, capsys):
     assert main.main(tiny_args(tmp_path, "predict", "--predict_img_dir", str(broken))) == 1
     captured = capsys.readouterr()
     assert captured.err.strip().splitlines()[-1] == (
-        f"main.py: error: none of the 1 image file(s) under {broken} could be decoded")
+        f"main.py: error: none of the 1 image file(s) under {broken} could be decoded"
+    )
     assert "unreadable: x.jpg" in captured.out
 
 
 def test_output_paths_take_the_next_free_number(tmp_path):
     from runtime.predict import output_paths
 
-    assert output_paths(str(tmp_path)) == (str(tmp_path / "predictions.csv"),
-                                           str(tmp_path / "predictions.json"))
+    assert output_paths(str(tmp_path)) == (
+        str(tmp_path / "predictions.csv"),
+        str(tmp_path / "predictions.json"),
+    )
     (tmp_path / "predictions.json").write_text("{}")  # either file taken: both move on
     (tmp_path / "predictions_2.csv").write_text("")
-    assert output_paths(str(tmp_path)) == (str(tmp_path / "predictions_3.csv"),
-                                           str(tmp_path / "predictions_3.json"))
+    assert output_paths(str(tmp_path)) == (
+        str(tmp_path / "predictions_3.csv"),
+        str(tmp_path / "predictions_3.json"),
+    )
 
 
 def test_imagenet_models_get_human_readable_names(tmp_path):
@@ -221,8 +257,14 @@ def test_imagenet_models_get_human_readable_names(tmp_path):
     from tests.tiny_run import tiny_params
 
     names = class_names_for(1000, None)
-    assert len(names) == 1000 and names[:2] == ("tench", "goldfish") and names[999] == "toilet paper"
-    assert class_names_for(10, None) is None and class_names_for(3, ["a", "b", "c"]) == ("a", "b", "c")
+    assert (
+        len(names) == 1000 and names[:2] == ("tench", "goldfish") and names[999] == "toilet paper"
+    )
+    assert class_names_for(10, None) is None and class_names_for(3, ["a", "b", "c"]) == (
+        "a",
+        "b",
+        "c",
+    )
     save_class_names(str(tmp_path), 1000, None)  # e.g. imported weights, TFRecords without names
     params = tiny_params(tmp_path, "predict", "--predict_img_dir", str(tmp_path))
     assert _classes_for_predict(params)[1][1] == "goldfish"
@@ -238,8 +280,9 @@ def test_class_names_fallbacks_without_class_names_json(tmp_path):
     digits = tiny_params(tmp_path, "predict", "--predict_img_dir", str(images))
     num_classes, names = _classes_for_predict(digits)  # from --dataset digits
     assert num_classes == 10 and (names is None or len(names) == 10)
-    imagenet = tiny_params(tmp_path, "predict", "--predict_img_dir", str(images),
-                           "--dataset", "imagenet")
+    imagenet = tiny_params(
+        tmp_path, "predict", "--predict_img_dir", str(images), "--dataset", "imagenet"
+    )
     assert _classes_for_predict(imagenet) == (10, None)  # no data_dir: the config's count
     save_class_names(str(tmp_path), 3, ["a", "b", "c"])
     assert _classes_for_predict(imagenet) == (3, ("a", "b", "c"))  # what training saved wins

@@ -19,23 +19,47 @@ STEPS = 3
 
 def test_shortened_quickstart_trains_evaluates_exports_and_predicts(tmp_path):
     model_dir = tmp_path / "qs"
-    env = {**os.environ, "SKIP_INSTALL": "1", "EPOCHS": "2", "PYTHON": sys.executable,
-           "MODEL_DIR": str(model_dir), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {
+        **os.environ,
+        "SKIP_INSTALL": "1",
+        "EPOCHS": "2",
+        "PYTHON": sys.executable,
+        "MODEL_DIR": str(model_dir),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
     proc = subprocess.run(
-        ["bash", "scripts/quickstart.sh", "--steps_per_epoch", str(STEPS), "--log_steps", "2",
-         "--export_SavedModel"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        [
+            "bash",
+            "scripts/quickstart.sh",
+            "--steps_per_epoch",
+            str(STEPS),
+            "--log_steps",
+            "2",
+            "--export_SavedModel",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     records = read_log(str(model_dir / "log.json"))
     assert records[0]["step"] == "PARAMETER"
     assert records[0]["data"]["model"]["width_coefficient"] == 0.25
-    steps = {tuple(r["step"]): r["data"] for r in records
-             if r["type"] == "LOG" and isinstance(r["step"], list) and len(r["step"]) == 2}
+    steps = {
+        tuple(r["step"]): r["data"]
+        for r in records
+        if r["type"] == "LOG" and isinstance(r["step"], list) and len(r["step"]) == 2
+    }
     assert sorted(steps) == [(1, 2), (1, 3), (2, 2), (2, 3)]
     assert all(d["image_size"] == 32 and d["stage"] == 1 for d in steps.values())
-    epochs = {r["step"][0]: r["data"] for r in records
-              if r["type"] == "LOG" and isinstance(r["step"], list) and len(r["step"]) == 1}
+    epochs = {
+        r["step"][0]: r["data"]
+        for r in records
+        if r["type"] == "LOG" and isinstance(r["step"], list) and len(r["step"]) == 1
+    }
     assert set(epochs) == {1, 2} and all(0 <= e["val.top1"] <= 1 for e in epochs.values())
     summary = next(r["data"] for r in records if r.get("step") == [] and "global_step" in r["data"])
     assert summary["global_step"] == 2 * STEPS
@@ -43,8 +67,12 @@ def test_shortened_quickstart_trains_evaluates_exports_and_predicts(tmp_path):
     better = "ema" if summary["val_ema.top1"] >= summary["val.top1"] else "raw"
     assert summary["exported_weights"] == better
     assert summary["best.top1"] == max(summary["val_ema.top1"], summary["val.top1"])
-    for name in ("params.json", "class_names.json", "model.weights.h5",
-                 "saved_model/saved_model.pb"):
+    for name in (
+        "params.json",
+        "class_names.json",
+        "model.weights.h5",
+        "saved_model/saved_model.pb",
+    ):
         assert (model_dir / name).is_file(), name
     assert json.load(open(model_dir / "params.json"))["use_xla"] is False  # CPU default
     assert tf.train.latest_checkpoint(checkpoint_dir(str(model_dir))).endswith("ckpt-2")

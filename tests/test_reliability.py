@@ -74,22 +74,39 @@ def test_bad_mparams_value_exits_2_and_writes_nothing(capsys, tmp_path, mparams,
     """Before: width_coefficient=abc/-1, dropout_rate=5 exited 1 after writing params.json;
     train_img_size=abc raised a traceback."""
     model_dir = tmp_path / "run"
-    code, err = run_main(capsys, ["--cfg", "config/efficientnet_v2/s_cfg.py", "--mparams", mparams,
-                                  "--dataset", "digits", "--model_dir", str(model_dir)])
+    code, err = run_main(
+        capsys,
+        [
+            "--cfg",
+            "config/efficientnet_v2/s_cfg.py",
+            "--mparams",
+            mparams,
+            "--dataset",
+            "digits",
+            "--model_dir",
+            str(model_dir),
+        ],
+    )
     assert_one_line(err, code, 2)
     assert __import__("re").search(message, err), err
     assert not model_dir.exists()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--lr_init", "nan"], r"--lr_init must be a finite number, got nan"),
-    (["--label_smoothing", "inf"], r"--label_smoothing must be a finite number"),
-    (["--log_filename", "../../x.json"], r"--log_filename must be a file name inside --model_dir"),
-    (["--log_filename", "/tmp/x.json"], r"--log_filename must be a file name"),
-    (["--log_filename", ".."], r"--log_filename must be a file name"),
-    (["--max_image_pixels", "0"], r"--max_image_pixels must be >= 1"),
-    (["--raug_num_layers", "-1"], r"--raug_num_layers must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--lr_init", "nan"], r"--lr_init must be a finite number, got nan"),
+        (["--label_smoothing", "inf"], r"--label_smoothing must be a finite number"),
+        (
+            ["--log_filename", "../../x.json"],
+            r"--log_filename must be a file name inside --model_dir",
+        ),
+        (["--log_filename", "/tmp/x.json"], r"--log_filename must be a file name"),
+        (["--log_filename", ".."], r"--log_filename must be a file name"),
+        (["--max_image_pixels", "0"], r"--max_image_pixels must be >= 1"),
+        (["--raug_num_layers", "-1"], r"--raug_num_layers must be >= 0"),
+    ],
+)
 def test_bad_flag_values_exit_2_and_write_nothing(capsys, tmp_path, argv, message):
     """Before: NaN passed every range check and --log_filename ../../x.json wrote outside."""
     model_dir = tmp_path / "run"
@@ -108,7 +125,9 @@ def test_help_says_cfg_executes_python(capsys):
 
 
 def test_pixel_limit_defaults_agree():
-    assert flags.DEFAULT_MAX_IMAGE_PIXELS == DEFAULT_MAX_IMAGE_PIXELS == DataConfig().max_image_pixels
+    assert (
+        flags.DEFAULT_MAX_IMAGE_PIXELS == DEFAULT_MAX_IMAGE_PIXELS == DataConfig().max_image_pixels
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,7 +182,10 @@ def test_predict_does_not_follow_symlinks_out_of_the_folder(tmp_path):
     assert [s["file"] for s in skipped] == ["link.jpg"]
     assert skipped[0]["error"].startswith("symlink out of the folder")
     followed = find_images(str(folder), FilePolicy(follow_symlinks=True))
-    assert str(folder / "link.jpg") in followed and str(folder / "linked_dir" / "secret.jpg") in followed
+    assert (
+        str(folder / "link.jpg") in followed
+        and str(folder / "linked_dir" / "secret.jpg") in followed
+    )
 
 
 def test_predict_rejects_a_decompression_bomb_from_its_header(tmp_path):
@@ -184,8 +206,14 @@ def test_predict_reports_refused_files_end_to_end(capsys, tmp_path):
     """The skipped files appear in predictions.json's unreadable list, with their reason."""
     from runtime.predict import run_predict
 
-    params = tiny_params(tmp_path / "run", "predict", "--predict_img_dir", str(tmp_path),
-                         "--max_image_pixels", "1000")
+    params = tiny_params(
+        tmp_path / "run",
+        "predict",
+        "--predict_img_dir",
+        str(tmp_path),
+        "--max_image_pixels",
+        "1000",
+    )
     save_random_checkpoint(params)
     images = tmp_path / "images"
     images.mkdir()
@@ -198,7 +226,9 @@ def test_predict_reports_refused_files_end_to_end(capsys, tmp_path):
     saved = json.load(open(tmp_path / "run" / "predictions.json"))
     reasons = {u["file"]: u["error"] for u in saved["unreadable"]}
     assert reasons["pipe.png"] == "not a regular file (FIFO)"
-    assert reasons["large.jpg"].startswith("too many pixels (48x40 = 1,920 > --max_image_pixels 1,000)")
+    assert reasons["large.jpg"].startswith(
+        "too many pixels (48x40 = 1,920 > --max_image_pixels 1,000)"
+    )
 
 
 def test_training_folder_skips_and_counts_unsafe_files(tmp_path, caplog):
@@ -215,7 +245,10 @@ def test_training_folder_skips_and_counts_unsafe_files(tmp_path, caplog):
         paths, labels = source.file_list("train")
     assert len(paths) == 4 and labels == [0, 0, 1, 1]
     assert sorted(os.path.basename(p) for p, _ in source.skipped["train"]) == [
-        "huge.png", "out.jpg", "pipe.jpg"]
+        "huge.png",
+        "out.jpg",
+        "pipe.jpg",
+    ]
     assert "folder/train: skipped 3 file(s)" in caplog.text
 
 
@@ -235,7 +268,8 @@ def test_skip_reason_of_devices_and_missing_files(tmp_path):
     assert skip_reason(str(tmp_path / "nope.jpg"), None, policy).startswith("not a regular file")
     os.symlink(tmp_path / "nope.jpg", tmp_path / "dangling.jpg")
     assert skip_reason(str(tmp_path / "dangling.jpg"), str(tmp_path), policy).startswith(
-        "not a regular file")
+        "not a regular file"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,7 +290,9 @@ def test_second_training_into_a_locked_model_dir_exits_2_naming_the_holder(capsy
         holder.kill()
         holder.wait()
     assert_one_line(err, code, 2)
-    assert f"is in use by another training run (pid {holder.pid} on host {fileio.host_name()}" in err
+    assert (
+        f"is in use by another training run (pid {holder.pid} on host {fileio.host_name()}" in err
+    )
     assert sorted(os.listdir(model_dir)) == ["train.lock"]
 
 
@@ -299,8 +335,9 @@ def test_start_up_removes_stale_temporary_files(tmp_path):
     (ckpt / "ckpt-2.index").write_bytes(b"kept")
     dead = dead_pid()
     (model_dir / f".tmp-{dead}-model.weights.h5").write_bytes(b"")
-    lock = claim_model_dir({"mode": "train", "model_dir": str(model_dir),
-                            "resume_checkpoint": False})
+    lock = claim_model_dir(
+        {"mode": "train", "model_dir": str(model_dir), "resume_checkpoint": False}
+    )
     try:
         assert sorted(os.listdir(ckpt)) == ["ckpt-2.index"]
         assert sorted(os.listdir(model_dir)) == ["checkpoints", "train.lock"]
@@ -391,7 +428,10 @@ def test_checkpoint_write_failure_is_one_line_and_leaves_no_temp(tmp_path):
     assert "\n" not in message and message.startswith(f"cannot write checkpoint {tmp_path}")
     assert "free on its filesystem" in message and f"still {first}" in message
     assert sorted(os.listdir(tmp_path / "checkpoints")) == [
-        "checkpoint", "ckpt-1.data-00000-of-00001", "ckpt-1.index"]
+        "checkpoint",
+        "ckpt-1.data-00000-of-00001",
+        "ckpt-1.index",
+    ]
     assert ckpt.latest == first and ckpt.restore_latest() == 1
 
 
@@ -410,10 +450,12 @@ def test_final_export_refuses_a_full_disk_before_h5py_writes(tmp_path, monkeypat
     path = tmp_path / "model.weights.h5"
     path.write_bytes(b"previous weights")
     real = fileio.shutil.disk_usage
-    monkeypatch.setattr(fileio.shutil, "disk_usage",
-                        lambda p: real(p)._replace(free=1000))
-    with pytest.raises(WriteError, match=r"cannot write .*model\.weights\.h5: it needs about "
-                                         r"1\.0 MiB, only 1000 B free"):
+    monkeypatch.setattr(fileio.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    with pytest.raises(
+        WriteError,
+        match=r"cannot write .*model\.weights\.h5: it needs about "
+        r"1\.0 MiB, only 1000 B free",
+    ):
         save_weights_atomically(model, str(path))
     assert path.read_bytes() == b"previous weights"
     assert os.listdir(tmp_path) == ["model.weights.h5"]
@@ -462,8 +504,12 @@ def killed(target):
 model.save_weights = killed
 save_weights_atomically(model, {str(path)!r})
 """
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     _tiny_keras_model().load_weights(str(path))
     assert fileio.remove_stale_temps(str(tmp_path)) and os.listdir(tmp_path) == ["model.weights.h5"]
@@ -476,8 +522,11 @@ save_weights_atomically(model, {str(path)!r})
 def _fake_run(num_classes=10):
     records = []
     log = types.SimpleNamespace(log=lambda step, data, **kw: records.append((step, dict(data))))
-    run = types.SimpleNamespace(num_classes=num_classes, log=log,
-                                checkpoint=types.SimpleNamespace(directory="run/checkpoints"))
+    run = types.SimpleNamespace(
+        num_classes=num_classes,
+        log=log,
+        checkpoint=types.SimpleNamespace(directory="run/checkpoints"),
+    )
     return run, records
 
 
@@ -503,7 +552,8 @@ def test_chance_level_top1_is_a_warning_in_the_summary(caplog):
         _check_validation(summary, {"loss": 1.4, "top1": 0.25}, run)
     assert summary["warnings"] == [
         "validation top-1 0.2500 is at or below chance (1/4 = 0.2500): the model has not "
-        "learned; check --lr_init and the labels"]
+        "learned; check --lr_init and the labels"
+    ]
     summary = {}
     _check_validation(summary, {"loss": 0.4, "top1": 0.9}, run)
     assert "warnings" not in summary
@@ -518,14 +568,25 @@ def test_export_does_not_happen_after_a_nan_validation(capsys, tmp_path, monkeyp
 
     monkeypatch.setattr(train.TrainRun, "evaluate", nan_eval)
     model_dir = tmp_path / "run"
-    code, err = run_main(capsys, tiny_args(model_dir, "train_and_eval", "--max_epochs", "1",
-                                           "--steps_per_epoch", "1", "--train_batch_size", "4"))
+    code, err = run_main(
+        capsys,
+        tiny_args(
+            model_dir,
+            "train_and_eval",
+            "--max_epochs",
+            "1",
+            "--steps_per_epoch",
+            "1",
+            "--train_batch_size",
+            "4",
+        ),
+    )
     last = err.splitlines()[-1] + "\n"  # progress bars come before it on stderr
     assert_one_line(last, code, 1)
     assert "validation loss is nan after training" in last
     assert not (model_dir / "model.weights.h5").exists()
     assert not (model_dir / "train.lock").exists()
-    summary = [json.loads(line[len("DLLL "):]) for line in open(model_dir / "log.json")][-1]
+    summary = [json.loads(line[len("DLLL ") :]) for line in open(model_dir / "log.json")][-1]
     assert summary["step"] == [] and summary["data"]["warnings"]
 
 
@@ -540,7 +601,7 @@ class _Killed(Exception):
 def _step_losses(model_dir) -> dict:
     losses = {}
     for line in open(model_dir / "log.json"):
-        record = json.loads(line[len("DLLL "):])
+        record = json.loads(line[len("DLLL ") :])
         if record.get("type") == "LOG" and len(record["step"]) == 2:
             losses[tuple(record["step"])] = record["data"]["train.loss"]
     return losses
@@ -548,7 +609,8 @@ def _step_losses(model_dir) -> dict:
 
 @pytest.mark.slow  # four tiny training runs (~90 s on 2 busy cores)
 def test_resumed_seeded_run_with_dropout_and_stochastic_depth_reproduces_losses(
-        capsys, tmp_path, monkeypatch):
+    capsys, tmp_path, monkeypatch
+):
     """Before: the SeedGenerator states were not checkpointed and the resumed run restarted the
     data stream, so epoch 2 of a resumed run drew other dropout masks and other batches.
 
@@ -556,9 +618,24 @@ def test_resumed_seeded_run_with_dropout_and_stochastic_depth_reproduces_losses(
     only the order of multi-threaded float32 reductions may differ, far below 1e-5 relative."""
     from runtime.checkpoint import TrainingCheckpoint
 
-    args = ("--seed", "3", "--max_epochs", "2", "--steps_per_epoch", "2", "--log_steps", "1",
-            "--train_batch_size", "8", "--save_checkpoint_freq", "1", "--augmenter_name",
-            "randaugment", "--lr_warmup_epochs", "0")
+    args = (
+        "--seed",
+        "3",
+        "--max_epochs",
+        "2",
+        "--steps_per_epoch",
+        "2",
+        "--log_steps",
+        "1",
+        "--train_batch_size",
+        "8",
+        "--save_checkpoint_freq",
+        "1",
+        "--augmenter_name",
+        "randaugment",
+        "--lr_warmup_epochs",
+        "0",
+    )
     mparams = TINY_MPARAMS + ",dropout_rate=0.5,drop_connect_rate=0.5"
 
     def argv(model_dir):

@@ -13,8 +13,9 @@ from tests.tiny_run import save_random_checkpoint, tiny_args, tiny_params
 
 def trained_run(tmp_path, *extra):
     """A model_dir holding the params.json a tiny training run writes."""
-    params = tiny_params(tmp_path, "train", "--eval_img_size", "40", "--crop_fraction", "0.5",
-                         *extra)
+    params = tiny_params(
+        tmp_path, "train", "--eval_img_size", "40", "--crop_fraction", "0.5", *extra
+    )
     write_json(str(tmp_path / flags.PARAMS_FILE), params)
     return params
 
@@ -36,46 +37,85 @@ def test_eval_needs_only_model_dir(tmp_path):
 
 def test_command_line_overrides_the_saved_run(tmp_path):
     trained_run(tmp_path)
-    params = flags.parse(["--mode", "eval", "--model_dir", str(tmp_path), "--eval_batch_size",
-                          "7", "--crop_fraction", "0.9", "--mparams", "dropout_rate=0.5"])
+    params = flags.parse(
+        [
+            "--mode",
+            "eval",
+            "--model_dir",
+            str(tmp_path),
+            "--eval_batch_size",
+            "7",
+            "--crop_fraction",
+            "0.9",
+            "--mparams",
+            "dropout_rate=0.5",
+        ]
+    )
     assert (params["eval_batch_size"], params["crop_fraction"]) == (7, 0.9)
     assert params["model"]["dropout_rate"] == 0.5
     # A --no- boolean given on the command line overrides a saved True.
     trained_run(tmp_path / "b", "--cache")
-    assert flags.parse(["--mode", "inference_benchmark", "--model_dir", str(tmp_path / "b"),
-                        "--no-cache"])["cache"] is False
-    assert flags.parse(["--mode", "inference_benchmark",
-                        "--model_dir", str(tmp_path / "b")])["cache"] is True
+    assert (
+        flags.parse(
+            ["--mode", "inference_benchmark", "--model_dir", str(tmp_path / "b"), "--no-cache"]
+        )["cache"]
+        is False
+    )
+    assert (
+        flags.parse(["--mode", "inference_benchmark", "--model_dir", str(tmp_path / "b")])["cache"]
+        is True
+    )
 
 
 def test_architecture_override_is_refused_in_one_line(tmp_path, capsys):
     trained_run(tmp_path)
-    code, err = error_of(capsys, ["--mode", "eval", "--model_dir", str(tmp_path),
-                                  "--mparams", "width_coefficient=0.2"])
+    code, err = error_of(
+        capsys,
+        ["--mode", "eval", "--model_dir", str(tmp_path), "--mparams", "width_coefficient=0.2"],
+    )
     assert code == 2 and err.count("\n") == 1
-    assert err == (f"main.py: error: --mparams would change the architecture of the model "
-                   f"trained in {tmp_path} (width_coefficient: 0.1 -> 0.2); leave them out to "
-                   "use the run's params.json, or use another --model_dir\n")
-    code, err = error_of(capsys, ["--mode", "predict", "--model_dir", str(tmp_path),
-                                  "--predict_img_dir", str(tmp_path),
-                                  "--cfg", "config/efficientnet_v1/b0_cfg.py"])
+    assert err == (
+        f"main.py: error: --mparams would change the architecture of the model "
+        f"trained in {tmp_path} (width_coefficient: 0.1 -> 0.2); leave them out to "
+        "use the run's params.json, or use another --model_dir\n"
+    )
+    code, err = error_of(
+        capsys,
+        [
+            "--mode",
+            "predict",
+            "--model_dir",
+            str(tmp_path),
+            "--predict_img_dir",
+            str(tmp_path),
+            "--cfg",
+            "config/efficientnet_v1/b0_cfg.py",
+        ],
+    )
     assert code == 2 and "--cfg would change the architecture" in err and "name: " in err
 
 
 def test_cfg_required_without_params_json(tmp_path, capsys):
     code, err = error_of(capsys, ["--mode", "eval", "--model_dir", str(tmp_path / "empty")])
     assert code == 2 and err.count("\n") == 1
-    assert "the following arguments are required: --cfg (or, for --mode eval/predict/export/" \
-           "training_benchmark/inference_benchmark, a --model_dir holding a training run's " \
-           "params.json)" in err
+    assert (
+        "the following arguments are required: --cfg (or, for --mode eval/predict/export/"
+        "training_benchmark/inference_benchmark, a --model_dir holding a training run's "
+        "params.json)" in err
+    )
     assert not (tmp_path / "empty").exists()
 
 
 def test_training_modes_do_not_read_params_json(tmp_path):
     trained_run(tmp_path, "--max_epochs", "7")
     assert flags.parse(tiny_args(tmp_path, "train"))["max_epochs"] == 300
-    assert set(run_params.RUN_READING_MODES) >= {"eval", "predict", "export",
-                                                 "training_benchmark", "inference_benchmark"}
+    assert set(run_params.RUN_READING_MODES) >= {
+        "eval",
+        "predict",
+        "export",
+        "training_benchmark",
+        "inference_benchmark",
+    }
 
 
 def test_broken_params_json_is_one_line(tmp_path, capsys):
@@ -88,19 +128,34 @@ def test_architecture_keys_are_the_model_keys_that_matter():
     from model.efficientnet import MODEL_KEYS
 
     assert set(run_params.ARCHITECTURE_KEYS) == set(MODEL_KEYS) - {
-        "dropout_rate", "drop_connect_rate", "bn_momentum"}
+        "dropout_rate",
+        "drop_connect_rate",
+        "bn_momentum",
+    }
 
 
 def test_wrong_model_checkpoint_is_one_line_without_tf_warnings(tmp_path, capsys, caplog):
     """Restoring a checkpoint of another architecture: one line, none of TF's per-variable
     "Value in checkpoint could not be found" warnings (hundreds for a real model)."""
-    other = tiny_params(tmp_path / "other", "train", "--mparams",
-                        "width_coefficient=0.2,depth_coefficient=0.1,train_img_size=32,"
-                        "eval_img_size=32,num_classes=10")
+    other = tiny_params(
+        tmp_path / "other",
+        "train",
+        "--mparams",
+        "width_coefficient=0.2,depth_coefficient=0.1,train_img_size=32,"
+        "eval_img_size=32,num_classes=10",
+    )
     save_random_checkpoint(other)
     trained_run(tmp_path / "run")
-    code = main.main(["--mode", "eval", "--model_dir", str(tmp_path / "run"),
-                      "--predict_ckpt", os.path.join(tmp_path, "other", "checkpoints")])
+    code = main.main(
+        [
+            "--mode",
+            "eval",
+            "--model_dir",
+            str(tmp_path / "run"),
+            "--predict_ckpt",
+            os.path.join(tmp_path, "other", "checkpoints"),
+        ]
+    )
     import gc
 
     gc.collect()

@@ -24,8 +24,9 @@ def test_warmup_is_linear_from_zero_to_peak():
 
 
 def test_exponential_is_staircase_after_warmup():
-    s = WarmupDecaySchedule("exponential", 1.0, total_steps=1000, warmup_steps=10,
-                            decay_steps=20, decay_rate=0.5)
+    s = WarmupDecaySchedule(
+        "exponential", 1.0, total_steps=1000, warmup_steps=10, decay_steps=20, decay_rate=0.5
+    )
     assert lr_at(s, 29) == pytest.approx(1.0)
     assert lr_at(s, 30) == pytest.approx(0.5)
     assert lr_at(s, 70) == pytest.approx(0.125)
@@ -41,7 +42,8 @@ def test_cosine_halfway_and_end():
 def test_piecewise_drops_three_times_then_stays():
     s = WarmupDecaySchedule("piecewise", 1.0, total_steps=1000, decay_steps=30, decay_rate=0.1)
     assert [lr_at(s, t) for t in (0, 29, 30, 60, 90, 300)] == pytest.approx(
-        [1.0, 1.0, 0.1, 0.01, 0.001, 0.001])
+        [1.0, 1.0, 0.1, 0.01, 0.001, 0.001]
+    )
 
 
 def test_linearcosine_matches_tf1_formula():
@@ -53,8 +55,16 @@ def test_linearcosine_matches_tf1_formula():
 
 
 def test_build_schedule_converts_epochs_to_steps():
-    s = build_schedule("exponential", lr_init=0.008, global_batch_size=256, steps_per_epoch=10,
-                       max_epochs=5, warmup_epochs=1.5, decay_epochs=2.4, decay_rate=0.97)
+    s = build_schedule(
+        "exponential",
+        lr_init=0.008,
+        global_batch_size=256,
+        steps_per_epoch=10,
+        max_epochs=5,
+        warmup_epochs=1.5,
+        decay_epochs=2.4,
+        decay_rate=0.97,
+    )
     assert (s.peak_lr, s.warmup_steps, s.decay_steps, s.total_steps) == (0.016, 15, 24, 50)
     assert set(SCHEDULES) == {"exponential", "cosine", "piecewise", "linearcosine"}
 
@@ -71,7 +81,8 @@ def nvidia_exponential(step, peak, steps_per_epoch, warmup_epochs=5, decay_epoch
     if step < warmup:
         return peak * step / warmup
     decay = keras.optimizers.schedules.ExponentialDecay(
-        peak, decay_epochs * steps_per_epoch, rate, staircase=True)
+        peak, decay_epochs * steps_per_epoch, rate, staircase=True
+    )
     return float(decay(step - warmup))
 
 
@@ -81,29 +92,56 @@ def automl_exponential(step, peak, steps_per_epoch, warmup_epochs=5, decay_epoch
     if step < warmup:
         return peak * step / warmup
     decay = keras.optimizers.schedules.ExponentialDecay(
-        peak, decay_epochs * steps_per_epoch, rate, staircase=True)
+        peak, decay_epochs * steps_per_epoch, rate, staircase=True
+    )
     return float(decay(step))
 
 
 def test_exponential_equals_nvidias_formula_at_every_drop():
     # 2.4 x 312 = 748.8 steps between drops: rounding it to 749 moved every drop from the fifth on.
-    s = build_schedule("exponential", lr_init=0.008, global_batch_size=128, steps_per_epoch=312,
-                       max_epochs=350, warmup_epochs=5, decay_epochs=2.4, decay_rate=0.97)
+    s = build_schedule(
+        "exponential",
+        lr_init=0.008,
+        global_batch_size=128,
+        steps_per_epoch=312,
+        max_epochs=350,
+        warmup_epochs=5,
+        decay_epochs=2.4,
+        decay_rate=0.97,
+    )
     warmup = 5 * 312
-    steps = [0, 1, 780, warmup - 1, warmup, warmup + 748, warmup + 749, warmup + 3744,
-             warmup + 3745, 100_000]
+    steps = [
+        0,
+        1,
+        780,
+        warmup - 1,
+        warmup,
+        warmup + 748,
+        warmup + 749,
+        warmup + 3744,
+        warmup + 3745,
+        100_000,
+    ]
     for step in steps:
         assert lr_at(s, step) == pytest.approx(nvidia_exponential(step, 0.008, 312), rel=1e-6), step
 
 
 def test_exponential_from_start_equals_automls_formula():
-    s = build_schedule("exponential", lr_init=0.008, global_batch_size=128, steps_per_epoch=312,
-                       max_epochs=350, warmup_epochs=5, decay_epochs=2.4, decay_rate=0.97,
-                       origin="start")
+    s = build_schedule(
+        "exponential",
+        lr_init=0.008,
+        global_batch_size=128,
+        steps_per_epoch=312,
+        max_epochs=350,
+        warmup_epochs=5,
+        decay_epochs=2.4,
+        decay_rate=0.97,
+        origin="start",
+    )
     for step in (0, 1559, 1560, 2000, 50_000):
         assert lr_at(s, step) == pytest.approx(automl_exponential(step, 0.008, 312), rel=1e-6), step
     # Right after warm-up automl is already two drops (0.97 ** 2) below the peak.
-    assert lr_at(s, 1560) == pytest.approx(0.008 * 0.97 ** 2, rel=1e-6)
+    assert lr_at(s, 1560) == pytest.approx(0.008 * 0.97**2, rel=1e-6)
 
 
 def test_cosine_from_start_spans_the_whole_run():

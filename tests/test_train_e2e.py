@@ -22,28 +22,74 @@ BATCH = 16
 
 
 def tiny_args(model_dir, *extra):
-    return ["--cfg", CFG, "--mparams", "width_coefficient=0.1,depth_coefficient=0.1",
-            "--dataset", "digits", "--train_img_size", "32", "--eval_img_size", "32",
-            "--base_img_size", "24", "--train_batch_size", str(BATCH), "--eval_batch_size", "120",
-            "--steps_per_epoch", str(STEPS), "--log_steps", "2", "--augmenter_name", "none",
-            "--lr_warmup_epochs", "1", "--seed", "3", "--model_dir", str(model_dir), *extra]
+    return [
+        "--cfg",
+        CFG,
+        "--mparams",
+        "width_coefficient=0.1,depth_coefficient=0.1",
+        "--dataset",
+        "digits",
+        "--train_img_size",
+        "32",
+        "--eval_img_size",
+        "32",
+        "--base_img_size",
+        "24",
+        "--train_batch_size",
+        str(BATCH),
+        "--eval_batch_size",
+        "120",
+        "--steps_per_epoch",
+        str(STEPS),
+        "--log_steps",
+        "2",
+        "--augmenter_name",
+        "none",
+        "--lr_warmup_epochs",
+        "1",
+        "--seed",
+        "3",
+        "--model_dir",
+        str(model_dir),
+        *extra,
+    ]
 
 
 def progress(records):
     """{(epoch, step): data} of the [epoch, step] records."""
-    return {tuple(r["step"]): r["data"] for r in records
-            if r["type"] == "LOG" and isinstance(r["step"], list) and len(r["step"]) == 2}
+    return {
+        tuple(r["step"]): r["data"]
+        for r in records
+        if r["type"] == "LOG" and isinstance(r["step"], list) and len(r["step"]) == 2
+    }
 
 
 def test_resume_after_kill_9_continues_step_lr_and_stage(tmp_path):
     """Kill -9 a 4-epoch, 2-stage run after its 2nd checkpoint; the rerun resumes at the next
     epoch, in stage 2, with the global step and learning rate where they were."""
-    args = tiny_args(tmp_path, "--mode", "train", "--max_epochs", "4", "--n_stages", "2",
-                     "--save_checkpoint_freq", "1", "--moving_average_decay", "0.9",
-                     "--lr_decay", "cosine")
+    args = tiny_args(
+        tmp_path,
+        "--mode",
+        "train",
+        "--max_epochs",
+        "4",
+        "--n_stages",
+        "2",
+        "--save_checkpoint_freq",
+        "1",
+        "--moving_average_decay",
+        "0.9",
+        "--lr_decay",
+        "cosine",
+    )
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.Popen([sys.executable, "main.py", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "main.py", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     index = tmp_path / "checkpoints" / "ckpt-2.index"
     deadline = time.time() + 240
     while not index.exists() and proc.poll() is None and time.time() < deadline:
@@ -73,7 +119,8 @@ def test_resume_after_kill_9_continues_step_lr_and_stage(tmp_path):
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
-        tmp_path, capsys, monkeypatch):
+    tmp_path, capsys, monkeypatch
+):
     from runtime import train
 
     real_build = train.build_dataset
@@ -88,19 +135,35 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
         train_builds.append(cfg.seed)
         later = len(train_builds) > 1
         return dataset.enumerate().map(
-            lambda i, xy: (tf.where(later or i >= STEPS, np.nan, xy[0]), xy[1]))
+            lambda i, xy: (tf.where(later or i >= STEPS, np.nan, xy[0]), xy[1])
+        )
 
     monkeypatch.setattr(train, "build_dataset", poisoned)
-    code = main.main(tiny_args(tmp_path, "--mode", "train", "--max_epochs", "3",
-                               "--save_checkpoint_freq", "1", "--enable_tensorboard"))
+    code = main.main(
+        tiny_args(
+            tmp_path,
+            "--mode",
+            "train",
+            "--max_epochs",
+            "3",
+            "--save_checkpoint_freq",
+            "1",
+            "--enable_tensorboard",
+        )
+    )
     err = capsys.readouterr().err
     assert code == 1
     line = err.strip().splitlines()[-1]
-    assert line.startswith("main.py: error: training loss became nan at epoch 2, step 2; "
-                           "stopped without saving. Last good checkpoint: ")
+    assert line.startswith(
+        "main.py: error: training loss became nan at epoch 2, step 2; "
+        "stopped without saving. Last good checkpoint: "
+    )
     assert line.endswith("ckpt-1. Lower --lr_init, set --grad_clip_norm, or check the input data")
     assert sorted(os.listdir(tmp_path / "checkpoints")) == [
-        "checkpoint", "ckpt-1.data-00000-of-00001", "ckpt-1.index"]
+        "checkpoint",
+        "ckpt-1.data-00000-of-00001",
+        "ckpt-1.index",
+    ]
     assert not (tmp_path / "model.weights.h5").exists()
     # The epoch before the NaN was logged to TensorBoard too.
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))

@@ -8,15 +8,27 @@ from runtime import flags
 from runtime.checkpoint import checkpoint_dir
 from runtime.components import create_model
 
-TINY_MPARAMS = ("width_coefficient=0.1,depth_coefficient=0.1,train_img_size=32,"
-                "eval_img_size=32,num_classes=10")
+TINY_MPARAMS = (
+    "width_coefficient=0.1,depth_coefficient=0.1,train_img_size=32,eval_img_size=32,num_classes=10"
+)
 
 
 def tiny_args(model_dir, mode: str, *extra: str) -> list[str]:
     """main.py arguments of a tiny CPU run on the bundled digits."""
-    return ["--cfg", "config/efficientnet_v2/s_cfg.py", "--mparams", TINY_MPARAMS,
-            "--mode", mode, "--dataset", "digits", "--model_dir", str(model_dir),
-            "--no-use_xla", *extra]
+    return [
+        "--cfg",
+        "config/efficientnet_v2/s_cfg.py",
+        "--mparams",
+        TINY_MPARAMS,
+        "--mode",
+        mode,
+        "--dataset",
+        "digits",
+        "--model_dir",
+        str(model_dir),
+        "--no-use_xla",
+        *extra,
+    ]
 
 
 def tiny_params(model_dir, mode: str, *extra: str) -> dict:
@@ -28,6 +40,7 @@ def save_random_checkpoint(params: dict, num_classes: int = 10):
     """Write an (untrained) model as the run's newest training checkpoint; returns the model."""
     model = create_model(params, num_classes)
     manager = tf.train.CheckpointManager(
-        tf.train.Checkpoint(model=model), checkpoint_dir(params["model_dir"]), max_to_keep=1)
+        tf.train.Checkpoint(model=model), checkpoint_dir(params["model_dir"]), max_to_keep=1
+    )
     manager.save()
     return model

@@ -28,22 +28,37 @@ def batch(n: int = 8, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def build_trainer(strategy=None, accum: int = 1, optimizer: str = "momentum",
-                  clip: float | None = None, loss_scaling: bool = False, lr: float = 0.1,
-                  l2: float = 1e-3, ema_decay: float = 0.0):
+def build_trainer(
+    strategy=None,
+    accum: int = 1,
+    optimizer: str = "momentum",
+    clip: float | None = None,
+    loss_scaling: bool = False,
+    lr: float = 0.1,
+    l2: float = 1e-3,
+    ema_decay: float = 0.0,
+):
     """(model, optimizer, metrics, step, ema) built under `strategy`'s scope."""
     import contextlib
 
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
         model = tiny_model()
-        opt = build_optimizer(OptimizerConfig(name=optimizer, grad_clip_norm=clip), lr,
-                              model.trainable_variables, loss_scaling=loss_scaling)
+        opt = build_optimizer(
+            OptimizerConfig(name=optimizer, grad_clip_norm=clip),
+            lr,
+            model.trainable_variables,
+            loss_scaling=loss_scaling,
+        )
         opt.build(model.trainable_variables)
         ema = ExponentialMovingAverage(model, ema_decay) if ema_decay else None
     metrics = TrainMetrics()
-    step = make_train_step(model, opt, strategy=strategy,
-                           config=StepConfig(grad_accum_steps=accum, label_smoothing=0.1,
-                                             l2_weight_decay=l2),
-                           metrics=metrics, ema=ema)
+    step = make_train_step(
+        model,
+        opt,
+        strategy=strategy,
+        config=StepConfig(grad_accum_steps=accum, label_smoothing=0.1, l2_weight_decay=l2),
+        metrics=metrics,
+        ema=ema,
+    )
     return model, opt, metrics, step, ema

@@ -51,11 +51,18 @@ class Sink(Protocol):
 
     verbosity: Verbosity
 
-    def log(self, timestamp: datetime, elapsed: float, step: Step, data: Mapping[str, Any],
-            global_step: int | None) -> None: ...
+    def log(
+        self,
+        timestamp: datetime,
+        elapsed: float,
+        step: Step,
+        data: Mapping[str, Any],
+        global_step: int | None,
+    ) -> None: ...
 
-    def metadata(self, timestamp: datetime, elapsed: float, metric: str,
-                 meta: Mapping[str, Any]) -> None: ...
+    def metadata(
+        self, timestamp: datetime, elapsed: float, metric: str, meta: Mapping[str, Any]
+    ) -> None: ...
 
     def flush(self) -> None: ...
 
@@ -140,8 +147,9 @@ class JSONStreamSink:
     A new, non-appending sink never truncates: an earlier log is kept as `FILE.1`, `FILE.2`...
     """
 
-    def __init__(self, filename: str, verbosity: Verbosity = Verbosity.VERBOSE,
-                 append: bool = False) -> None:
+    def __init__(
+        self, filename: str, verbosity: Verbosity = Verbosity.VERBOSE, append: bool = False
+    ) -> None:
         self.verbosity = verbosity
         self.filename = filename
         parent = os.path.dirname(os.path.abspath(filename))
@@ -161,25 +169,29 @@ class JSONStreamSink:
 
     def log(self, timestamp, elapsed, step, data, global_step) -> None:  # noqa: D102
         # Key order matches DLLogger's LOG lines.
-        self._write({
-            "timestamp": str(timestamp.timestamp()),
-            "datetime": str(timestamp),
-            "elapsedtime": str(elapsed),
-            "type": "LOG",
-            "step": _to_json_step(step),
-            "data": _to_json_value(dict(data)),
-        })
+        self._write(
+            {
+                "timestamp": str(timestamp.timestamp()),
+                "datetime": str(timestamp),
+                "elapsedtime": str(elapsed),
+                "type": "LOG",
+                "step": _to_json_step(step),
+                "data": _to_json_value(dict(data)),
+            }
+        )
 
     def metadata(self, timestamp, elapsed, metric, meta) -> None:  # noqa: D102
         # NOTE: DLLogger's METADATA lines carry no "step"/"data"; "metric" and "metadata" instead.
-        self._write({
-            "timestamp": str(timestamp.timestamp()),
-            "datetime": str(timestamp),
-            "elapsedtime": str(elapsed),
-            "type": "METADATA",
-            "metric": metric,
-            "metadata": _to_json_value(dict(meta)),
-        })
+        self._write(
+            {
+                "timestamp": str(timestamp.timestamp()),
+                "datetime": str(timestamp),
+                "elapsedtime": str(elapsed),
+                "type": "METADATA",
+                "metric": metric,
+                "metadata": _to_json_value(dict(meta)),
+            }
+        )
 
     def flush(self) -> None:  # noqa: D102
         if self._file is not None:
@@ -198,8 +210,9 @@ class StdOutSink:
     "format": ":.2f"}`), as in DLLogger's StdOutBackend.
     """
 
-    def __init__(self, verbosity: Verbosity = Verbosity.DEFAULT,
-                 stream: IO[str] | None = None) -> None:
+    def __init__(
+        self, verbosity: Verbosity = Verbosity.DEFAULT, stream: IO[str] | None = None
+    ) -> None:
         self.verbosity = verbosity
         self._stream = stream
         self._meta: dict[str, dict[str, Any]] = {}
@@ -290,8 +303,13 @@ class MetricsLogger:
         """True when at least one sink receives records (false on non-chief workers)."""
         return bool(self.sinks)
 
-    def log(self, step: Step, data: Mapping[str, Any], verbosity: Verbosity = Verbosity.DEFAULT,
-            global_step: int | None = None) -> None:
+    def log(
+        self,
+        step: Step,
+        data: Mapping[str, Any],
+        verbosity: Verbosity = Verbosity.DEFAULT,
+        global_step: int | None = None,
+    ) -> None:
         """Record metrics.
 
         Args:
@@ -339,10 +357,14 @@ class MetricsLogger:
         self.close()
 
 
-def create_metrics_logger(log_path: str | None, is_chief: bool = True,
-                          tensorboard_dir: str | None = None,
-                          stdout_verbosity: Verbosity = Verbosity.DEFAULT,
-                          append: bool = False, stream: IO[str] | None = None) -> MetricsLogger:
+def create_metrics_logger(
+    log_path: str | None,
+    is_chief: bool = True,
+    tensorboard_dir: str | None = None,
+    stdout_verbosity: Verbosity = Verbosity.DEFAULT,
+    append: bool = False,
+    stream: IO[str] | None = None,
+) -> MetricsLogger:
     """Build the run's metrics logger: JSON file + stdout + optional TensorBoard, chief only.
 
     Args:
@@ -429,9 +451,15 @@ class ProgressBar:
       width: characters of the bar.
     """
 
-    def __init__(self, total: int | None, desc: str = "", enabled: bool = True,
-                 stream: IO[str] | None = None, min_interval: float = 0.5,
-                 width: int = 30) -> None:
+    def __init__(
+        self,
+        total: int | None,
+        desc: str = "",
+        enabled: bool = True,
+        stream: IO[str] | None = None,
+        min_interval: float = 0.5,
+        width: int = 30,
+    ) -> None:
         self.total = total
         self.desc = desc
         self.enabled = enabled
@@ -471,8 +499,9 @@ class ProgressBar:
         parts.append(f"elapsed {_format_duration(elapsed)}")
         if self.total:
             parts.append(f"ETA {_format_duration(self.eta_seconds())}")
-        parts.extend(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                     for k, v in self.postfix.items())
+        parts.extend(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.postfix.items()
+        )
         return " ".join(parts)
 
     def update(self, n: int = 1, **postfix: Any) -> None:

@@ -58,8 +58,9 @@ class ExponentialMovingAverage(tf.Module):
         self._model_variables = lambda: model_variables
         # Named after the model variable's path so a checkpoint reads like the model.
         self.shadows = [
-            tf.Variable(tf.identity(_tf_var(v)), trainable=False,
-                        name=v.path.replace("/", "_") + "_ema")
+            tf.Variable(
+                tf.identity(_tf_var(v)), trainable=False, name=v.path.replace("/", "_") + "_ema"
+            )
             for v in model_variables
         ]
 

@@ -53,9 +53,11 @@ def write_error(path: str, err: BaseException) -> WriteError:
     """The one-line WriteError for a failed write of `path`."""
     reason = os.strerror(err.errno) if isinstance(err, OSError) and err.errno else str(err)
     reason = (reason.strip().splitlines() or [type(err).__name__])[0][:200]
-    return WriteError(err.errno if isinstance(err, OSError) else errno.EIO,
-                      f"cannot write {path}: {reason} ({free_space(path)} free on its filesystem); "
-                      "the previous file, if any, is unchanged")
+    return WriteError(
+        err.errno if isinstance(err, OSError) else errno.EIO,
+        f"cannot write {path}: {reason} ({free_space(path)} free on its filesystem); "
+        "the previous file, if any, is unchanged",
+    )
 
 
 def check_free_space(path: str, needed_bytes: int) -> None:
@@ -71,10 +73,12 @@ def check_free_space(path: str, needed_bytes: int) -> None:
     except OSError:
         return
     if free < needed_bytes:
-        raise WriteError(errno.ENOSPC,
-                         f"cannot write {path}: it needs about {_size(needed_bytes)}, only "
-                         f"{_size(free)} free on its filesystem; free some space (the previous "
-                         "file, if any, is unchanged)")
+        raise WriteError(
+            errno.ENOSPC,
+            f"cannot write {path}: it needs about {_size(needed_bytes)}, only "
+            f"{_size(free)} free on its filesystem; free some space (the previous "
+            "file, if any, is unchanged)",
+        )
 
 
 def _size(n: float) -> str:

@@ -99,8 +99,9 @@ def uses_l2_penalty(config: OptimizerConfig) -> bool:
     return config.name not in DECOUPLED_DECAY and bool(config.weight_decay)
 
 
-def build_optimizer(config: OptimizerConfig, learning_rate, variables: Sequence = (),
-                    loss_scaling: bool = False) -> keras.optimizers.Optimizer:
+def build_optimizer(
+    config: OptimizerConfig, learning_rate, variables: Sequence = (), loss_scaling: bool = False
+) -> keras.optimizers.Optimizer:
     """Create the optimizer, optionally wrapped for dynamic loss scaling (fp16).
 
     Args:
@@ -116,24 +117,35 @@ def build_optimizer(config: OptimizerConfig, learning_rate, variables: Sequence 
     common = {"learning_rate": learning_rate, "global_clipnorm": clip}
     name = config.name
     if name == "rmsprop":
-        optimizer = keras.optimizers.RMSprop(rho=config.rho, momentum=config.momentum,
-                                             epsilon=config.epsilon, **common)
+        optimizer = keras.optimizers.RMSprop(
+            rho=config.rho, momentum=config.momentum, epsilon=config.epsilon, **common
+        )
     elif name == "sgd":
         optimizer = keras.optimizers.SGD(**common)
     elif name == "momentum":
-        optimizer = keras.optimizers.SGD(momentum=config.momentum, nesterov=config.nesterov,
-                                         **common)
+        optimizer = keras.optimizers.SGD(
+            momentum=config.momentum, nesterov=config.nesterov, **common
+        )
     elif name == "adam":
-        optimizer = keras.optimizers.Adam(beta_1=config.beta_1, beta_2=config.beta_2,
-                                          epsilon=config.epsilon, **common)
+        optimizer = keras.optimizers.Adam(
+            beta_1=config.beta_1, beta_2=config.beta_2, epsilon=config.epsilon, **common
+        )
     elif name == "adamw":
-        optimizer = keras.optimizers.AdamW(beta_1=config.beta_1, beta_2=config.beta_2,
-                                           epsilon=config.epsilon,
-                                           weight_decay=config.weight_decay, **common)
+        optimizer = keras.optimizers.AdamW(
+            beta_1=config.beta_1,
+            beta_2=config.beta_2,
+            epsilon=config.epsilon,
+            weight_decay=config.weight_decay,
+            **common,
+        )
     elif name == "lamb":
-        optimizer = keras.optimizers.Lamb(beta_1=config.beta_1, beta_2=config.beta_2,
-                                          epsilon=config.epsilon,
-                                          weight_decay=config.weight_decay, **common)
+        optimizer = keras.optimizers.Lamb(
+            beta_1=config.beta_1,
+            beta_2=config.beta_2,
+            epsilon=config.epsilon,
+            weight_decay=config.weight_decay,
+            **common,
+        )
     else:
         raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
     if name in DECOUPLED_DECAY:

@@ -17,7 +17,6 @@ from utils.choices import AMP_DTYPES  # noqa: F401 (re-exported)
 logger = logging.getLogger(__name__)
 
 
-
 def precision_policy(use_amp: bool, amp_dtype: str = "float16") -> str:
     """The Keras dtype policy name for the flags.
 

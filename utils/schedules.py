@@ -63,14 +63,23 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
         (automl: it starts at step 0 and warm-up overrides its first steps).
     """
 
-    def __init__(self, kind: str, peak_lr: float, total_steps: int, warmup_steps: float = 0,
-                 decay_steps: float = 1, decay_rate: float = 0.97,
-                 origin: str = "warmup_end") -> None:
+    def __init__(
+        self,
+        kind: str,
+        peak_lr: float,
+        total_steps: int,
+        warmup_steps: float = 0,
+        decay_steps: float = 1,
+        decay_rate: float = 0.97,
+        origin: str = "warmup_end",
+    ) -> None:
         super().__init__()
         if kind not in SCHEDULES:
             raise ValueError(f"unknown lr_decay {kind!r}; valid: {', '.join(SCHEDULES)}")
         if origin not in SCHEDULE_ORIGINS:
-            raise ValueError(f"unknown lr_decay_origin {origin!r}; valid: {', '.join(SCHEDULE_ORIGINS)}")
+            raise ValueError(
+                f"unknown lr_decay_origin {origin!r}; valid: {', '.join(SCHEDULE_ORIGINS)}"
+            )
         self.kind = kind
         self.peak_lr = float(peak_lr)
         self.total_steps = int(total_steps)
@@ -109,15 +118,27 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self) -> dict:
         return {
-            "kind": self.kind, "peak_lr": self.peak_lr, "total_steps": self.total_steps,
-            "warmup_steps": self.warmup_steps, "decay_steps": self.decay_steps,
-            "decay_rate": self.decay_rate, "origin": self.origin,
+            "kind": self.kind,
+            "peak_lr": self.peak_lr,
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+            "decay_steps": self.decay_steps,
+            "decay_rate": self.decay_rate,
+            "origin": self.origin,
         }
 
 
-def build_schedule(kind: str, lr_init: float, global_batch_size: int, steps_per_epoch: int,
-                   max_epochs: int, warmup_epochs: float, decay_epochs: float,
-                   decay_rate: float, origin: str = "warmup_end") -> WarmupDecaySchedule:
+def build_schedule(
+    kind: str,
+    lr_init: float,
+    global_batch_size: int,
+    steps_per_epoch: int,
+    max_epochs: int,
+    warmup_epochs: float,
+    decay_epochs: float,
+    decay_rate: float,
+    origin: str = "warmup_end",
+) -> WarmupDecaySchedule:
     """Build the run's schedule from epoch-denominated flags.
 
     Args:

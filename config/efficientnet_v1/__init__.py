@@ -32,7 +32,9 @@ V1_DATA_RECIPE = {
 }
 
 
-def v1_config(name: str, width: float, depth: float, resolution: int, dropout: float) -> dict[str, Any]:
+def v1_config(
+    name: str, width: float, depth: float, resolution: int, dropout: float
+) -> dict[str, Any]:
     """A v1 variant's config: shared defaults + v1 block table + this variant's scaling.
 
     Args:

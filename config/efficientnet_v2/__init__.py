@@ -62,8 +62,14 @@ V2_DATA_RECIPE = {
 }
 
 
-def v2_config(name: str, blocks: Sequence[str], stem_filters: int, train_size: int,
-              eval_size: int, dropout: float) -> dict[str, Any]:
+def v2_config(
+    name: str,
+    blocks: Sequence[str],
+    stem_filters: int,
+    train_size: int,
+    eval_size: int,
+    dropout: float,
+) -> dict[str, Any]:
     """A v2 variant's config: shared defaults + v2 family settings + this variant's table.
 
     Args:

@@ -2,5 +2,6 @@
 
 from config.efficientnet_v2 import V2_XL_BLOCKS, v2_config
 
-config = v2_config("efficientnetv2-xl", V2_XL_BLOCKS, stem_filters=32, train_size=384, eval_size=512,
-                   dropout=0.4)
+config = v2_config(
+    "efficientnetv2-xl", V2_XL_BLOCKS, stem_filters=32, train_size=384, eval_size=512, dropout=0.4
+)
