@@ -94,6 +94,7 @@ def test_bad_arguments_exit_2(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_step_breakdown_prints_every_variant(capsys):
     bench_step = _load("bench_step")
     assert (
