@@ -117,3 +117,23 @@ def test_finetune_from_our_weights_file(tmp_path, capsys):
     path = str(tmp_path / "model.weights.h5")
     source.save_weights(path)
     check_finetune_walkthrough(tmp_path, capsys, "config/efficientnet_v2/s_cfg.py", TINY, path)
+
+
+@pytest.mark.slow
+def test_finetune_from_a_keras_applications_file(tmp_path, capsys):
+    """The issue's walkthrough with a keras.applications EfficientNetB0 `_notop` file (random
+    weights, saved here: nothing is downloaded) into our B0 config."""
+    import keras
+
+    reference = keras.applications.EfficientNetB0(
+        weights=None, include_top=False, input_shape=(32, 32, 3)
+    )
+    path = str(tmp_path / "efficientnetb0_notop.weights.h5")
+    reference.save_weights(path)
+    check_finetune_walkthrough(
+        tmp_path,
+        capsys,
+        "config/efficientnet_v1/b0_cfg.py",
+        "train_img_size=32,eval_img_size=32",
+        path,
+    )
