@@ -88,8 +88,11 @@ def adversarial_images(
         for _ in range(config.steps):
             with tf.GradientTape() as tape:
                 tape.watch(x)
-                loss = scale_loss(tf.reduce_sum(_cross_entropy(model, x, labels, label_smoothing)))
+                loss = scale_loss(tf.reduce_mean(_cross_entropy(model, x, labels, label_smoothing)))
             grad = tape.gradient(loss, x)
+            # Under mixed float16 a loss-scaled backward pass can overflow (inf - inf = NaN in
+            # some pixels); those pixels do not move this step instead of poisoning the batch.
+            grad = tf.where(tf.math.is_nan(grad), tf.zeros_like(grad), grad)
             x = x + config.step_size * tf.sign(grad)
             x = tf.clip_by_value(x, images - config.epsilon, images + config.epsilon)
             x = tf.clip_by_value(x, config.clip_min, config.clip_max)

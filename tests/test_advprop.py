@@ -19,6 +19,7 @@ from model.blocks import batch_norm
 from runtime.advprop import AdvPropConfig, adversarial_images, adversarial_loss
 from runtime.train import StepConfig, TrainMetrics, make_train_step
 from tests.tiny_run import TINY_MPARAMS
+from utils.dllogger import read_log
 from utils.ema import ExponentialMovingAverage
 from utils.optimizers import OptimizerConfig, build_optimizer
 
@@ -107,6 +108,22 @@ def test_pgd_attack_stays_in_the_pixel_ball_and_changes_no_statistics():
     assert np.abs(adv - images).mean() > 1.0  # it moved (random start + signed steps)
     assert not any(_changed(main0, _main_stats(model)))
     assert not any(_changed(aux0, _aux_stats(model)))
+
+
+def test_pgd_attack_survives_an_overflowing_loss_scaled_backward_pass():
+    """Mixed float16: a loss-scaled input gradient can hold NaN (inf - inf); the attack must
+    still return finite images in the epsilon ball, not NaN that poisons the training loss."""
+    model = _model()
+    add_auxiliary_batch_norms(model)
+    images, labels = _batch()
+    config = AdvPropConfig(epsilon=4.0, steps=2, step_size=2.0)
+    adv = np.array(
+        adversarial_images(
+            model, images, labels, config, 0.0, scale_loss=lambda loss: loss * float("nan")
+        )
+    )
+    assert np.isfinite(adv).all()
+    assert np.abs(adv - images).max() <= 4.0 + 1e-4
 
 
 def test_layout_checkpoint_and_weight_files_match_a_plain_model(tmp_path):
@@ -338,3 +355,63 @@ def test_advprop_trains_on_digits_like_standard_training_and_exports_the_same_la
     assert names(tmp_path / "adv" / "model.weights.h5") == names(
         tmp_path / "std" / "model.weights.h5"
     )
+
+
+@pytest.mark.slow
+def test_advprop_with_amp_accumulation_ema_two_replicas_and_stages(tmp_path):
+    """Every combination the issue names at once, through main.py in a fresh process (logical
+    CPU replicas must exist before TensorFlow starts): AMP, accumulation, EMA, MirroredStrategy
+    over 2 replicas and stage-wise training."""
+    run = tmp_path / "run"
+    argv = [
+        "--cfg",
+        "config/efficientnet_v2/s_cfg.py",
+        "--mparams",
+        TINY_MPARAMS,
+        "--dataset",
+        "digits",
+        "--model_dir",
+        str(run),
+        "--mode",
+        "train",
+        "--max_epochs",
+        "2",
+        "--steps_per_epoch",
+        "2",
+        "--train_batch_size",
+        "4",
+        "--n_stages",
+        "2",
+        "--base_img_size",
+        "24",
+        "--grad_accum_steps",
+        "2",
+        "--moving_average_decay",
+        "0.9",
+        "--use_amp",
+        "--num_gpus",
+        "0",
+        "--cpu_replicas",
+        "2",
+        "--advprop",
+        "--advprop_steps",
+        "1",
+        "--no-use_xla",
+        "--log_steps",
+        "1",
+        "--augmenter_name",
+        "none",
+        "--seed",
+        "1",
+    ]
+    done = subprocess.run(
+        [sys.executable, "main.py", *argv], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = read_log(str(run / "log.json"))
+    losses = [r["data"]["train.loss"] for r in records if "train.loss" in r.get("data", {})]
+    assert losses and all(np.isfinite(losses))
+    sizes = {r["data"].get("image_size") for r in records if "image_size" in r.get("data", {})}
+    assert sizes == {24, 32}
+    with open(run / "params.json") as f:
+        assert json.load(f)["derived"]["num_replicas"] == 2
