@@ -175,6 +175,21 @@ def _report(
     return {**document, "path": path}
 
 
+def synthetic_training_run(
+    cfg: str, mparams: str | None, batch_size: int, image_size: int, model_dir: str
+) -> train.TrainRun:
+    """The TrainRun that `--mode training_benchmark` builds for `cfg` on synthetic data, XLA off
+    (scripts/bench_model.py and scripts/bench_step.py time its step against bare steps)."""
+    from runtime import flags
+
+    params = flags.parse([
+        "--cfg", cfg, *(["--mparams", mparams] if mparams else []), "--mode",
+        "training_benchmark", "--dataset", "synthetic", "--model_dir", model_dir,
+        "--train_batch_size", str(batch_size), "--train_img_size", str(image_size),
+        "--no-use_xla", "--log_steps", "1000000"])  # fmt: skip
+    return train.build_run(params)
+
+
 def run_training_benchmark(params: Mapping[str, Any]) -> dict[str, Any]:
     """`--mode training_benchmark`: time the training step over the batch-size sweep.
 

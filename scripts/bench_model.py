@@ -85,29 +85,11 @@ def _keras_variant(model: keras.Model, x: np.ndarray, y: np.ndarray, train: bool
 
 def _runtime_variant(args: argparse.Namespace, model_dir: str) -> Callable:
     """Our runtime's training step, built as `--mode training_benchmark` builds it."""
-    from runtime import flags, train
+    from runtime import benchmark, train
 
-    params = flags.parse(
-        [
-            "--cfg",
-            args.cfg,
-            *(["--mparams", args.mparams] if args.mparams else []),
-            "--mode",
-            "training_benchmark",
-            "--dataset",
-            "synthetic",
-            "--model_dir",
-            model_dir,
-            "--train_batch_size",
-            str(args.batch_size),
-            "--train_img_size",
-            str(args.image_size),
-            "--no-use_xla",
-            "--log_steps",
-            "1000000",
-        ]
+    run = benchmark.synthetic_training_run(
+        args.cfg, args.mparams, args.batch_size, args.image_size, model_dir
     )
-    run = train.build_run(params)
     iterator = iter(train.train_dataset(run, run.stages[-1]))
     step = train.make_train_step(
         run.model,

@@ -33,27 +33,11 @@ def build_variants(args: argparse.Namespace, model_dir: str) -> dict[str, Callab
     import keras
     import tensorflow as tf
 
-    from runtime import flags, train
+    from runtime import benchmark, train
 
-    params = flags.parse(
-        [
-            "--cfg",
-            args.cfg,
-            *(["--mparams", args.mparams] if args.mparams else []),
-            "--mode",
-            "training_benchmark",
-            "--dataset",
-            "synthetic",
-            "--model_dir",
-            model_dir,
-            "--train_batch_size",
-            str(args.batch_size),
-            "--train_img_size",
-            str(args.image_size),
-            "--no-use_xla",
-        ]
+    run = benchmark.synthetic_training_run(
+        args.cfg, args.mparams, args.batch_size, args.image_size, model_dir
     )
-    run = train.build_run(params)
     run.log.close()
     batch = next(iter(train.train_dataset(run, run.stages[-1], announce=False)))
     base = run.step_config

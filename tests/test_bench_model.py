@@ -59,6 +59,7 @@ def _check_tables(out: str, variants: list[str]) -> dict[str, list[str]]:
     return rows
 
 
+@pytest.mark.slow
 def test_tiny_run_prints_both_tables(capsys):
     variants = ["runtime", "ours", "ours_keras_bn"]
     assert bench_model.main([*TINY, "--variants", ",".join(variants)]) == 0

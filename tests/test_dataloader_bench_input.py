@@ -6,11 +6,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 SCRIPT = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "bench_input.py"
 )
 
 
+@pytest.mark.slow
 def test_tiny_benchmark_prints_the_table():
     result = subprocess.run(
         [

@@ -243,6 +243,7 @@ def test_finetune_flag_errors(tmp_path, capsys, extra, message):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_two_phase_run_trains_head_first_then_everything(tmp_path):
     """--unfreeze_epoch 1: after epoch 1 only the classifier moved; after epoch 2 the backbone
     did too (checkpoints of both epochs; the pretrained start is a fresh step count)."""
