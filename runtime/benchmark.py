@@ -190,6 +190,28 @@ def synthetic_training_run(
     return train.build_run(params)
 
 
+def bare_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> Callable:
+    """A bare `tf.function` training step (forward, softmax cross-entropy on logits, gradients,
+    `optimizer.apply`): what the benchmark scripts compare the runtime's step with.
+
+    Returns:
+      `step(images, labels)` returning the loss.
+    """
+    variables = model.trainable_variables
+
+    @tf.function
+    def step(images, labels):
+        with tf.GradientTape() as tape:
+            logits = tf.cast(model(images, training=True), tf.float32)
+            loss = tf.reduce_mean(
+                keras.losses.categorical_crossentropy(labels, logits, from_logits=True)
+            )
+        optimizer.apply(tape.gradient(loss, variables), variables)
+        return loss
+
+    return step
+
+
 def run_training_benchmark(params: Mapping[str, Any]) -> dict[str, Any]:
     """`--mode training_benchmark`: time the training step over the batch-size sweep.
 

@@ -62,24 +62,15 @@ def _keras_variant(model: keras.Model, x: np.ndarray, y: np.ndarray, train: bool
     """A synchronous bare train step or forward pass of a Keras model (TensorFlow backend)."""
     import tensorflow as tf
 
+    from runtime.benchmark import bare_train_step
+
     x, y = tf.constant(x), tf.constant(y)
     if not train:
         forward = tf.function(lambda images: model(images, training=False))
         return lambda: forward(x).numpy()
     optimizer = keras.optimizers.RMSprop(0.01, rho=0.9, momentum=0.9, epsilon=1e-3)
     optimizer.build(model.trainable_variables)
-    variables = model.trainable_variables
-
-    @tf.function
-    def step(images, labels):
-        with tf.GradientTape() as tape:
-            logits = tf.cast(model(images, training=True), tf.float32)
-            loss = tf.reduce_mean(
-                keras.losses.categorical_crossentropy(labels, logits, from_logits=True)
-            )
-        optimizer.apply(tape.gradient(loss, variables), variables)
-        return loss
-
+    step = bare_train_step(model, optimizer)
     return lambda: step(x, y).numpy()
 
 

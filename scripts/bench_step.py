@@ -30,8 +30,6 @@ BARE = "bare step (same model and optimizer)"
 
 def build_variants(args: argparse.Namespace, model_dir: str) -> dict[str, Callable[[], None]]:
     """Name -> one synchronous training step of that variant."""
-    import keras
-    import tensorflow as tf
 
     from runtime import benchmark, train
 
@@ -63,19 +61,8 @@ def build_variants(args: argparse.Namespace, model_dir: str) -> dict[str, Callab
         dataclasses.replace(base, l2_weight_decay=0.0, label_smoothing=0.0),
         metrics=False,
     )
-    model, optimizer = run.model, run.optimizer
-    variables = model.trainable_variables
-
-    @tf.function
-    def bare(images, labels):
-        with tf.GradientTape() as tape:
-            logits = tf.cast(model(images, training=True), tf.float32)
-            loss = tf.reduce_mean(
-                keras.losses.categorical_crossentropy(labels, logits, from_logits=True)
-            )
-        optimizer.apply(tape.gradient(loss, variables), variables)
-
-    steps[BARE] = lambda: (bare(*batch), optimizer.iterations.numpy())
+    bare = benchmark.bare_train_step(run.model, run.optimizer)
+    steps[BARE] = lambda: (bare(*batch), run.optimizer.iterations.numpy())
     return steps
 
 
