@@ -44,7 +44,9 @@ logger = logging.getLogger(__name__)
 
 CLASSIFIER = "logits"
 HEAD_ONLY = "head"
-FINAL_WEIGHTS_FILE = "model.weights.h5"  # runtime.train.FINAL_WEIGHTS (train imports this module)
+FINAL_WEIGHTS_FILE = (
+    "model.weights.h5"  # the final export of training (runtime.train.FINAL_WEIGHTS)
+)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ from utils.schedules import build_schedule
 
 logger = logging.getLogger(__name__)
 
-FINAL_WEIGHTS = "model.weights.h5"
+FINAL_WEIGHTS = finetune.FINAL_WEIGHTS_FILE
 _METRIC_FORMATS = {
     "train.loss": {"format": ":.4f"},
     "train.top1": {"format": ":.4f"},
