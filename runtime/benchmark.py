@@ -82,7 +82,7 @@ def _device_name() -> str:
 
 
 def _header(
-    params: Mapping[str, Any], strategy: tf.distribute.Strategy, mode: str, image_size: int
+    params: Mapping[str, Any], dist: distribute.Distribution, mode: str, image_size: int
 ) -> dict[str, Any]:
     return {
         "mode": mode,
@@ -91,8 +91,8 @@ def _header(
         "dataset": params["dataset"],
         "precision": keras.mixed_precision.global_policy().name,
         "use_xla": bool(params["use_xla"]),
-        "num_replicas": strategy.num_replicas_in_sync,
-        "num_workers": distribute.num_workers(strategy),
+        "num_replicas": dist.num_replicas,
+        "num_workers": dist.num_workers,
         "device": _device_name(),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
@@ -238,13 +238,11 @@ def run_training_benchmark(params: Mapping[str, Any]) -> dict[str, Any]:
     with run.log:
         run.log.log_params(params)
         for batch_size in _batch_sizes(params, params["train_batch_size"]):
-            global_batch = distribute.global_batch_size(
-                batch_size, run.strategy, params["grad_accum_steps"]
-            )
+            global_batch = run.dist.global_batch_size(batch_size, params["grad_accum_steps"])
             sized = dataclasses.replace(run, params={**params, "train_batch_size": batch_size})
             iterator = iter(train.train_dataset(sized, stage))
             step = train.make_train_step(
-                run.model, run.optimizer, strategy=run.strategy, config=step_config, ema=run.ema
+                run.model, run.optimizer, dist=run.dist, config=step_config, ema=run.ema
             )
 
             def one_step(step=step, iterator=iterator):
@@ -258,7 +256,7 @@ def run_training_benchmark(params: Mapping[str, Any]) -> dict[str, Any]:
                     params["benchmark_warmup_steps"],
                     params["benchmark_steps"],
                     desc=f"train batch {batch_size}",
-                    progress=run.is_chief,
+                    progress=run.dist.is_chief,
                 )
             except tf.errors.ResourceExhaustedError as err:
                 rows.append(_oom_row(batch_size, global_batch, err))
@@ -269,16 +267,16 @@ def run_training_benchmark(params: Mapping[str, Any]) -> dict[str, Any]:
                     "batch_size": batch_size,
                     "global_batch_size": global_batch,
                     "images_per_sec": images_per_sec,
-                    "images_per_sec_per_device": images_per_sec / run.strategy.num_replicas_in_sync,
+                    "images_per_sec_per_device": images_per_sec / run.dist.num_replicas,
                     **latency_stats(times, prefix="step_time"),
                 }
             )
         document = {
-            **_header(params, run.strategy, "training_benchmark", stage.image_size),
+            **_header(params, run.dist, "training_benchmark", stage.image_size),
             "grad_accum_steps": params["grad_accum_steps"],
             "results": rows,
         }
-        return _report(params, document, "step_time", run.log, run.is_chief)
+        return _report(params, document, "step_time", run.log, run.dist.is_chief)
 
 
 def run_inference_benchmark(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -299,8 +297,8 @@ def run_inference_benchmark(params: Mapping[str, Any]) -> dict[str, Any]:
         from runtime import export
 
         return export.run_runtime_benchmark(params)
-    strategy = components.setup_run(params)
-    is_chief = distribute.is_chief(strategy)
+    dist = components.setup_run(params)
+    strategy, is_chief = dist.strategy, dist.is_chief
     info = dataset_info(components.data_config(params, training=False))
     with strategy.scope():
         model = components.create_model(params, info.num_classes)
@@ -311,7 +309,7 @@ def run_inference_benchmark(params: Mapping[str, Any]) -> dict[str, Any]:
     with components.open_metrics_log(params, is_chief, append=True) as log:
         log.log_params(params)
         for batch_size in _batch_sizes(params, params["eval_batch_size"]):
-            global_batch = batch_size * strategy.num_replicas_in_sync
+            global_batch = dist.global_batch_size(batch_size)
             dataset = components.eval_dataset(params, strategy, repeat=True, batch_size=batch_size)
             try:
                 result = evaluate(
@@ -340,6 +338,6 @@ def run_inference_benchmark(params: Mapping[str, Any]) -> dict[str, Any]:
                     },
                 }
             )
-        document = _header(params, strategy, "inference_benchmark", params["eval_img_size"])
+        document = _header(params, dist, "inference_benchmark", params["eval_img_size"])
         document["results"] = rows
         return _report(params, document, "latency", log, is_chief)

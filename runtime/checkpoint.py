@@ -81,7 +81,7 @@ class TrainingCheckpoint:
       model: the Keras model.
       optimizer: the (built) optimizer, possibly a LossScaleOptimizer.
       ema: the ExponentialMovingAverage, or None when EMA is off.
-      strategy: the run's strategy (decides who is chief); None = the current one.
+      dist: the run's Distribution (who is chief); None = `Distribution.current()`.
       max_to_keep: how many checkpoints to keep.
     """
 
@@ -91,7 +91,7 @@ class TrainingCheckpoint:
         model: keras.Model,
         optimizer: keras.optimizers.Optimizer,
         ema: ExponentialMovingAverage | None = None,
-        strategy: tf.distribute.Strategy | None = None,
+        dist: distribute.Distribution | None = None,
         max_to_keep: int = 3,
     ) -> None:
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
@@ -104,11 +104,11 @@ class TrainingCheckpoint:
         if ema is not None:
             objects["ema"] = ema
         self.checkpoint = tf.train.Checkpoint(**objects)
-        self.strategy = strategy or tf.distribute.get_strategy()
+        self.dist = dist or distribute.Distribution.current()
         self.directory = checkpoint_dir(model_dir)
         self._manager = tf.train.CheckpointManager(
             self.checkpoint,
-            distribute.checkpoint_write_dir(self.directory, self.strategy),
+            distribute.checkpoint_write_dir(self.directory, self.dist),
             max_to_keep,
         )
 
@@ -156,8 +156,8 @@ class TrainingCheckpoint:
                 f"{_first_line(Exception(reason))} ({free_space(write_dir)} free on its "
                 f"filesystem); the latest complete checkpoint is still {self.latest}"
             ) from err
-        if not distribute.is_chief(self.strategy):
-            distribute.remove_worker_write_dir(self.directory, self.strategy)
+        if not self.dist.is_chief:
+            distribute.remove_worker_write_dir(self.directory, self.dist)
             return None
         logger.info("saved checkpoint %s", path)
         return path

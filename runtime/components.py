@@ -32,7 +32,7 @@ CLASS_NAMES_FILE = "class_names.json"
 TENSORBOARD_SUBDIR = "tensorboard"
 
 
-def setup_run(params: Mapping[str, Any]) -> tf.distribute.Strategy:
+def setup_run(params: Mapping[str, Any]) -> distribute.Distribution:
     """Seed, precision policy and TF32, then the distribution strategy; call once per process.
 
     Args:
@@ -40,10 +40,10 @@ def setup_run(params: Mapping[str, Any]) -> tf.distribute.Strategy:
         all_reduce, fp16_compression).
 
     Returns:
-      The tf.distribute strategy the run uses.
+      The run's Distribution: strategy, this process's place in the cluster, all-reduce options.
     """
     # The strategy first: it may need to configure devices before anything initializes them.
-    strategy = distribute.create_strategy(
+    dist = distribute.create_strategy(
         num_gpus=params["num_gpus"],
         all_reduce=params["all_reduce"],
         fp16_compression=params["fp16_compression"],
@@ -52,7 +52,7 @@ def setup_run(params: Mapping[str, Any]) -> tf.distribute.Strategy:
     if params["seed"] is not None:
         keras.utils.set_random_seed(params["seed"])
     configure_precision(params["use_amp"], params["amp_dtype"], params["use_tf32"])
-    return strategy
+    return dist
 
 
 def requested_num_classes(params: Mapping[str, Any]) -> int | None:

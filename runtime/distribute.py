@@ -5,20 +5,24 @@ distribution code lives in one runtime/ module").
 
 API for the training loop (runtime/train.py):
 
-    strategy = create_strategy(num_gpus, all_reduce="auto", fp16_compression=False)
-    replicas = strategy.num_replicas_in_sync
-    global_batch = global_batch_size(per_replica_batch, strategy)      # x replicas
-    with strategy.scope():
+    dist = create_strategy(num_gpus, all_reduce="auto", fp16_compression=False)  # Distribution
+    dist.is_chief, dist.rank, dist.num_workers, dist.num_replicas   # from the one ClusterSpec
+    global_batch = dist.global_batch_size(per_replica_batch)        # x replicas
+    with dist.strategy.scope():
         model, optimizer, checkpoint = ...                              # variables mirrored
-    dataset = strategy.distribute_datasets_from_function(
+    dataset = dist.strategy.distribute_datasets_from_function(
         lambda ctx: build_dataset(data_cfg, "train", input_context=ctx))  # disjoint shard/worker
     # in the replica function: loss = sum(per-example loss) / global_batch, then one all-reduce
-    grads = all_reduce_gradients(grads, strategy)    # SUM; float16 on the wire when compressed
+    grads = all_reduce_gradients(grads, dist)    # SUM; float16 on the wire when compressed
     # checkpoints: every worker saves (MultiWorkerMirroredStrategy needs all of them in the
     # save), only the chief's copy is kept; every worker restores from model_dir:
-    manager = tf.train.CheckpointManager(ckpt, checkpoint_write_dir(ckpt_dir, strategy), ...)
-    manager.save(); remove_worker_write_dir(ckpt_dir, strategy)
-    if is_chief(strategy): write logs, TensorBoard, exports
+    manager = tf.train.CheckpointManager(ckpt, checkpoint_write_dir(ckpt_dir, dist), ...)
+    manager.save(); remove_worker_write_dir(ckpt_dir, dist)
+    if dist.is_chief: write logs, TensorBoard, exports
+
+Who is chief, the rank and the worker count are decided in one place, `ClusterSpec` (from the
+launcher environment, `resolve_cluster`); `Distribution` carries that spec next to the strategy
+built from it and the run's all-reduce options, and every mode reads them from it.
 
 Scaling model (computed by the runtime from the strategy): global batch = per-replica batch x
 replicas (x grad_accum_steps); the learning rate is lr_init x global_batch / 128; steps per epoch
@@ -50,7 +54,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -452,7 +455,64 @@ def _from_mpi(
 # ---------------------------------------------------------------------------------------------
 # Strategies. TensorFlow is imported lazily so that `resolve_cluster` stays a cheap pure function.
 
-_FP16_COMPRESSION: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+@dataclasses.dataclass(frozen=True)
+class Distribution:
+    """The run's tf.distribute strategy, where this process sits in the cluster, and options.
+
+    What `create_strategy` returns and every mode reads: chief, rank and worker count come
+    from `cluster` (the `ClusterSpec` the strategy was built from), never from the strategy.
+
+    Attributes:
+      strategy: the tf.distribute strategy (variables, `run`, distributed datasets).
+      cluster: this process's ClusterSpec (the "local" one without a cluster).
+      fp16_compression: all-reduce gradients in float16 (`--fp16_compression`); takes effect
+        with more than one replica (`compresses_gradients`).
+    """
+
+    strategy: Any
+    cluster: ClusterSpec = ClusterSpec()
+    fp16_compression: bool = False
+
+    @classmethod
+    def current(cls, environ: Mapping[str, str] | None = None) -> Distribution:
+        """The current tf.distribute strategy (the default one outside a scope), the cluster of
+        the launcher environment, no compression: for code given no Distribution (tests)."""
+        import tensorflow as tf
+
+        return cls(
+            tf.distribute.get_strategy(),
+            resolve_cluster(os.environ if environ is None else environ),
+        )
+
+    @property
+    def is_chief(self) -> bool:
+        """True for the process that writes checkpoints, logs and exports."""
+        return self.cluster.is_chief
+
+    @property
+    def rank(self) -> int:
+        """This process's global index (0 = chief), used for per-worker temp dirs."""
+        return self.cluster.rank
+
+    @property
+    def num_workers(self) -> int:
+        """Number of training processes (1 on one host)."""
+        return self.cluster.num_workers
+
+    @property
+    def num_replicas(self) -> int:
+        """Replicas in sync over all workers (GPUs, or logical CPUs in tests)."""
+        return self.strategy.num_replicas_in_sync
+
+    @property
+    def compresses_gradients(self) -> bool:
+        """Gradients travel in float16: compression asked for and more than one replica."""
+        return self.fp16_compression and self.num_replicas > 1
+
+    def global_batch_size(self, per_replica_batch: int, grad_accum_steps: int = 1) -> int:
+        """Images per optimizer update: per-replica batch x replicas x accumulation steps."""
+        return per_replica_batch * self.num_replicas * grad_accum_steps
 
 
 def create_strategy(
@@ -465,7 +525,7 @@ def create_strategy(
     collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S,
     heartbeat_timeout_s: int = DEFAULT_HEARTBEAT_TIMEOUT_S,
     startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S,
-):
+) -> Distribution:
     """Build the tf.distribute strategy for this process from the launcher environment.
 
     - several processes (TF_CONFIG / SLURM / MPI): MultiWorkerMirroredStrategy, NCCL all-reduce
@@ -481,7 +541,7 @@ def create_strategy(
       all_reduce: "auto" (TF picks; NCCL on GPU), "nccl", or "ring" (no NCCL: ring collectives
         across workers, hierarchical copy between the GPUs of one host).
       fp16_compression: all-reduce gradients in float16 (half the bytes); see
-        `compress_gradients`.
+        `all_reduce_gradients`.
       cpu_replicas: number of logical CPU replicas when no GPU is used (1 = default strategy).
       environ: environment to read the cluster from (default os.environ).
       collective_timeout_s: a collective that waits longer than this fails instead of hanging.
@@ -490,7 +550,7 @@ def create_strategy(
         status 1 and one line on stderr.
 
     Returns:
-      The strategy.
+      The Distribution: the strategy, this process's ClusterSpec and the options.
 
     Raises:
       ClusterError: bad launcher environment, unknown all_reduce, or more GPUs asked than seen.
@@ -541,7 +601,6 @@ def create_strategy(
         )
     else:
         strategy = tf.distribute.get_strategy()
-    _FP16_COMPRESSION[strategy] = bool(fp16_compression)
     logger.info(
         "strategy %s: %d worker(s), %d replica(s) in sync, chief=%s, cluster from %s",
         type(strategy).__name__,
@@ -550,7 +609,7 @@ def create_strategy(
         spec.is_chief,
         spec.source,
     )
-    return strategy
+    return Distribution(strategy, spec, bool(fp16_compression))
 
 
 def _select_gpus(tf, spec: ClusterSpec, num_gpus: int | None) -> list:
@@ -690,48 +749,7 @@ def _multi_worker_strategy(
 # Helpers the runtime uses with any strategy.
 
 
-def _task(strategy) -> tuple[str | None, int | None]:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None:
-        return None, None
-    return resolver.task_type, resolver.task_id
-
-
-def is_chief(strategy) -> bool:
-    """True for the process that writes checkpoints, logs and exports (always, on one process)."""
-    task_type, task_id = _task(strategy)
-    if task_type is None or num_workers(strategy) <= 1:
-        return True
-    if task_type == "chief":
-        return True
-    has_chief = "chief" in strategy.cluster_resolver.cluster_spec().as_dict()
-    return task_type == "worker" and task_id == 0 and not has_chief
-
-
-def num_workers(strategy) -> int:
-    """Number of training processes in the strategy's cluster (1 on one host)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None:
-        return 1
-    jobs = resolver.cluster_spec().as_dict()
-    return max(sum(len(jobs.get(job, ())) for job in ("chief", "worker")), 1)
-
-
-def worker_index(strategy) -> int:
-    """This process's global index (0 = chief), used for per-worker seeds and temp dirs."""
-    task_type, task_id = _task(strategy)
-    if task_type is None or num_workers(strategy) <= 1:
-        return 0
-    has_chief = "chief" in strategy.cluster_resolver.cluster_spec().as_dict()
-    return task_id + (1 if has_chief and task_type == "worker" else 0)
-
-
-def global_batch_size(per_replica_batch: int, strategy, grad_accum_steps: int = 1) -> int:
-    """Images per optimizer update: per-replica batch x replicas in sync x accumulation steps."""
-    return per_replica_batch * strategy.num_replicas_in_sync * grad_accum_steps
-
-
-def checkpoint_write_dir(directory: str, strategy) -> str:
+def checkpoint_write_dir(directory: str, dist: Distribution) -> str:
     """Where this worker writes checkpoints: `directory` on the chief, a private temp dir elsewhere.
 
     Under MultiWorkerMirroredStrategy every worker must take part in `CheckpointManager.save`
@@ -742,51 +760,51 @@ def checkpoint_write_dir(directory: str, strategy) -> str:
 
     Args:
       directory: the checkpoint directory of the run (the chief's).
-      strategy: the run's strategy.
+      dist: the run's Distribution.
 
     Returns:
       The directory this process passes to tf.train.CheckpointManager.
     """
-    if is_chief(strategy):
+    if dist.is_chief:
         return directory
-    return os.path.join(directory, f".workertemp_{worker_index(strategy)}")
+    return os.path.join(directory, f".workertemp_{dist.rank}")
 
 
-def remove_worker_write_dir(directory: str, strategy) -> None:
+def remove_worker_write_dir(directory: str, dist: Distribution) -> None:
     """Delete a non-chief worker's temporary checkpoint copy (no-op on the chief)."""
-    if not is_chief(strategy):
-        shutil.rmtree(checkpoint_write_dir(directory, strategy), ignore_errors=True)
+    if not dist.is_chief:
+        shutil.rmtree(checkpoint_write_dir(directory, dist), ignore_errors=True)
 
 
-def chief_or_temp_dir(directory: str, strategy) -> str:
+def chief_or_temp_dir(directory: str, dist: Distribution) -> str:
     """`directory` on the chief; elsewhere a temp dir deleted at exit (for exports, logs).
 
     Every worker must run the same collective ops, so non-chief workers also write their
     exports, but to a directory nobody keeps.
     """
-    if is_chief(strategy):
+    if dist.is_chief:
         return directory
-    path = tempfile.mkdtemp(prefix=f"worker{worker_index(strategy)}_")
+    path = tempfile.mkdtemp(prefix=f"worker{dist.rank}_")
     atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path
 
 
-def compress_gradients(grads: Sequence[Any], strategy) -> list[Any]:
-    """Cast float32 gradients to float16 for the all-reduce, when the strategy was built so.
+def compress_gradients(grads: Sequence[Any], dist: Distribution) -> list[Any]:
+    """Cast float32 gradients to float16 for the all-reduce, when `dist` compresses them.
 
     Halves the all-reduce bytes; the caller casts the reduced sum back to float32 before the
-    update. Only done when `create_strategy(..., fp16_compression=True)` built the strategy and
-    it has more than one replica. A bare cast overflows above 65504 and flushes magnitudes
+    update. Only done when `dist.compresses_gradients` (`create_strategy(...,
+    fp16_compression=True)` and more than one replica). A bare cast overflows above 65504 and flushes magnitudes
     below ~6e-8: the training step reduces through `all_reduce_gradients`, which scales first.
 
     Args:
       grads: per-replica gradients (None entries are kept).
-      strategy: the strategy returned by `create_strategy`.
+      dist: the Distribution returned by `create_strategy`.
 
     Returns:
       The gradients to pass to `optimizer.apply_gradients`.
     """
-    if not _FP16_COMPRESSION.get(strategy, False) or strategy.num_replicas_in_sync == 1:
+    if not dist.compresses_gradients:
         return list(grads)
     import tensorflow as tf
 
@@ -798,7 +816,7 @@ def compress_gradients(grads: Sequence[Any], strategy) -> list[Any]:
 _FP16_SUM_MAX = 2.0**15
 
 
-def all_reduce_gradients(grads: Sequence[Any], strategy) -> list[Any]:
+def all_reduce_gradients(grads: Sequence[Any], dist: Distribution) -> list[Any]:
     """Sum per-replica gradients over replicas (call in replica context).
 
     With `--fp16_compression` (and more than one replica) the sum travels in float16, half the
@@ -812,7 +830,7 @@ def all_reduce_gradients(grads: Sequence[Any], strategy) -> list[Any]:
 
     Args:
       grads: per-replica float gradients (None entries are kept).
-      strategy: the strategy returned by `create_strategy`.
+      dist: the Distribution returned by `create_strategy`.
 
     Returns:
       The summed gradients, in their original dtypes.
@@ -820,7 +838,7 @@ def all_reduce_gradients(grads: Sequence[Any], strategy) -> list[Any]:
     import tensorflow as tf
 
     ctx = tf.distribute.get_replica_context()
-    compressed = compress_gradients(grads, strategy)
+    compressed = compress_gradients(grads, dist)
     if all(c is g for c, g in zip(compressed, grads, strict=True)):
         return list(ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(grads)))
     index = [i for i, g in enumerate(grads) if g is not None and g.dtype == tf.float32]

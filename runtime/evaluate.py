@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from dataloader import dataset_info
-from runtime import components, distribute
+from runtime import components
 from runtime.checkpoint import restore_for_inference
 from runtime.class_names import class_names_for
 from runtime.eval_report import write_eval_report
@@ -327,8 +327,8 @@ def run_eval(params: Mapping[str, Any]) -> dict[str, Any]:
     Raises:
       RunError: no checkpoint to load, or it does not fit the model.
     """
-    strategy = components.setup_run(params)
-    is_chief = distribute.is_chief(strategy)
+    dist = components.setup_run(params)
+    strategy, is_chief = dist.strategy, dist.is_chief
     info = dataset_info(components.data_config(params, training=False))
     with strategy.scope():
         model = components.create_model(params, info.num_classes)

@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from dataloader import DataError, build_dataset, dataset_info
 from dataloader.preprocessing import preprocess_for_eval, resize
-from runtime import components, distribute, runtimes
+from runtime import components, runtimes
 from runtime.checkpoint import restore_for_inference
 from runtime.errors import RunError
 from runtime.runtimes import artifact_name, export_dir, planned_artifacts
@@ -405,8 +405,7 @@ def run_export(params: Mapping[str, Any]) -> dict[str, Any]:
             "--use_amp ignored by export: artifacts are float32 (quantize LiteRT "
             "files with --export_quantize)"
         )
-    strategy = components.setup_run({**params, "use_amp": False})
-    is_chief = distribute.is_chief(strategy)
+    is_chief = components.setup_run({**params, "use_amp": False}).is_chief
     num_classes, class_names = _classes(params)
     model = components.create_model(params, num_classes)
     loaded = restore_for_inference(model, params["model_dir"], params["predict_ckpt"])
@@ -598,8 +597,8 @@ def run_runtime_benchmark(params: Mapping[str, Any]) -> dict[str, Any]:
     from runtime import benchmark
     from runtime.evaluate import latency_stats
 
-    strategy = components.setup_run(params)
-    is_chief = distribute.is_chief(strategy)
+    dist = components.setup_run(params)
+    is_chief = dist.is_chief
     info = dataset_info(components.data_config(params, training=False))
     runtime, loaded = open_exported(params, info.num_classes)
     rows = []
@@ -607,7 +606,11 @@ def run_runtime_benchmark(params: Mapping[str, Any]) -> dict[str, Any]:
         log.log_params(params)
         for batch_size in benchmark._batch_sizes(params, params["eval_batch_size"]):
             images, _ = next(
-                iter(components.eval_dataset(params, strategy, repeat=True, batch_size=batch_size))
+                iter(
+                    components.eval_dataset(
+                        params, dist.strategy, repeat=True, batch_size=batch_size
+                    )
+                )
             )
             images = images.numpy()
             times = benchmark.time_steps(
@@ -628,8 +631,6 @@ def run_runtime_benchmark(params: Mapping[str, Any]) -> dict[str, Any]:
                     **latency_stats(times),
                 }
             )
-        document = benchmark._header(
-            params, strategy, "inference_benchmark", params["eval_img_size"]
-        )
+        document = benchmark._header(params, dist, "inference_benchmark", params["eval_img_size"])
         document.update(runtime=params["runtime"], artifact=loaded["path"], results=rows)
         return benchmark._report(params, document, "latency", log, is_chief)

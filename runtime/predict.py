@@ -26,7 +26,7 @@ import tensorflow as tf
 from dataloader import DataError, dataset_info
 from dataloader.files import FilePolicy, skip_reason
 from dataloader.preprocessing import preprocess_for_eval
-from runtime import components, distribute
+from runtime import components
 from runtime.checkpoint import restore_for_inference
 from runtime.class_names import class_names_for
 from runtime.errors import RunError
@@ -375,11 +375,11 @@ def run_predict(params: Mapping[str, Any]) -> dict[str, Any]:
         FilePolicy(params["follow_symlinks"], params["max_image_pixels"]),
         refused,
     )
-    strategy = components.setup_run(params)
-    is_chief = distribute.is_chief(strategy)
+    dist = components.setup_run(params)
+    is_chief = dist.is_chief
     num_classes, class_names = _classes_for_predict(params)
     if params["runtime"] == "keras":
-        with strategy.scope():
+        with dist.strategy.scope():
             model = components.create_model(params, num_classes)
         loaded = restore_for_inference(model, params["model_dir"], params["predict_ckpt"])
     else:

@@ -269,7 +269,7 @@ def make_train_step(
     model: keras.Model,
     optimizer: keras.optimizers.Optimizer,
     *,
-    strategy: tf.distribute.Strategy | None = None,
+    dist: distribute.Distribution | None = None,
     config: StepConfig = StepConfig(),
     metrics: TrainMetrics | None = None,
     ema: ExponentialMovingAverage | None = None,
@@ -277,9 +277,10 @@ def make_train_step(
     """Build the distributed training step (also used by the training benchmark).
 
     Args:
-      model: the model (built; its variables created under `strategy.scope()`).
+      model: the model (built; its variables created under `dist.strategy.scope()`).
       optimizer: a built optimizer (possibly a LossScaleOptimizer).
-      strategy: the distribution strategy; None = the current one.
+      dist: the run's Distribution (strategy, float16 all-reduce); None =
+        `Distribution.current()`.
       config: accumulation, loss and compilation settings.
       metrics: running train metrics to update; None to skip.
       ema: the EMA to update after each optimizer update; None when off.
@@ -288,14 +289,55 @@ def make_train_step(
       A tf.function `step((images, labels))` taking one element of the (distributed) train
       dataset: per-replica [B, H, W, 3] / [B, C], or [A, B, ...] with accumulation.
     """
-    strategy = strategy or tf.distribute.get_strategy()
+    dist = dist or distribute.Distribution.current()
+    strategy = dist.strategy
     variables = list(model.trainable_variables)
-    replicas = strategy.num_replicas_in_sync
-    accum = config.grad_accum_steps
     _skip_optimizer_all_reduce(optimizer)
     # The loss of one micro-batch is divided by this times its batch size, so that the sum over
     # micro-batches and replicas is the mean over the effective global batch.
-    loss_divisor = float(replicas * accum)
+    loss_divisor = float(dist.num_replicas * config.grad_accum_steps)
+    micro_step = _micro_step_fn(model, optimizer, variables, config, loss_divisor)
+
+    def replica_step(images, labels):
+        grads, loss_sum, correct, count = _accumulate(
+            micro_step, images, labels, variables, config.grad_accum_steps
+        )
+        grads = distribute.all_reduce_gradients(grads, dist)
+        optimizer.apply(grads, variables)
+        return loss_sum, correct, count
+
+    # XLA compiles the per-replica computation (XLA cannot compile the cross-replica part);
+    # without XLA a nested tf.function only adds tracing time.
+    replica_fn = tf.function(replica_step, jit_compile=True) if config.jit_compile else replica_step
+
+    @tf.function
+    def step(inputs):
+        images, labels = inputs
+        per_replica = strategy.run(replica_fn, args=(images, labels))
+        loss_sum, correct, count = (
+            strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None) for t in per_replica
+        )
+        if ema is not None:
+            ema.update(optimizer.iterations)
+        if metrics is not None:
+            metrics.update(loss_sum, correct, count)
+
+    return step
+
+
+def _micro_step_fn(
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer,
+    variables: Sequence[tf.Variable],
+    config: StepConfig,
+    loss_divisor: float,
+) -> Callable:
+    """`micro_step(images, labels) -> (grads, loss sum, correct, count)` of one micro-batch.
+
+    The loss is `sum(per-example loss) / (batch * loss_divisor)` plus the L2 penalty and the
+    model's own losses / `loss_divisor`, scaled by the optimizer's loss scale; MixUp/CutMix
+    (deferred mixing) and the AdvProp attack run first when configured.
+    """
 
     def micro_step(images, labels):
         labels = tf.cast(labels, tf.float32)
@@ -331,50 +373,37 @@ def make_train_step(
         )
         return grads, tf.reduce_sum(per_example), correct, batch
 
-    def replica_step(images, labels):
-        if accum == 1:
-            grads, loss_sum, correct, count = micro_step(images, labels)
-        else:
+    return micro_step
 
-            def body(i, grads, loss_sum, correct, count):
-                micro_grads, micro_loss, micro_correct, micro_count = micro_step(
-                    images[i], labels[i]
-                )
-                return (
-                    i + 1,
-                    [a + b for a, b in zip(grads, micro_grads, strict=True)],
-                    loss_sum + micro_loss,
-                    correct + micro_correct,
-                    count + micro_count,
-                )
 
-            zeros = [tf.zeros_like(v.value) for v in variables]
-            _, grads, loss_sum, correct, count = tf.while_loop(
-                lambda i, *_: i < accum,
-                body,
-                (tf.constant(0), zeros, tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)),
-            )
-        grads = distribute.all_reduce_gradients(grads, strategy)
-        optimizer.apply(grads, variables)
-        return loss_sum, correct, count
+def _accumulate(
+    micro_step: Callable, images, labels, variables: Sequence[tf.Variable], accum: int
+) -> tuple:
+    """(grads, loss sum, correct, count) summed over the `accum` micro-batches of one replica.
 
-    # XLA compiles the per-replica computation (XLA cannot compile the cross-replica part);
-    # without XLA a nested tf.function only adds tracing time.
-    replica_fn = tf.function(replica_step, jit_compile=True) if config.jit_compile else replica_step
+    With accumulation the inputs carry a leading axis of `accum` micro-batches, run in a
+    `tf.while_loop`; without it the inputs are one micro-batch.
+    """
+    if accum == 1:
+        return micro_step(images, labels)
 
-    @tf.function
-    def step(inputs):
-        images, labels = inputs
-        per_replica = strategy.run(replica_fn, args=(images, labels))
-        loss_sum, correct, count = (
-            strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None) for t in per_replica
+    def body(i, grads, loss_sum, correct, count):
+        micro_grads, micro_loss, micro_correct, micro_count = micro_step(images[i], labels[i])
+        return (
+            i + 1,
+            [a + b for a, b in zip(grads, micro_grads, strict=True)],
+            loss_sum + micro_loss,
+            correct + micro_correct,
+            count + micro_count,
         )
-        if ema is not None:
-            ema.update(optimizer.iterations)
-        if metrics is not None:
-            metrics.update(loss_sum, correct, count)
 
-    return step
+    zeros = [tf.zeros_like(v.value) for v in variables]
+    _, grads, loss_sum, correct, count = tf.while_loop(
+        lambda i, *_: i < accum,
+        body,
+        (tf.constant(0), zeros, tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)),
+    )
+    return grads, loss_sum, correct, count
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,7 +415,7 @@ class TrainRun:
     """Everything the epoch loop of one run works with."""
 
     params: Mapping[str, Any]
-    strategy: tf.distribute.Strategy
+    dist: distribute.Distribution
     model: keras.Model
     optimizer: keras.optimizers.Optimizer
     ema: ExponentialMovingAverage | None
@@ -397,7 +426,6 @@ class TrainRun:
     num_classes: int
     step_config: StepConfig
     log: MetricsLogger
-    is_chief: bool
     _eval_step: Callable | None = None
 
     def evaluate(self, desc: str) -> dict[str, float]:
@@ -405,18 +433,18 @@ class TrainRun:
         if self._eval_step is None:
             self._eval_step = make_eval_step(
                 self.model,
-                self.strategy,
+                self.dist.strategy,
                 top_k=min(5, self.num_classes),
                 jit_compile=self.params["use_xla"],
             )
         return without_missing_timing(
             evaluate(
                 self.model,
-                eval_dataset(self.params, self.strategy),
-                strategy=self.strategy,
+                eval_dataset(self.params, self.dist.strategy),
+                strategy=self.dist.strategy,
                 jit_compile=self.params["use_xla"],
                 num_classes=self.num_classes,
-                progress=self.is_chief,
+                progress=self.dist.is_chief,
                 desc=desc,
                 eval_step=self._eval_step,
             )
@@ -444,49 +472,31 @@ def build_run(params: Mapping[str, Any]) -> TrainRun:
       params: the resolved configuration (see main.py).
 
     Returns:
-      The TrainRun: strategy, model, optimizer with its LR schedule, EMA, checkpoint, stages,
-      step configuration and the chief's metrics log (appending when resuming).
+      The TrainRun: Distribution, model, optimizer with its LR schedule, EMA, checkpoint,
+      stages, step configuration and the chief's metrics log (appending when resuming).
     """
-    strategy = setup_run(params)
-    is_chief = distribute.is_chief(strategy)
+    dist = setup_run(params)
     info = dataset_info(data_config(params, training=True))
     accum = params["grad_accum_steps"]
-    global_batch = distribute.global_batch_size(params["train_batch_size"], strategy, accum)
+    global_batch = dist.global_batch_size(params["train_batch_size"], accum)
     steps_per_epoch = params["steps_per_epoch"] or max(math.ceil(info.num_train / global_batch), 1)
     momentum = small_data_bn_momentum(params, steps_per_epoch)
     if momentum != params["model"]["bn_momentum"]:
         params = {**params, "model": {**params["model"], "bn_momentum": momentum}}
     opt_config = _optimizer_config(params)
-    policy = keras.mixed_precision.global_policy().name
     freeze = finetune.FreezePlan.from_params(params)
-    with strategy.scope():
+    with dist.strategy.scope():
         model = create_model(params, info.num_classes)
         _start_from_pretrained(params, model)
         advprop_config = advprop.setup(params, model)  # None without --advprop
         # The optimizer holds slots for every variable trained in some epoch of the run.
         freeze.apply(model, epoch=None)
-        schedule = finetune.schedule_for(
-            build_schedule(
-                params["lr_decay"],
-                params["lr_init"],
-                global_batch,
-                steps_per_epoch,
-                params["max_epochs"],
-                params["lr_warmup_epochs"],
-                params["lr_decay_epochs"],
-                params["lr_decay_rate"],
-                params["lr_decay_origin"],
-            ),
-            params,
-            steps_per_epoch,
+        optimizer, schedule = _build_optimizer(
+            params, opt_config, model, global_batch, steps_per_epoch
         )
-        optimizer = build_optimizer(
-            opt_config, schedule, model.trainable_variables, loss_scaling=needs_loss_scaling(policy)
-        )
-        optimizer.build(model.trainable_variables)
         decay = params["moving_average_decay"]
         ema = ExponentialMovingAverage(model, decay) if decay > 0 else None
-    checkpoint = TrainingCheckpoint(params["model_dir"], model, optimizer, ema, strategy=strategy)
+    checkpoint = TrainingCheckpoint(params["model_dir"], model, optimizer, ema, dist=dist)
     step_config = StepConfig(
         grad_accum_steps=accum,
         label_smoothing=params["label_smoothing"],
@@ -495,32 +505,16 @@ def build_run(params: Mapping[str, Any]) -> TrainRun:
         advprop=advprop_config,
     )
     log = open_metrics_log(
-        params, is_chief, append=checkpoint.latest is not None and params["resume_checkpoint"]
+        params, dist.is_chief, append=checkpoint.latest is not None and params["resume_checkpoint"]
     )
     stages = finetune.split_at(stages_from_params(params), freeze.unfreeze_epoch)
     derived = derived_values(
-        strategy, global_batch, steps_per_epoch, schedule, stages, params["max_epochs"]
+        dist, global_batch, steps_per_epoch, schedule, stages, params["max_epochs"]
     )
-    logger.info(
-        "run: %d replica(s) on %d worker(s), global batch %d, %d steps/epoch, %d steps, "
-        "peak LR %.6g",
-        derived["num_replicas"],
-        derived["num_workers"],
-        derived["global_batch_size"],
-        steps_per_epoch,
-        derived["total_steps"],
-        derived["peak_lr"],
-    )
-    if is_chief:
-        save_class_names(params["model_dir"], info.num_classes, info.class_names)
-        # params.json was written before the strategy existed; add what a user checks a run by.
-        write_json(
-            os.path.join(params["model_dir"], params_filename(params["mode"])),
-            {**params, "derived": derived},
-        )
+    _announce_run(params, dist, info, derived)
     return TrainRun(
         params,
-        strategy,
+        dist,
         model,
         optimizer,
         ema,
@@ -531,12 +525,66 @@ def build_run(params: Mapping[str, Any]) -> TrainRun:
         info.num_classes,
         step_config,
         log,
-        is_chief,
     )
 
 
+def _build_optimizer(
+    params: Mapping[str, Any],
+    opt_config: OptimizerConfig,
+    model: keras.Model,
+    global_batch: int,
+    steps_per_epoch: int,
+) -> tuple[keras.optimizers.Optimizer, Any]:
+    """The built optimizer (loss scaling under float16) and its LR schedule (under the scope)."""
+    schedule = finetune.schedule_for(
+        build_schedule(
+            params["lr_decay"],
+            params["lr_init"],
+            global_batch,
+            steps_per_epoch,
+            params["max_epochs"],
+            params["lr_warmup_epochs"],
+            params["lr_decay_epochs"],
+            params["lr_decay_rate"],
+            params["lr_decay_origin"],
+        ),
+        params,
+        steps_per_epoch,
+    )
+    policy = keras.mixed_precision.global_policy().name
+    optimizer = build_optimizer(
+        opt_config, schedule, model.trainable_variables, loss_scaling=needs_loss_scaling(policy)
+    )
+    optimizer.build(model.trainable_variables)
+    return optimizer, schedule
+
+
+def _announce_run(
+    params: Mapping[str, Any], dist: distribute.Distribution, info, derived: Mapping[str, Any]
+) -> None:
+    """Log the derived values once; on the chief write class_names.json and add them to
+    params.json (written before the strategy existed)."""
+    logger.info(
+        "run: %d replica(s) on %d worker(s), global batch %d, %d steps/epoch, %d steps, "
+        "peak LR %.6g",
+        derived["num_replicas"],
+        derived["num_workers"],
+        derived["global_batch_size"],
+        derived["steps_per_epoch"],
+        derived["total_steps"],
+        derived["peak_lr"],
+    )
+    if dist.is_chief:
+        save_class_names(params["model_dir"], info.num_classes, info.class_names)
+        # params.json was written before the strategy existed; add what a user checks a run by.
+        write_json(
+            os.path.join(params["model_dir"], params_filename(params["mode"])),
+            {**params, "derived": derived},
+        )
+
+
 def derived_values(
-    strategy: tf.distribute.Strategy,
+    dist: distribute.Distribution,
     global_batch: int,
     steps_per_epoch: int,
     schedule,
@@ -547,8 +595,8 @@ def derived_values(
     while not hasattr(schedule, "peak_lr") and hasattr(schedule, "base"):  # RewarmSchedule
         schedule = schedule.base
     return {
-        "num_replicas": strategy.num_replicas_in_sync,
-        "num_workers": distribute.num_workers(strategy),
+        "num_replicas": dist.num_replicas,
+        "num_workers": dist.num_workers,
         "global_batch_size": global_batch,
         "steps_per_epoch": steps_per_epoch,
         "total_steps": steps_per_epoch * max_epochs,
@@ -624,7 +672,7 @@ def train_dataset(run: TrainRun, stage: Stage, epoch: int | None = None, announc
                 with_epochs=params["mode"] in TRAINING_MODES,
             ),
         )
-    return run.strategy.distribute_datasets_from_function(dataset_fn)
+    return run.dist.strategy.distribute_datasets_from_function(dataset_fn)
 
 
 def describe_stage(
@@ -658,95 +706,152 @@ def _check_finite(loss: float, epoch: int, step: int, run: TrainRun) -> None:
 
 def _train_epochs(run: TrainRun, start_epoch: int, with_eval: bool) -> None:
     """Train from `start_epoch` (finished epochs) to max_epochs, logging and checkpointing."""
-    params = run.params
-    max_epochs = params["max_epochs"]
     metrics = TrainMetrics()
     for stage in run.stages:
         if stage.end_epoch <= start_epoch:
             continue
-        freeze = finetune.FreezePlan.from_params(params)
-        if freeze.active:
-            freeze.apply(run.model, max(stage.first_epoch, start_epoch))
-            logger.info(
-                "epochs %d-%d: %s",
-                max(stage.first_epoch, start_epoch) + 1,
-                stage.end_epoch,
-                finetune.describe_trainable(run.model),
-            )
+        first = max(stage.first_epoch, start_epoch)
+        _apply_freeze(run, stage, first)
         # Seeded runs read every epoch from its own seed, so that a resumed run reads what the
         # uninterrupted one did (the iterator's position is not part of the checkpoint).
-        per_epoch = params["seed"] is not None
+        per_epoch = run.params["seed"] is not None
         iterator = None if per_epoch else iter(train_dataset(run, stage))
-        mixing = (
-            {"mixup_alpha": stage.mixup_alpha, "cutmix_alpha": stage.cutmix_alpha}
-            if params["defer_img_mixing"]
-            else {}
-        )
-        step_fn = make_train_step(
-            run.model,
-            run.optimizer,
-            strategy=run.strategy,
-            config=dataclasses.replace(run.step_config, **mixing),
-            metrics=metrics,
-            ema=run.ema,
-        )
-        first = max(stage.first_epoch, start_epoch)
+        step_fn = _stage_train_step(run, stage, metrics)
         for epoch in range(first, stage.end_epoch):
             if per_epoch:
                 iterator = iter(train_dataset(run, stage, epoch, announce=epoch == first))
-            metrics.reset()
-            bar = ProgressBar(
-                run.steps_per_epoch, desc=f"epoch {epoch + 1}/{max_epochs}", enabled=run.is_chief
-            )
-            interval_start, interval_images, epoch_start = (
-                time.perf_counter(),
-                0.0,
-                time.perf_counter(),
-            )
-            for step in range(1, run.steps_per_epoch + 1):
-                step_fn(next(iterator))
-                interval_images += run.global_batch
-                bar.update(1)
-                if step % params["log_steps"] == 0 or step == run.steps_per_epoch:
-                    result = metrics.result()
-                    _check_finite(result["loss"], epoch + 1, step, run)
-                    now = time.perf_counter()
-                    record = {
-                        "train.loss": result["loss"],
-                        "train.top1": result["top1"],
-                        "train.lr": current_learning_rate(run.optimizer),
-                        "train.images_per_sec": interval_images / (now - interval_start),
-                        "stage": stage.index + 1,
-                        "image_size": stage.image_size,
-                    }
-                    run.log.log(
-                        [epoch + 1, step], record, global_step=int(run.optimizer.iterations.numpy())
-                    )
-                    interval_start, interval_images = now, 0.0
-            bar.close()
-            result = metrics.result()
-            epoch_time = time.perf_counter() - epoch_start
-            done = epoch + 1
-            if done % params["save_checkpoint_freq"] == 0 or done == max_epochs:
-                run.checkpoint.save(done)
-            summary = {
-                "train.loss": result["loss"],
-                "train.top1": result["top1"],
-                "train.lr": current_learning_rate(run.optimizer),
-                "train.images_per_sec": run.steps_per_epoch * run.global_batch / epoch_time,
-                "train.epoch_time_s": epoch_time,
-                "stage": stage.index + 1,
-            }
-            if with_eval and (done % params["num_epochs_between_eval"] == 0 or done == max_epochs):
-                # Evaluation during training uses the EMA weights when EMA is on.
-                if run.ema is not None:
-                    with run.ema.averaged_weights():
-                        results = run.evaluate("eval (EMA)")
-                else:
-                    results = run.evaluate("eval")
-                summary.update({f"val.{k}": v for k, v in results.items()})
-            run.log.log([done], summary, global_step=int(run.optimizer.iterations.numpy()))
+            result, epoch_time = _train_epoch(run, stage, epoch, iterator, step_fn, metrics)
+            _end_epoch(run, stage, epoch + 1, result, epoch_time, with_eval)
         del iterator, step_fn  # drop the stage's pipeline and traced step before the next stage
+
+
+def _apply_freeze(run: TrainRun, stage: Stage, first_epoch: int) -> None:
+    """With --freeze_*: set which layers train from `first_epoch` of `stage`, and say so."""
+    freeze = finetune.FreezePlan.from_params(run.params)
+    if freeze.active:
+        freeze.apply(run.model, first_epoch)
+        logger.info(
+            "epochs %d-%d: %s",
+            first_epoch + 1,
+            stage.end_epoch,
+            finetune.describe_trainable(run.model),
+        )
+
+
+def _stage_train_step(run: TrainRun, stage: Stage, metrics: TrainMetrics) -> Callable:
+    """The training step of `stage`: with deferred mixing, its MixUp/CutMix alphas."""
+    mixing = (
+        {"mixup_alpha": stage.mixup_alpha, "cutmix_alpha": stage.cutmix_alpha}
+        if run.params["defer_img_mixing"]
+        else {}
+    )
+    return make_train_step(
+        run.model,
+        run.optimizer,
+        dist=run.dist,
+        config=dataclasses.replace(run.step_config, **mixing),
+        metrics=metrics,
+        ema=run.ema,
+    )
+
+
+def _train_epoch(
+    run: TrainRun,
+    stage: Stage,
+    epoch: int,
+    iterator,
+    step_fn: Callable,
+    metrics: TrainMetrics,
+) -> tuple[dict[str, float], float]:
+    """Run the steps of 0-based `epoch`, logging every log_steps steps and at the end.
+
+    Returns:
+      The epoch's train metrics (`TrainMetrics.result`) and its wall time in seconds.
+    """
+    metrics.reset()
+    bar = ProgressBar(
+        run.steps_per_epoch,
+        desc=f"epoch {epoch + 1}/{run.params['max_epochs']}",
+        enabled=run.dist.is_chief,
+    )
+    interval_start, interval_images, epoch_start = (
+        time.perf_counter(),
+        0.0,
+        time.perf_counter(),
+    )
+    for step in range(1, run.steps_per_epoch + 1):
+        step_fn(next(iterator))
+        interval_images += run.global_batch
+        bar.update(1)
+        if step % run.params["log_steps"] == 0 or step == run.steps_per_epoch:
+            now = _log_steps(run, stage, epoch, step, metrics, interval_start, interval_images)
+            interval_start, interval_images = now, 0.0
+    bar.close()
+    result = metrics.result()
+    return result, time.perf_counter() - epoch_start
+
+
+def _log_steps(
+    run: TrainRun,
+    stage: Stage,
+    epoch: int,
+    step: int,
+    metrics: TrainMetrics,
+    interval_start: float,
+    interval_images: float,
+) -> float:
+    """Stop on a non-finite loss, else log the running train metrics since the last log.
+
+    Returns:
+      The time (time.perf_counter) the logged interval ends at.
+    """
+    result = metrics.result()
+    _check_finite(result["loss"], epoch + 1, step, run)
+    now = time.perf_counter()
+    record = {
+        "train.loss": result["loss"],
+        "train.top1": result["top1"],
+        "train.lr": current_learning_rate(run.optimizer),
+        "train.images_per_sec": interval_images / (now - interval_start),
+        "stage": stage.index + 1,
+        "image_size": stage.image_size,
+    }
+    run.log.log([epoch + 1, step], record, global_step=int(run.optimizer.iterations.numpy()))
+    return now
+
+
+def _end_epoch(
+    run: TrainRun,
+    stage: Stage,
+    done: int,
+    result: Mapping[str, float],
+    epoch_time: float,
+    with_eval: bool,
+) -> None:
+    """After `done` finished epochs: checkpoint and evaluate when due, log the epoch summary."""
+    params = run.params
+    max_epochs = params["max_epochs"]
+    if done % params["save_checkpoint_freq"] == 0 or done == max_epochs:
+        run.checkpoint.save(done)
+    summary = {
+        "train.loss": result["loss"],
+        "train.top1": result["top1"],
+        "train.lr": current_learning_rate(run.optimizer),
+        "train.images_per_sec": run.steps_per_epoch * run.global_batch / epoch_time,
+        "train.epoch_time_s": epoch_time,
+        "stage": stage.index + 1,
+    }
+    if with_eval and (done % params["num_epochs_between_eval"] == 0 or done == max_epochs):
+        summary.update({f"val.{k}": v for k, v in _evaluate_during_training(run).items()})
+    run.log.log([done], summary, global_step=int(run.optimizer.iterations.numpy()))
+
+
+def _evaluate_during_training(run: TrainRun) -> dict[str, float]:
+    """Evaluation during training uses the EMA weights when EMA is on."""
+    if run.ema is None:
+        return run.evaluate("eval")
+    with run.ema.averaged_weights():
+        return run.evaluate("eval (EMA)")
 
 
 def _finish(run: TrainRun, with_eval: bool) -> dict[str, Any]:
@@ -776,14 +881,14 @@ def _finish(run: TrainRun, with_eval: bool) -> dict[str, Any]:
     summary["exported_weights"] = "ema" if use_ema else "raw"
     if use_ema:
         run.ema.copy_to_model()
-    export_dir = distribute.chief_or_temp_dir(params["model_dir"], run.strategy)
+    export_dir = distribute.chief_or_temp_dir(params["model_dir"], run.dist)
     weights_path = os.path.join(export_dir, FINAL_WEIGHTS)
     save_weights_atomically(run.model, weights_path)
     if params["export_SavedModel"]:
         # Keras 3 `Model.export` writes a TF SavedModel with a `serve` endpoint.
         with atomic_dir(os.path.join(export_dir, SAVED_MODEL_DIR)) as tmp:
             run.model.export(tmp, verbose=False)
-    if run.is_chief:
+    if run.dist.is_chief:
         summary["weights_path"] = weights_path
         logger.info("exported %s weights to %s", summary["exported_weights"], weights_path)
     return summary

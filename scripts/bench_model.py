@@ -85,7 +85,7 @@ def _runtime_variant(args: argparse.Namespace, model_dir: str) -> Callable:
     step = train.make_train_step(
         run.model,
         run.optimizer,
-        strategy=run.strategy,
+        dist=run.dist,
         config=run.step_config,
         metrics=train.TrainMetrics(),
         ema=run.ema,

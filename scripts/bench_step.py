@@ -45,7 +45,7 @@ def build_variants(args: argparse.Namespace, model_dir: str) -> dict[str, Callab
         step = train.make_train_step(
             run.model,
             run.optimizer,
-            strategy=run.strategy,
+            dist=run.dist,
             config=config,
             ema=run.ema,
             metrics=train.TrainMetrics() if metrics else None,

@@ -19,10 +19,11 @@ from runtime import distribute
 
 
 def main(out: str, steps: int, sleep_s: float) -> int:
-    strategy = distribute.create_strategy(num_gpus=0)
+    dist = distribute.create_strategy(num_gpus=0)
+    strategy = dist.strategy
     from tests.train_fixtures import batch, build_trainer
 
-    model, _, _, step, _ = build_trainer(strategy)
+    model, _, _, step, _ = build_trainer(dist)
     images, labels = batch(8)
     per_replica = len(images) // strategy.num_replicas_in_sync
 

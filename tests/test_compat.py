@@ -63,6 +63,9 @@ def test_tf_internals_are_there():
     assert compat.eager_context().context().coordination_service is None
 
 
-def test_worker_count_from_public_cluster_resolver():
-    assert distribute.num_workers(tf.distribute.get_strategy()) == 1
-    assert distribute.is_chief(tf.distribute.get_strategy())
+def test_worker_identity_reads_no_strategy_internals():
+    """Chief and worker count come from the ClusterSpec, not from the strategy's attributes."""
+    dist = distribute.Distribution.current({})
+    assert dist.strategy is tf.distribute.get_strategy()
+    assert dist.num_workers == 1
+    assert dist.is_chief

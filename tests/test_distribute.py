@@ -6,6 +6,7 @@ bad value is checked here without starting TensorFlow servers.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -340,6 +341,64 @@ def test_mpi_errors(env, message):
         resolve_cluster(env)
 
 
+# --- Distribution: the one object every mode reads ---------------------------------------------
+
+
+def test_distribution_takes_chief_rank_and_workers_from_its_cluster_spec(tmp_path):
+    import tensorflow as tf
+
+    from runtime import distribute
+
+    cluster = {"chief": ["c:1000"], "worker": ["w:1000", "w:1001"]}
+    strategy = tf.distribute.get_strategy()
+    chief = distribute.Distribution(strategy, resolve_cluster(tf_config(cluster, "chief", 0)))
+    worker = distribute.Distribution(strategy, resolve_cluster(tf_config(cluster, "worker", 1)))
+    assert (chief.is_chief, chief.rank, chief.num_workers) == (True, 0, 3)
+    assert (worker.is_chief, worker.rank, worker.num_workers) == (False, 2, 3)
+    assert distribute.checkpoint_write_dir("/m/ckpt", chief) == "/m/ckpt"
+    assert distribute.checkpoint_write_dir("/m/ckpt", worker) == "/m/ckpt/.workertemp_2"
+    (tmp_path / ".workertemp_2").mkdir()
+    distribute.remove_worker_write_dir(str(tmp_path), chief)
+    assert (tmp_path / ".workertemp_2").is_dir()
+    distribute.remove_worker_write_dir(str(tmp_path), worker)
+    assert not (tmp_path / ".workertemp_2").exists()
+    assert distribute.chief_or_temp_dir(str(tmp_path), chief) == str(tmp_path)
+    assert os.path.basename(distribute.chief_or_temp_dir(str(tmp_path), worker)).startswith(
+        "worker2_"
+    )
+    # Without a Distribution (tests, TrainingCheckpoint(dist=None)): the environment's cluster.
+    current = distribute.Distribution.current(tf_config({"worker": ["a:1", "b:1"]}, index=1))
+    assert current.strategy is strategy
+    assert (current.is_chief, current.rank, current.num_workers) == (False, 1, 2)
+    assert distribute.Distribution.current({}).cluster == ClusterSpec()
+    # One place decides who is chief: no strategy-based duplicates, no side table of options.
+    for gone in ("is_chief", "num_workers", "worker_index", "_FP16_COMPRESSION"):
+        assert not hasattr(distribute, gone), gone
+
+
+def test_distribution_is_frozen_and_carries_fp16_compression():
+    import tensorflow as tf
+
+    from runtime import distribute
+
+    strategy = tf.distribute.get_strategy()
+    dist = distribute.Distribution(strategy, ClusterSpec(), fp16_compression=True)
+    for field, value in (
+        ("fp16_compression", False),
+        ("cluster", ClusterSpec()),
+        ("strategy", None),
+    ):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(dist, field, value)
+    assert dist.fp16_compression and dist.num_replicas == 1
+    assert not dist.compresses_gradients  # one replica: nothing to all-reduce
+    assert [g.dtype.name for g in distribute.compress_gradients([tf.ones([2])], dist)] == [
+        "float32"
+    ]
+    assert dist.global_batch_size(16) == 16 and dist.global_batch_size(16, 4) == 64
+    assert not distribute.Distribution(strategy).fp16_compression
+
+
 # --- strategies (a fresh process each: logical devices must be set before TF starts) ----------
 
 
@@ -364,6 +423,7 @@ def run_python(code: str, env: dict | None = None) -> subprocess.CompletedProces
 
 def test_create_strategy_on_cpu():
     result = run_python("""
+        import dataclasses
         import json
         import tensorflow as tf
         from runtime import distribute as d
@@ -371,13 +431,16 @@ def test_create_strategy_on_cpu():
         mirrored = d.create_strategy(cpu_replicas=2, fp16_compression=True)
         grads = [tf.ones([2]), None, tf.ones([1], tf.int32)]
         out = {
-            "default": [type(default).__name__, default.num_replicas_in_sync, d.is_chief(default),
-                        d.num_workers(default), d.global_batch_size(16, default, 2)],
-            "mirrored": [type(mirrored).__name__, mirrored.num_replicas_in_sync,
-                         d.is_chief(mirrored), d.global_batch_size(16, mirrored, 2)],
+            "default": [type(default.strategy).__name__, default.num_replicas, default.is_chief,
+                        default.num_workers, default.global_batch_size(16, 2)],
+            "mirrored": [type(mirrored.strategy).__name__, mirrored.num_replicas,
+                         mirrored.is_chief, mirrored.global_batch_size(16, 2)],
             "compressed": [None if g is None else g.dtype.name
                            for g in d.compress_gradients(grads, mirrored)],
             "uncompressed": [g.dtype.name for g in d.compress_gradients(grads[:1], default)],
+            # The option lives on the Distribution, not on the strategy it wraps.
+            "option_off": [g.dtype.name for g in d.compress_gradients(
+                grads[:1], dataclasses.replace(mirrored, fp16_compression=False))],
             "write_dir": d.checkpoint_write_dir("/m/ckpt", mirrored),
         }
         # runtime.train's step with float16 all-reduce vs one device: equal to fp16 precision.
@@ -386,7 +449,7 @@ def test_create_strategy_on_cpu():
         images, labels = batch(8)
         single, compressed = build_trainer(), build_trainer(mirrored)
         single[3]((images, labels))
-        halves = [mirrored.experimental_distribute_values_from_function(
+        halves = [mirrored.strategy.experimental_distribute_values_from_function(
             lambda ctx, a=a: a[4 * ctx.replica_id_in_sync_group:][:4]) for a in (images, labels)]
         compressed[3](tuple(halves))
         out["fp16_max_diff"] = max(float(np.max(np.abs(a.numpy() - b.numpy()))) for a, b in
@@ -407,6 +470,7 @@ def test_create_strategy_on_cpu():
     assert out["mirrored"] == ["MirroredStrategy", 2, True, 64]
     assert out["compressed"] == ["float16", None, "int32"]
     assert out["uncompressed"] == ["float32"]
+    assert out["option_off"] == ["float32"]
     assert out["write_dir"] == "/m/ckpt"
     assert out["fp16_max_diff"] < 1e-3 < out["fp16_moved"]
     assert "is not one of auto, nccl, ring" in out[str({"all_reduce": "tree"})]
@@ -475,12 +539,13 @@ def test_fp16_all_reduce_is_scale_aware_in_both_precisions():
 
         @tf.function
         def reduce(values):
-            return mirrored.run(lambda g: d.all_reduce_gradients([g], mirrored)[0], args=(values,))
+            return mirrored.strategy.run(lambda g: d.all_reduce_gradients([g], mirrored)[0],
+                                         args=(values,))
 
         def summed(r0, r1):
-            values = mirrored.experimental_distribute_values_from_function(
+            values = mirrored.strategy.experimental_distribute_values_from_function(
                 lambda ctx: tf.constant([r0, r1][ctx.replica_id_in_sync_group], tf.float32))
-            return mirrored.experimental_local_results(reduce(values))[0].numpy().tolist()
+            return mirrored.strategy.experimental_local_results(reduce(values))[0].numpy().tolist()
 
         out = {
             "amp": summed([40000.0, -30000.0, 1.5], [40000.0, 20000.0, 2.5]),
@@ -495,7 +560,7 @@ def test_fp16_all_reduce_is_scale_aware_in_both_precisions():
         single, compressed = build_trainer(loss_scaling=True), build_trainer(mirrored, loss_scaling=True)
         start = [w.numpy() for w in single[0].weights]
         single[3]((images, labels))
-        halves = [mirrored.experimental_distribute_values_from_function(
+        halves = [mirrored.strategy.experimental_distribute_values_from_function(
             lambda ctx, a=a: a[4 * ctx.replica_id_in_sync_group:][:4]) for a in (images, labels)]
         compressed[3](tuple(halves))
         out["amp_moved"] = max(float(np.max(np.abs(a - b.numpy())))

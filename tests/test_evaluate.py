@@ -165,7 +165,7 @@ def test_evaluate_under_mirrored_strategy_matches_one_device():
         import keras, numpy as np, tensorflow as tf
         from runtime.distribute import create_strategy
         from runtime.evaluate import evaluate
-        strategy = create_strategy(cpu_replicas=2)
+        strategy = create_strategy(cpu_replicas=2).strategy
         with strategy.scope():
             keras.utils.set_random_seed(0)
             inputs = keras.Input((4, 4, 3))

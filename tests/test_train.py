@@ -144,13 +144,14 @@ def test_mirrored_strategy_equals_no_strategy():
         import numpy as np, tensorflow as tf
         from runtime.distribute import create_strategy
         from tests.train_fixtures import batch, build_trainer
-        strategy = create_strategy(num_gpus=0, cpu_replicas=2)
+        dist = create_strategy(num_gpus=0, cpu_replicas=2)
+        strategy = dist.strategy
         assert strategy.num_replicas_in_sync == 2
         images, labels = batch(8)
         for accum, scaling in ((1, False), (2, False), (1, True)):
             single = build_trainer(clip=0.05, loss_scaling=scaling, ema_decay=0.9)
             single[3]((images, labels))
-            mirrored = build_trainer(strategy, accum=accum, clip=0.05, loss_scaling=scaling,
+            mirrored = build_trainer(dist, accum=accum, clip=0.05, loss_scaling=scaling,
                                      ema_decay=0.9)
             def shard(ctx, data):
                 part = data[4 * ctx.replica_id_in_sync_group: 4 * ctx.replica_id_in_sync_group + 4]
@@ -165,10 +166,11 @@ def test_mirrored_strategy_equals_no_strategy():
             assert int(mirrored[1].iterations.numpy()) == 1
             assert abs(single[2].result()["loss"] - mirrored[2].result()["loss"]) < 1e-5
         # float16 all-reduce: the same update up to float16 rounding of the gradients.
-        compressed = create_strategy(num_gpus=0, cpu_replicas=2, fp16_compression=True)
+        compressed_dist = create_strategy(num_gpus=0, cpu_replicas=2, fp16_compression=True)
+        compressed = compressed_dist.strategy
         single = build_trainer(clip=0.05)
         single[3]((images, labels))
-        mirrored = build_trainer(compressed, clip=0.05)
+        mirrored = build_trainer(compressed_dist, clip=0.05)
         x = compressed.experimental_distribute_values_from_function(lambda c: images[4 * c.replica_id_in_sync_group:][:4])
         y = compressed.experimental_distribute_values_from_function(lambda c: labels[4 * c.replica_id_in_sync_group:][:4])
         mirrored[3]((x, y))

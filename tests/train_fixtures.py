@@ -29,7 +29,7 @@ def batch(n: int = 8, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_trainer(
-    strategy=None,
+    dist=None,
     accum: int = 1,
     optimizer: str = "momentum",
     clip: float | None = None,
@@ -38,10 +38,10 @@ def build_trainer(
     l2: float = 1e-3,
     ema_decay: float = 0.0,
 ):
-    """(model, optimizer, metrics, step, ema) built under `strategy`'s scope."""
+    """(model, optimizer, metrics, step, ema) built under the scope of `dist` (a Distribution)."""
     import contextlib
 
-    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    scope = dist.strategy.scope() if dist is not None else contextlib.nullcontext()
     with scope:
         model = tiny_model()
         opt = build_optimizer(
@@ -56,7 +56,7 @@ def build_trainer(
     step = make_train_step(
         model,
         opt,
-        strategy=strategy,
+        dist=dist,
         config=StepConfig(grad_accum_steps=accum, label_smoothing=0.1, l2_weight_decay=l2),
         metrics=metrics,
         ema=ema,
