@@ -40,7 +40,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from dataloader import build_dataset, dataset_info
+from dataloader import DatasetInfo, build_dataset, dataset_info
 from dataloader.mixing import mix_batch
 from runtime import advprop, compat, distribute, finetune
 from runtime.checkpoint import TrainingCheckpoint, checkpoint_dir
@@ -560,7 +560,10 @@ def _build_optimizer(
 
 
 def _announce_run(
-    params: Mapping[str, Any], dist: distribute.Distribution, info, derived: Mapping[str, Any]
+    params: Mapping[str, Any],
+    dist: distribute.Distribution,
+    info: DatasetInfo,
+    derived: Mapping[str, Any],
 ) -> None:
     """Log the derived values once; on the chief write class_names.json and add them to
     params.json (written before the strategy existed)."""

@@ -34,9 +34,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MPARAMS = TINY_MPARAMS + ",dropout_rate=0.0,drop_connect_rate=0.0"
 # One process, two logical CPU replicas: main.py with create_strategy(cpu_replicas=2).
 TWO_REPLICA_MAIN = (
-    "import functools, sys\n"
+    "import sys\n"
     "from runtime import distribute\n"
-    "distribute.create_strategy = functools.partial(distribute.create_strategy, cpu_replicas=2)\n"
+    "_create = distribute.create_strategy\n"
+    "distribute.create_strategy = lambda *a, **k: _create(*a, **{**k, 'cpu_replicas': 2})\n"
     "import main\n"
     "sys.exit(main.main(sys.argv[1:]))\n"
 )
