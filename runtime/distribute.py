@@ -55,7 +55,10 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # TensorFlow is imported lazily (see "Strategies" below)
+    import tensorflow as tf
 
 logger = logging.getLogger(__name__)
 
@@ -470,7 +473,7 @@ class Distribution:
         with more than one replica (`compresses_gradients`).
     """
 
-    strategy: Any
+    strategy: tf.distribute.Strategy
     cluster: ClusterSpec = ClusterSpec()
     fp16_compression: bool = False
 
@@ -497,7 +500,7 @@ class Distribution:
 
     @property
     def num_workers(self) -> int:
-        """Number of training processes (1 on one host)."""
+        """Number of training processes (1 without a cluster)."""
         return self.cluster.num_workers
 
     @property
