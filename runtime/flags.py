@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NoReturn
 
+from config.efficientnet_v1 import V1_DATA_RECIPE as _V1
+from config.efficientnet_v2 import V2_DATA_RECIPE as _V2
 from config.loader import ConfigError, load_config
 from dataloader.config import AUGMENTERS, EVAL_CROPS, RESIZE_METHODS, SOURCES, DataConfig
 from dataloader.files import DEFAULT_MAX_IMAGE_PIXELS  # noqa: F401 (re-exported)
@@ -247,20 +249,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--crop_area_min",
         type=float,
         default=None,
-        help="smallest random-crop area fraction (default: v1 0.08, v2 0.05)",
+        help="smallest random-crop area fraction (default: "
+        f"v1 {_V1['crop_area_min']}, v2 {_V2['crop_area_min']})",
     )
     g.add_argument(
         "--eval_crop",
         default=None,
         choices=EVAL_CROPS,
         help="eval/predict transform: center crop, or resize the whole image to the "
-        "square (default: v1 crop; v2 squash at >= 320 px, crop below)",
+        f"square (default: v1 crop; v2 squash at >= {_V2['eval_squash_min_size']} px, "
+        "crop below)",
     )
     g.add_argument(
         "--resize_method",
         default=None,
         choices=RESIZE_METHODS,
-        help="image resize (default: v1 bicubic, v2 bilinear)",
+        help=f"image resize (default: v1 {_V1['resize_method']}, v2 {_V2['resize_method']})",
     )
     g.add_argument(
         "--label_offset",

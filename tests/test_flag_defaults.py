@@ -119,3 +119,13 @@ def test_model_code_repeats_no_model_config_default():
                 checked.add(param.name)
                 assert param.default is inspect.Parameter.empty, f"{name}({param.name}=...)"
     assert checked == set(MODEL_ARGS)
+
+
+def test_recipe_flag_help_names_the_model_family_values():
+    from config.efficientnet_v1 import V1_DATA_RECIPE as v1
+    from config.efficientnet_v2 import V2_DATA_RECIPE as v2
+
+    helps = {a.dest: " ".join(a.help.split()) for a in flags.build_parser()._actions if a.help}
+    assert f"v1 {v1['crop_area_min']}, v2 {v2['crop_area_min']}" in helps["crop_area_min"]
+    assert f"v1 {v1['resize_method']}, v2 {v2['resize_method']}" in helps["resize_method"]
+    assert f"squash at >= {v2['eval_squash_min_size']} px" in helps["eval_crop"]
