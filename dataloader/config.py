@@ -21,6 +21,9 @@ class DataError(ValueError):
 class DataConfig:
     """Everything `build_dataset` needs; one instance per training stage.
 
+    The field defaults are the one place the data defaults live: runtime/flags.py takes the
+    defaults of its data flags from them (`--augmenter_name` from `augmenter`, ...).
+
     Stage-wise training (progressive resizing, growing RandAugment magnitude and mixing) builds
     a new dataset from `dataclasses.replace(cfg, image_size=..., raug_magnitude=...)`.
 
@@ -68,9 +71,9 @@ class DataConfig:
     image_size: int = 224
     batch_size: int = 32
     num_classes: int | None = None
-    augmenter: str = "none"
+    augmenter: str = "autoaugment"
     raug_num_layers: int = 2
-    raug_magnitude: float = 9.0
+    raug_magnitude: float = 10.0
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     defer_img_mixing: bool = False

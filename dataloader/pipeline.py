@@ -128,6 +128,102 @@ def _eval_map(source, cfg: DataConfig):
     return fn
 
 
+def _stream_seeds(
+    cfg: DataConfig, input_context: tf.distribute.InputContext | None
+) -> tuple[int | None, int | None]:
+    """(augmentation, mixing) seeds: distinct per input pipeline and per purpose."""
+    if cfg.seed is None:
+        return None, None
+    pipeline_id = input_context.input_pipeline_id if input_context else 0
+    aug_seed = cfg.seed + 1_000_003 * pipeline_id
+    return aug_seed, aug_seed + 1
+
+
+def _with_seeds(ds: tf.data.Dataset, seed: int | None) -> tf.data.Dataset:
+    """Zip a fresh [2] int64 stateless seed onto every element (new draws every pass)."""
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    return tf.data.Dataset.zip(ds, seeds)
+
+
+def _checked_records(
+    source,
+    cfg: DataConfig,
+    split: str,
+    input_context: tf.distribute.InputContext | None,
+    num_classes: int,
+    counter: skipping.SkipCounter,
+    deterministic: bool,
+) -> tf.data.Dataset:
+    """Read (train: cache, shuffle), parse and keep the valid (image, label) records."""
+    train = split == "train"
+    ds = source.records(split, input_context, train)
+    if cfg.cache and train:
+        ds = ds.cache()
+    if train:
+        ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
+    ds = ds.map(counter.count_read)
+    ds = ds.map(source.parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    ds = ds.ignore_errors()
+    check = functools.partial(
+        skipping.check_record, num_classes=num_classes, is_image_fn=preprocessing.is_image
+    )
+    ds = ds.filter(lambda image, label, origin: counter.keep(check(image, label), label, origin))
+    return ds.map(lambda image, label, origin: (image, label))
+
+
+def _preprocessed(
+    ds: tf.data.Dataset,
+    source,
+    cfg: DataConfig,
+    train: bool,
+    aug_seed: int | None,
+    counter: skipping.SkipCounter,
+    deterministic: bool,
+) -> tf.data.Dataset:
+    """Decode and transform every image (train: random crop + augmentation), counting drops."""
+    if train:
+        ds = _with_seeds(ds, aug_seed).map(lambda x, s: (*x, s))
+        fn = _train_map(source, cfg)
+    else:
+        fn = _eval_map(source, cfg)
+    ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    # Corrupt or truncated image data fails in decode: drop it (counted by difference).
+    ds = ds.ignore_errors()
+    ds = ds.map(counter.count_produced)
+    return ds.concatenate(counter.end_of_pass(ds.element_spec))
+
+
+def _batched(
+    ds: tf.data.Dataset,
+    cfg: DataConfig,
+    train: bool,
+    repeat: bool,
+    num_classes: int,
+    mix_seed: int | None,
+    deterministic: bool,
+) -> tf.data.Dataset:
+    """(Validation: cache), repeat, batch, one-hot labels, (train: MixUp/CutMix), prefetch."""
+    if cfg.cache and not train:
+        ds = ds.cache()
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(cfg.batch_size, drop_remainder=train, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def onehot(images, labels):
+        return images, tf.one_hot(labels, num_classes, dtype=tf.float32)
+
+    ds = ds.map(onehot, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if train and cfg.mixing and not cfg.defer_img_mixing:
+        ds = _with_seeds(ds, mix_seed).map(
+            lambda batch, seed: mixing.mix_batch(
+                *batch, cfg.mixup_alpha, cfg.cutmix_alpha, seed=seed
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=deterministic,
+        )
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
 def build_dataset(
     cfg: DataConfig,
     split: str,
@@ -164,53 +260,8 @@ def build_dataset(
     num_classes = source.num_classes
     counter = skipping.SkipCounter(f"{cfg.dataset}/{split}")
     deterministic = not train or cfg.seed is not None
-    # Distinct augmentation and mixing streams per input pipeline and per purpose.
-    pipeline_id = input_context.input_pipeline_id if input_context else 0
-    aug_seed = None if cfg.seed is None else cfg.seed + 1_000_003 * pipeline_id
-    mix_seed = None if cfg.seed is None else aug_seed + 1
-
-    ds = source.records(split, input_context, train)
-    if cfg.cache and train:
-        ds = ds.cache()
-    if train:
-        ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed, reshuffle_each_iteration=True)
-    ds = ds.map(counter.count_read)
-    ds = ds.map(source.parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    ds = ds.ignore_errors()
-    check = functools.partial(
-        skipping.check_record, num_classes=num_classes, is_image_fn=preprocessing.is_image
-    )
-    ds = ds.filter(lambda image, label, origin: counter.keep(check(image, label), label, origin))
-    ds = ds.map(lambda image, label, origin: (image, label))
-    if train:
-        seeds = tf.data.Dataset.random(seed=aug_seed, rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip(ds, seeds).map(lambda x, s: (*x, s))
-        fn = _train_map(source, cfg)
-    else:
-        fn = _eval_map(source, cfg)
-    ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    # Corrupt or truncated image data fails in decode: drop it (counted by difference).
-    ds = ds.ignore_errors()
-    ds = ds.map(counter.count_produced)
-    ds = ds.concatenate(counter.end_of_pass(ds.element_spec))
-    if cfg.cache and not train:
-        ds = ds.cache()
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.batch(cfg.batch_size, drop_remainder=train, num_parallel_calls=tf.data.AUTOTUNE)
-
-    def onehot(images, labels):
-        return images, tf.one_hot(labels, num_classes, dtype=tf.float32)
-
-    ds = ds.map(onehot, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    if train and cfg.mixing and not cfg.defer_img_mixing:
-        seeds = tf.data.Dataset.random(seed=mix_seed, rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip(ds, seeds).map(
-            lambda batch, seed: mixing.mix_batch(
-                *batch, cfg.mixup_alpha, cfg.cutmix_alpha, seed=seed
-            ),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=deterministic,
-        )
-    ds = ds.prefetch(tf.data.AUTOTUNE)
+    aug_seed, mix_seed = _stream_seeds(cfg, input_context)
+    ds = _checked_records(source, cfg, split, input_context, num_classes, counter, deterministic)
+    ds = _preprocessed(ds, source, cfg, train, aug_seed, counter, deterministic)
+    ds = _batched(ds, cfg, train, repeat, num_classes, mix_seed, deterministic)
     return ds.with_options(_options(deterministic))

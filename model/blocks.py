@@ -150,10 +150,10 @@ class SqueezeExcite(layers.Layer):
     Args:
       filters: channels of the tensor being gated.
       se_filters: channels of the bottleneck (int(block_in_ch * se_ratio), at least 1).
-      activation: activation of the reduce conv.
+      activation: activation of the reduce conv (the model config's `activation`).
     """
 
-    def __init__(self, filters: int, se_filters: int, activation: str = "swish", **kwargs):
+    def __init__(self, filters: int, se_filters: int, activation: str, **kwargs):
         super().__init__(**kwargs)
         self.filters, self.se_filters, self.activation = filters, se_filters, activation
         # 1x1 convs with bias, as the reference, so weights import 1:1.
@@ -197,6 +197,10 @@ class SqueezeExcite(layers.Layer):
 class _BaseBlock(layers.Layer):
     """Arguments and residual logic shared by MBConv and fused-MBConv.
 
+    No argument repeats a config default: the geometry comes from the block's `BlockSpec`,
+    activation and BN settings from the model config (config/defaults.py and the family
+    modules), all passed by `model.efficientnet.make_block`.
+
     Args:
       in_ch: input channels.
       out_ch: output channels.
@@ -207,20 +211,22 @@ class _BaseBlock(layers.Layer):
       activation: activation name ("swish"/"silu", ...).
       bn_momentum: BatchNormalization moving-average momentum.
       bn_epsilon: BatchNormalization epsilon.
-      drop_rate: stochastic-depth probability of dropping the residual branch (per sample).
+      drop_rate: stochastic-depth probability of dropping the residual branch (per sample);
+        0 = none.
     """
 
     def __init__(
         self,
         in_ch: int,
         out_ch: int,
-        kernel: int = 3,
-        stride: int = 1,
-        expand: int = 1,
-        se_ratio: float = 0.0,
-        activation: str = "swish",
-        bn_momentum: float = 0.99,
-        bn_epsilon: float = 1e-3,
+        kernel: int,
+        stride: int,
+        expand: int,
+        se_ratio: float,
+        *,
+        activation: str,
+        bn_momentum: float,
+        bn_epsilon: float,
         drop_rate: float = 0.0,
         **kwargs,
     ):

@@ -161,13 +161,12 @@ class PlacedBlock:
 
 
 def round_filters(
-    filters: int,
-    width: float,
-    divisor: int = 8,
-    min_depth: int | None = None,
-    round_down_guard: bool = True,
+    filters: int, width: float, divisor: int, min_depth: int | None, round_down_guard: bool
 ) -> int:
     """Scale a channel count by `width` and round it to a multiple of `divisor`.
+
+    The rounding settings have no defaults here: they are the model config's
+    (`depth_divisor`, `min_depth`, `round_down_guard`; config/defaults.py and the families).
 
     Args:
       filters: unscaled channel count.
@@ -210,10 +209,10 @@ def expand_blocks(
     specs: Sequence[BlockSpec],
     width: float,
     depth: float,
-    divisor: int = 8,
-    min_depth: int | None = None,
-    round_down_guard: bool = True,
-    drop_connect_rate: float = 0.0,
+    divisor: int,
+    min_depth: int | None,
+    round_down_guard: bool,
+    drop_connect_rate: float,
 ) -> list[PlacedBlock]:
     """Scale the stage table and expand it into one PlacedBlock per block.
 
@@ -221,6 +220,7 @@ def expand_blocks(
     stride 1 and in_ch = out_ch. Block i (0-based) of the n scaled blocks gets the
     stochastic-depth rate `drop_connect_rate * i / n` (linear decay rule, Huang et al. 2016;
     n counts the blocks after depth scaling, as keras.applications EfficientNet does).
+    Every argument is the model config's (no defaults repeated here, see `round_filters`).
 
     Args:
       specs: the unscaled stage table.

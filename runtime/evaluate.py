@@ -191,6 +191,61 @@ def _num_steps(dataset: Any, num_steps: int | None) -> int | None:
     return None
 
 
+class _EvalTally:
+    """What `evaluate` accumulates over batches: global sums, confusion matrix and timing.
+
+    Timing covers full batches after `warmup_steps`: a smaller last batch retraces and is not
+    comparable with full batches.
+    """
+
+    def __init__(self, confusion_classes: int | None, warmup_steps: int):
+        self.sums = {"loss_sum": 0.0, "top1_sum": 0.0, "top5_sum": 0.0, "count": 0.0}
+        self.matrix = (
+            np.zeros((confusion_classes, confusion_classes), np.int64)
+            if confusion_classes
+            else None
+        )
+        self.warmup_steps = warmup_steps
+        self.steps = 0
+        self.latencies: list[float] = []
+        self.timed_images = 0.0
+        self.timed_wall = 0.0
+        self.full_batch: float | None = None
+
+    def add(
+        self, result: Mapping[str, float], confusion: Any, wait_s: float, step_s: float
+    ) -> None:
+        """One batch: its sums, its [C, C] confusion sums (or None), input wait and step time."""
+        if self.matrix is not None:
+            self.matrix += np.rint(confusion.numpy()).astype(np.int64)
+        for key, value in result.items():
+            self.sums[key] += value
+        self.full_batch = self.full_batch or result["count"]
+        if self.steps >= self.warmup_steps and result["count"] == self.full_batch:
+            self.latencies.append(step_s)
+            self.timed_images += result["count"]
+            self.timed_wall += wait_s + step_s
+        self.steps += 1
+
+    def results(self, num_replicas: int) -> dict[str, Any]:
+        """The `evaluate` result dict (see there)."""
+        count = self.sums["count"]
+        images_per_sec = self.timed_images / self.timed_wall if self.timed_wall > 0 else math.nan
+        extra = {"confusion_matrix": self.matrix} if self.matrix is not None else {}
+        return {
+            **extra,
+            "top1": self.sums["top1_sum"] / count,
+            "top5": self.sums["top5_sum"] / count,
+            "loss": self.sums["loss_sum"] / count,
+            "num_images": int(count),
+            "num_steps": self.steps,
+            "timed_steps": len(self.latencies),
+            "images_per_sec": images_per_sec,
+            "images_per_sec_per_device": images_per_sec / num_replicas,
+            **latency_stats(self.latencies),
+        }
+
+
 def evaluate(
     model: keras.Model,
     dataset: Any,
@@ -244,17 +299,10 @@ def evaluate(
         jit_compile=jit_compile,
         confusion_classes=num_classes if confusion else None,
     )
-    matrix = np.zeros((num_classes, num_classes), np.int64) if confusion else None
-
-    sums = {"loss_sum": 0.0, "top1_sum": 0.0, "top5_sum": 0.0, "count": 0.0}
-    latencies: list[float] = []
-    timed_images = 0.0
-    timed_wall = 0.0
-    full_batch: float | None = None
+    tally = _EvalTally(num_classes if confusion else None, warmup_steps)
     bar = ProgressBar(total_steps, desc=desc, enabled=progress)
     iterator = iter(dataset)
-    steps_done = 0
-    while num_steps is None or steps_done < num_steps:
+    while num_steps is None or tally.steps < num_steps:
         t_fetch = time.perf_counter()
         try:
             images, labels = next(iterator)
@@ -264,39 +312,16 @@ def evaluate(
         outputs = step(images, labels)
         result = {k: float(v.numpy()) for k, v in outputs.items() if k != "confusion"}
         t_end = time.perf_counter()
-        if matrix is not None:
-            matrix += np.rint(outputs["confusion"].numpy()).astype(np.int64)
-        for key, value in result.items():
-            sums[key] += value
-        full_batch = full_batch or result["count"]
-        # A smaller last batch retraces and is not comparable with full batches: not timed.
-        if steps_done >= warmup_steps and result["count"] == full_batch:
-            latencies.append(t_end - t_start)
-            timed_images += result["count"]
-            timed_wall += t_end - t_fetch
-        steps_done += 1
+        tally.add(
+            result, outputs.get("confusion"), wait_s=t_start - t_fetch, step_s=t_end - t_start
+        )
         bar.update(1)
     bar.close()
-    if steps_done == 0:
+    if tally.steps == 0:
         raise ValueError("evaluation dataset is empty: no batch to evaluate")
-    if not latencies:
-        _warn_untimed(steps_done, warmup_steps)
-
-    count = sums["count"]
-    images_per_sec = timed_images / timed_wall if timed_wall > 0 else math.nan
-    extra = {"confusion_matrix": matrix} if matrix is not None else {}
-    return {
-        **extra,
-        "top1": sums["top1_sum"] / count,
-        "top5": sums["top5_sum"] / count,
-        "loss": sums["loss_sum"] / count,
-        "num_images": int(count),
-        "num_steps": steps_done,
-        "timed_steps": len(latencies),
-        "images_per_sec": images_per_sec,
-        "images_per_sec_per_device": images_per_sec / strategy.num_replicas_in_sync,
-        **latency_stats(latencies),
-    }
+    if not tally.latencies:
+        _warn_untimed(tally.steps, warmup_steps)
+    return tally.results(strategy.num_replicas_in_sync)
 
 
 def without_missing_timing(results: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,10 @@
-"""Command-line flags: the one place general defaults live, their checks, and the resolved params.
+"""Command-line flags: general defaults (each written once), their checks, the resolved params.
 
 Defaults follow NVIDIA's TF2 EfficientNet reference (utils/cmdline_helper.py) except where a
-NOTE says otherwise. Model hyperparameters are not flags: they come from the `--cfg` module and
-strict `--mparams` overrides (config/loader.py).
+NOTE says otherwise. The data and optimizer flags take their defaults from the fields of
+`DataConfig` and `OptimizerConfig` (`_DATA`, `_OPT`); runtime.train's `StepConfig` takes its
+own from here (`flag_defaults`). Model hyperparameters are not flags: they come from the
+`--cfg` module and strict `--mparams` overrides (config/loader.py).
 
 Errors are one line (`main.py: error: ...`) and exit with status 2, before anything is written:
 unknown flags (with the closest valid flag and the full list), bad values, unknown `--mparams`
@@ -12,20 +14,26 @@ keys, a missing config file.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
+import functools
 import math
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, NoReturn
 
+from config.efficientnet_v1 import V1_DATA_RECIPE as _V1
+from config.efficientnet_v2 import V2_DATA_RECIPE as _V2
 from config.loader import ConfigError, load_config
-from dataloader.config import AUGMENTERS, EVAL_CROPS, RESIZE_METHODS, SOURCES
-from dataloader.files import DEFAULT_MAX_IMAGE_PIXELS
+from dataloader.config import AUGMENTERS, EVAL_CROPS, RESIZE_METHODS, SOURCES, DataConfig
+from dataloader.files import DEFAULT_MAX_IMAGE_PIXELS  # noqa: F401 (re-exported)
 from runtime import MODES, run_params, runtimes
 from runtime.distribute import ALL_REDUCE_CHOICES
 from utils.choices import AMP_DTYPES, OPTIMIZERS, SCHEDULE_ORIGINS, SCHEDULES
+from utils.optimizer_config import OptimizerConfig
 
 # The choice lists come from their implementing packages' TensorFlow-free modules, so a typo on
 # the command line fails before TensorFlow loads (seconds).
@@ -36,6 +44,10 @@ OPTIMIZER_NAMES = OPTIMIZERS
 LR_DECAYS = SCHEDULES
 PARAMS_FILE = run_params.PARAMS_FILE
 TRAINING_MODES = ("train", "train_and_eval")
+
+# The dataclass field defaults the data and optimizer flags take (the one place each is written).
+_DATA = MappingProxyType({f.name: f.default for f in dataclasses.fields(DataConfig)})
+_OPT = MappingProxyType({f.name: f.default for f in dataclasses.fields(OptimizerConfig)})
 
 
 class FlagError(ValueError):
@@ -119,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         help="also write TensorBoard events to model_dir/tensorboard",
     )
-    g.add_argument("--seed", type=int, default=None, help="global random seed (None: not seeded)")
+    g.add_argument(
+        "--seed", type=int, default=_DATA["seed"], help="global random seed (None: not seeded)"
+    )
     g.add_argument(
         "--num_gpus",
         type=int,
@@ -171,51 +185,62 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--dataset",
         type=_dataset,
-        default="imagenet",
+        default=_DATA["dataset"],
         help="imagenet (TFRecords), tfds:NAME, folder, digits (bundled, no download), synthetic",
     )
     g.add_argument(
-        "--data_dir", default=None, help="where the dataset lives (imagenet, folder, tfds)"
+        "--data_dir",
+        default=_DATA["data_dir"],
+        help="where the dataset lives (imagenet, folder, tfds)",
     )
-    g.add_argument("--augmenter_name", default="autoaugment", choices=AUGMENTERS)
-    g.add_argument("--raug_num_layers", type=int, default=2, help="RandAugment ops per image")
+    g.add_argument("--augmenter_name", default=_DATA["augmenter"], choices=AUGMENTERS)
+    g.add_argument(
+        "--raug_num_layers",
+        type=int,
+        default=_DATA["raug_num_layers"],
+        help="RandAugment ops per image",
+    )
     g.add_argument(
         "--raug_magnitude",
         type=float,
-        default=10.0,
+        default=_DATA["raug_magnitude"],
         help="RandAugment magnitude (of the last stage with --n_stages > 1)",
     )
-    g.add_argument("--mixup_alpha", type=float, default=0.0, help="MixUp alpha; 0 = off")
-    g.add_argument("--cutmix_alpha", type=float, default=0.0, help="CutMix alpha; 0 = off")
+    g.add_argument(
+        "--mixup_alpha", type=float, default=_DATA["mixup_alpha"], help="MixUp alpha; 0 = off"
+    )
+    g.add_argument(
+        "--cutmix_alpha", type=float, default=_DATA["cutmix_alpha"], help="CutMix alpha; 0 = off"
+    )
     g.add_argument(
         "--defer_img_mixing",
         action=bool_flag,
-        default=False,
+        default=_DATA["defer_img_mixing"],
         help="MixUp/CutMix inside the train step (on the accelerator) instead of the input pipeline",
     )
     g.add_argument(
         "--crop_fraction",
         type=float,
-        default=None,
+        default=_DATA["crop_fraction"],
         help="eval center-crop fraction (default: size / (size + 32))",
     )
     g.add_argument(
         "--cache",
         action=bool_flag,
-        default=False,
+        default=_DATA["cache"],
         help="keep the dataset in host memory after the first epoch",
     )
     g.add_argument(
         "--follow_symlinks",
         action=bool_flag,
-        default=False,
+        default=_DATA["follow_symlinks"],
         help="folder / predict inputs: follow symlinks that point outside the folder",
     )
-    # NOTE: PIL's Image.MAX_IMAGE_PIXELS default (decompression-bomb guard).
+    # NOTE: PIL's Image.MAX_IMAGE_PIXELS default (decompression-bomb guard, dataloader.files).
     g.add_argument(
         "--max_image_pixels",
         type=int,
-        default=DEFAULT_MAX_IMAGE_PIXELS,
+        default=_DATA["max_image_pixels"],
         help="folder / predict inputs: skip (and report) images with more pixels, "
         "read from the JPEG/PNG header before decoding",
     )
@@ -224,20 +249,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--crop_area_min",
         type=float,
         default=None,
-        help="smallest random-crop area fraction (default: v1 0.08, v2 0.05)",
+        help="smallest random-crop area fraction (default: "
+        f"v1 {_V1['crop_area_min']}, v2 {_V2['crop_area_min']})",
     )
     g.add_argument(
         "--eval_crop",
         default=None,
         choices=EVAL_CROPS,
         help="eval/predict transform: center crop, or resize the whole image to the "
-        "square (default: v1 crop; v2 squash at >= 320 px, crop below)",
+        f"square (default: v1 crop; v2 squash at >= {_V2['eval_squash_min_size']} px, "
+        "crop below)",
     )
     g.add_argument(
         "--resize_method",
         default=None,
         choices=RESIZE_METHODS,
-        help="image resize (default: v1 bicubic, v2 bilinear)",
+        help=f"image resize (default: v1 {_V1['resize_method']}, v2 {_V2['resize_method']})",
     )
     g.add_argument(
         "--label_offset",
@@ -269,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="optimizer updates per epoch (default: train images / global batch)",
     )
-    g.add_argument("--train_batch_size", type=int, default=32, help="per device")
+    g.add_argument("--train_batch_size", type=int, default=_DATA["batch_size"], help="per device")
     g.add_argument(
         "--grad_accum_steps",
         type=int,
@@ -277,7 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="micro-batches per update; global batch = batch x devices x steps",
     )
     g.add_argument(
-        "--grad_clip_norm", type=float, default=0.0, help="clip the global gradient norm; 0 = off"
+        "--grad_clip_norm",
+        type=float,
+        default=_OPT["grad_clip_norm"],
+        help="clip the global gradient norm; 0 = off",
     )
     g.add_argument("--label_smoothing", type=float, default=0.1, help="of the cross-entropy loss")
     g.add_argument(
@@ -339,19 +369,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--advprop_step_size", type=float, default=1.0, help="PGD step, in pixels")
 
     g = p.add_argument_group("optimizer")
-    g.add_argument("--optimizer", default="rmsprop", choices=OPTIMIZER_NAMES)
-    g.add_argument("--momentum", type=float, default=0.9, help="rmsprop / momentum")
-    # NOTE: the reference defaults beta_1 = beta_2 = 0.0, which turns Adam into sign-SGD-like
-    # updates; these are Keras' (and the papers') defaults.
-    g.add_argument("--beta_1", type=float, default=0.9, help="adam / adamw / lamb")
-    g.add_argument("--beta_2", type=float, default=0.999, help="adam / adamw / lamb")
-    g.add_argument("--nesterov", action=bool_flag, default=False, help="momentum")
-    g.add_argument("--opt_epsilon", type=float, default=0.001, help="rmsprop / adam / adamw / lamb")
-    g.add_argument("--decay", type=float, default=0.9, help="RMSProp rho")
+    g.add_argument("--optimizer", default=_OPT["name"], choices=OPTIMIZER_NAMES)
+    g.add_argument("--momentum", type=float, default=_OPT["momentum"], help="rmsprop / momentum")
+    # NOTE: beta_1 / beta_2 are Keras' defaults, not the reference's 0.0 (utils/optimizer_config).
+    g.add_argument("--beta_1", type=float, default=_OPT["beta_1"], help="adam / adamw / lamb")
+    g.add_argument("--beta_2", type=float, default=_OPT["beta_2"], help="adam / adamw / lamb")
+    g.add_argument("--nesterov", action=bool_flag, default=_OPT["nesterov"], help="momentum")
+    g.add_argument(
+        "--opt_epsilon", type=float, default=_OPT["epsilon"], help="rmsprop / adam / adamw / lamb"
+    )
+    g.add_argument("--decay", type=float, default=_OPT["rho"], help="RMSProp rho")
     g.add_argument(
         "--weight_decay",
         type=float,
-        default=5e-6,
+        default=_OPT["weight_decay"],
         help="L2 in the loss (rmsprop/sgd/momentum/adam) or decoupled (adamw/lamb)",
     )
 
@@ -737,6 +768,12 @@ def resolve(
 def _defaults(parser: argparse.ArgumentParser) -> dict[str, Any]:
     """Every flag's default value by destination."""
     return {a.dest: a.default for a in parser._actions if a.dest != "help"}
+
+
+@functools.cache
+def flag_defaults() -> Mapping[str, Any]:
+    """Every flag's default value by destination (read-only), for code that shares one."""
+    return MappingProxyType(_defaults(build_parser()))
 
 
 def _explicit_flags(argv: Sequence[str]) -> dict[str, Any]:

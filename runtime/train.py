@@ -56,7 +56,7 @@ from runtime.components import (
 )
 from runtime.errors import NonFiniteLossError, RunError
 from runtime.evaluate import evaluate, make_eval_step, without_missing_timing
-from runtime.flags import TRAINING_MODES, params_filename
+from runtime.flags import TRAINING_MODES, flag_defaults, params_filename
 from utils.dllogger import MetricsLogger, ProgressBar
 from utils.ema import ExponentialMovingAverage
 from utils.fileio import atomic_dir, atomic_path, check_free_space
@@ -196,6 +196,9 @@ def stage_for_epoch(stages: Sequence[Stage], epoch: int) -> Stage:
 class StepConfig:
     """What the training step computes besides forward/backward.
 
+    Fields named like a flag default to that flag's default (runtime.flags, the one place it
+    is written); the derived ones default to off.
+
     Attributes:
       grad_accum_steps: micro-batches per optimizer update; inputs then carry a leading axis
         of this size ([A, B, H, W, 3]).
@@ -208,11 +211,11 @@ class StepConfig:
       advprop: add the adversarial loss through the auxiliary BNs; None for none.
     """
 
-    grad_accum_steps: int = 1
-    label_smoothing: float = 0.0
+    grad_accum_steps: int = flag_defaults()["grad_accum_steps"]
+    label_smoothing: float = flag_defaults()["label_smoothing"]
     l2_weight_decay: float = 0.0
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
+    mixup_alpha: float = flag_defaults()["mixup_alpha"]
+    cutmix_alpha: float = flag_defaults()["cutmix_alpha"]
     jit_compile: bool = False
     advprop: advprop.AdvPropConfig | None = None  # --advprop: the attack (runtime/advprop.py)
 

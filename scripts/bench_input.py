@@ -307,6 +307,7 @@ def main(argv=None) -> int:
             image_size=args.image_size,
             batch_size=args.batch_size,
             shuffle_buffer=args.num_images,
+            augmenter="none",
         )
         raug = DataConfig(
             **{

@@ -164,7 +164,9 @@ def test_train_step_loss_is_clean_plus_adversarial():
     opt = build_optimizer(OptimizerConfig(name="momentum"), 0.01, model.trainable_variables)
     opt.build(model.trainable_variables)
     metrics = TrainMetrics()
-    config = StepConfig(advprop=AdvPropConfig(epsilon=2.0, steps=1, step_size=2.0))
+    config = StepConfig(
+        label_smoothing=0.0, advprop=AdvPropConfig(epsilon=2.0, steps=1, step_size=2.0)
+    )
     step = make_train_step(model, opt, config=config, metrics=metrics)
     images, labels = _batch(8)
     images = images[:, :8, :8]
@@ -198,7 +200,7 @@ def test_train_step_adds_the_adversarial_loss_with_accumulation_and_ema():
         step = make_train_step(
             model,
             opt,
-            config=StepConfig(grad_accum_steps=2, advprop=config),
+            config=StepConfig(grad_accum_steps=2, label_smoothing=0.0, advprop=config),
             metrics=metrics,
             ema=ema,
         )

@@ -39,7 +39,9 @@ def convert(tree, out, train_shards=3, validation_shards=1) -> int:
 
 
 def read_all(data_dir, split, size=16):
-    cfg = DataConfig(dataset="imagenet", data_dir=str(data_dir), image_size=size, batch_size=4)
+    cfg = DataConfig(
+        dataset="imagenet", data_dir=str(data_dir), image_size=size, batch_size=4, augmenter="none"
+    )
     return fx.collect(build_dataset(cfg, split, repeat=False))
 
 

@@ -41,6 +41,7 @@ def imagenet_cfg(data_dir, **kw) -> DataConfig:
         image_size=SIZE,
         batch_size=4,
         seed=0,
+        augmenter="none",
     )
     return DataConfig(**{**base, **kw})
 
@@ -62,7 +63,7 @@ def test_synthetic_batches_have_contract_shapes():
 
 
 def test_digits_split_sizes_and_labels():
-    cfg = DataConfig(dataset="digits", image_size=SIZE, batch_size=64, seed=0)
+    cfg = DataConfig(dataset="digits", image_size=SIZE, batch_size=64, seed=0, augmenter="none")
     info = dataset_info(cfg)
     assert (info.num_classes, info.num_train, info.num_eval) == (10, 1437, 360)
     assert info.class_names == tuple(str(i) for i in range(10))
@@ -187,7 +188,12 @@ def test_folder_source_labels_class_names_and_non_images(tmp_path, caplog):
     (tmp_path / "train" / "ant" / "notes.txt").write_text("not an image")
     (tmp_path / "val" / "mole" / "empty.jpg").write_bytes(b"")
     cfg = DataConfig(
-        dataset="folder", data_dir=str(tmp_path), image_size=SIZE, batch_size=2, seed=1
+        dataset="folder",
+        data_dir=str(tmp_path),
+        image_size=SIZE,
+        batch_size=2,
+        seed=1,
+        augmenter="none",
     )
     info = dataset_info(cfg)
     assert info.class_names == ("ant", "mole", "zebra")
@@ -213,7 +219,12 @@ def test_tfds_mock_data_gives_batches_and_class_names():
     import tensorflow_datasets as tfds
 
     cfg = DataConfig(
-        dataset="tfds:imagenet2012", data_dir="/nonexistent", image_size=SIZE, batch_size=4, seed=0
+        dataset="tfds:imagenet2012",
+        data_dir="/nonexistent",
+        image_size=SIZE,
+        batch_size=4,
+        seed=0,
+        augmenter="none",
     )
     with tfds.testing.mock_data(num_examples=8):
         info = dataset_info(cfg)
@@ -331,3 +342,14 @@ def test_requested_num_classes_disagreeing_with_metadata_is_an_error(records_dir
             dataset_info(imagenet_cfg(records_dir, num_classes=5))
     finally:
         os.remove(os.path.join(records_dir, "dataset_info.json"))
+
+
+def test_augmentation_and_mixing_seeds_differ_per_input_pipeline():
+    from dataloader.pipeline import _stream_seeds
+
+    cfg = DataConfig(dataset="synthetic", seed=3)
+    contexts = [tf.distribute.InputContext(2, i, 1) for i in (0, 1)]
+    seeds = [s for ctx in contexts for s in _stream_seeds(cfg, ctx)]
+    assert len(set(seeds)) == 4 and all(isinstance(s, int) for s in seeds)
+    assert _stream_seeds(cfg, None) == _stream_seeds(cfg, contexts[0])
+    assert _stream_seeds(dataclasses.replace(cfg, seed=None), contexts[1]) == (None, None)

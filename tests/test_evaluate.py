@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from runtime.evaluate import evaluate, latency_stats, make_eval_step
+from runtime.evaluate import _EvalTally, evaluate, latency_stats, make_eval_step
 
 
 def test_latency_percentiles_are_true_order_statistics():
@@ -233,3 +233,33 @@ def test_untimed_evaluation_warns_once_and_drops_nan_timing(caplog):
         "timed_steps": 0,
     }
     assert without_missing_timing(results) == {"top1": 0.5, "timed_steps": 0}
+
+
+def batch_sums(count: float, top1: float) -> dict[str, float]:
+    return {"loss_sum": 0.5 * count, "top1_sum": top1, "top5_sum": count, "count": count}
+
+
+def test_eval_tally_times_full_batches_after_warmup_only():
+    tally = _EvalTally(confusion_classes=None, warmup_steps=1)
+    tally.add(batch_sums(4, 1), None, wait_s=1.0, step_s=9.0)  # warm-up: counted, not timed
+    tally.add(batch_sums(4, 3), None, wait_s=0.5, step_s=1.5)
+    tally.add(batch_sums(4, 2), None, wait_s=0.5, step_s=0.5)
+    tally.add(batch_sums(2, 2), None, wait_s=0.1, step_s=0.1)  # smaller last batch: not timed
+    results = tally.results(num_replicas=2)
+    assert "confusion_matrix" not in results
+    assert (results["num_images"], results["num_steps"], results["timed_steps"]) == (14, 4, 2)
+    assert results["top1"] == pytest.approx(8 / 14) and results["top5"] == 1.0
+    assert results["loss"] == pytest.approx(0.5)
+    assert results["images_per_sec"] == pytest.approx(8 / 3.0)  # input wait included
+    assert results["images_per_sec_per_device"] == pytest.approx(4 / 3.0)
+    assert results["latency_mean_ms"] == pytest.approx(1000.0)  # input wait excluded
+
+
+def test_eval_tally_sums_the_confusion_matrix():
+    tally = _EvalTally(confusion_classes=2, warmup_steps=0)
+    for step in ([[1.0, 0.0], [1.0, 0.0]], [[0.0, 1.0], [0.0, 2.0]]):
+        tally.add(batch_sums(2, 1), tf.constant(step), wait_s=0.0, step_s=0.0)
+    results = tally.results(num_replicas=1)
+    np.testing.assert_array_equal(results["confusion_matrix"], [[1, 1], [1, 2]])
+    assert results["confusion_matrix"].dtype == np.int64
+    assert math.isnan(results["images_per_sec"])  # no wall time measured

@@ -25,7 +25,7 @@ def one_step(model, l2=1e-3):
     """One SGD step on random data through the real training step; returns it."""
     opt = build_optimizer(OptimizerConfig(name="sgd"), 0.1, model.trainable_variables)
     opt.build(model.trainable_variables)
-    step = make_train_step(model, opt, config=StepConfig(l2_weight_decay=l2))
+    step = make_train_step(model, opt, config=StepConfig(label_smoothing=0.0, l2_weight_decay=l2))
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     y = np.eye(model.output_shape[-1], dtype="float32")[[0, 1, 2, 3]]

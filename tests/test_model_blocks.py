@@ -5,7 +5,11 @@ import keras
 import numpy as np
 import pytest
 
+from config.defaults import MODEL_DEFAULTS
 from model.blocks import FusedMBConvBlock, MBConvBlock, SqueezeExcite
+
+# What model.efficientnet.make_block passes from the model config (the blocks have no defaults).
+CONFIG = {k: MODEL_DEFAULTS[k] for k in ("activation", "bn_momentum", "bn_epsilon")}
 
 CASES = [  # (class, kwargs, expected sublayer names)
     (
@@ -30,12 +34,12 @@ CASES = [  # (class, kwargs, expected sublayer names)
     ),
     (
         FusedMBConvBlock,
-        dict(in_ch=16, out_ch=16, kernel=3, stride=1, expand=1),
+        dict(in_ch=16, out_ch=16, kernel=3, stride=1, expand=1, se_ratio=0.0),
         ["project_conv", "project_bn", "project_activation"],
     ),
     (
         FusedMBConvBlock,
-        dict(in_ch=16, out_ch=32, kernel=3, stride=2, expand=4),
+        dict(in_ch=16, out_ch=32, kernel=3, stride=2, expand=4, se_ratio=0.0),
         ["expand_conv", "expand_bn", "expand_activation", "project_conv", "project_bn"],
     ),
     (
@@ -48,7 +52,7 @@ CASES = [  # (class, kwargs, expected sublayer names)
 
 @pytest.mark.parametrize("cls, kwargs, names", CASES)
 def test_block_shapes_names_and_config_round_trip(cls, kwargs, names):
-    block = cls(**kwargs, drop_rate=0.1, name="stage3_block2")
+    block = cls(**kwargs, **CONFIG, drop_rate=0.1, name="stage3_block2")
     x = np.random.default_rng(0).normal(size=(2, 9, 9, kwargs["in_ch"])).astype("float32")
     y = block(x, training=True)
     size = 9 if kwargs["stride"] == 1 else 5  # 'same' padding: ceil(9 / 2)
@@ -75,7 +79,7 @@ def test_block_shapes_names_and_config_round_trip(cls, kwargs, names):
 
 
 def test_nothing_is_created_in_call():
-    block = MBConvBlock(8, 8, 3, 1, 4, 0.25, name="b")
+    block = MBConvBlock(8, 8, 3, 1, 4, 0.25, **CONFIG, name="b")
     x = np.ones((1, 4, 4, 8), "float32")
     block(x)
     weights, sublayers = len(block.weights), len(block._flatten_layers())
@@ -85,7 +89,7 @@ def test_nothing_is_created_in_call():
 
 
 def test_squeeze_excite_gates_channels_in_0_1():
-    se = SqueezeExcite(filters=6, se_filters=2, name="se")
+    se = SqueezeExcite(filters=6, se_filters=2, activation=CONFIG["activation"], name="se")
     x = np.abs(np.random.default_rng(1).normal(size=(2, 5, 5, 6))).astype("float32") + 0.1
     y = keras.ops.convert_to_numpy(se(x))
     gate = y / x  # one sigmoid gate per (sample, channel), the same over space
@@ -100,7 +104,7 @@ def test_squeeze_excite_gates_channels_in_0_1():
 
 
 def test_stochastic_depth_drops_whole_samples_in_training_only():
-    block = MBConvBlock(8, 8, 3, 1, 1, 0.0, drop_rate=0.5, name="b")
+    block = MBConvBlock(8, 8, 3, 1, 1, 0.0, **CONFIG, drop_rate=0.5, name="b")
     x = np.random.default_rng(2).normal(size=(64, 4, 4, 8)).astype("float32")
     block(x)
     branch = keras.ops.convert_to_numpy(block(x, training=True)) - x

@@ -117,7 +117,15 @@ def test_round_repeats_table(repeats, depth, expected):
 def test_expand_blocks_scales_strides_and_drop_rates():
     specs = parse_blocks(("r1_k3_s1_e1_i32_o16_se0.25", "r2_k3_s2_e6_i16_o24_se0.25"))
     before = list(specs)
-    placed = expand_blocks(specs, width=1.0, depth=2.0, drop_connect_rate=0.2)
+    placed = expand_blocks(
+        specs,
+        width=1.0,
+        depth=2.0,
+        divisor=8,
+        min_depth=None,
+        round_down_guard=True,
+        drop_connect_rate=0.2,
+    )
     assert specs == tuple(before)  # nothing mutated
     assert [p.name for p in placed] == [
         "stage1_block1",

@@ -213,7 +213,9 @@ def test_xla_step_matches_plain_step(accum, scaling):
         step = make_train_step(
             model,
             opt,
-            config=StepConfig(grad_accum_steps=accum, jit_compile=jit, l2_weight_decay=1e-3),
+            config=StepConfig(
+                grad_accum_steps=accum, label_smoothing=0.0, jit_compile=jit, l2_weight_decay=1e-3
+            ),
             metrics=TrainMetrics(),
         )
         step((x, y))

@@ -17,41 +17,14 @@ Weight decay has two meanings, chosen by the optimizer's name:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import keras
 from keras import ops
 
 from utils.choices import OPTIMIZERS  # noqa: F401 (re-exported)
+from utils.optimizer_config import OptimizerConfig
 
 DECOUPLED_DECAY = ("adamw", "lamb")
-
-
-@dataclass(frozen=True)
-class OptimizerConfig:
-    """The optimizer flags of the command line.
-
-    Attributes:
-      name: one of OPTIMIZERS.
-      momentum: momentum of rmsprop / momentum (`--momentum`).
-      beta_1: first-moment decay of adam / adamw / lamb.
-      beta_2: second-moment decay of adam / adamw / lamb.
-      nesterov: Nesterov momentum for `momentum`.
-      epsilon: `--opt_epsilon` of rmsprop / adam / adamw / lamb.
-      rho: RMSProp's discounting factor (`--decay`).
-      weight_decay: L2 coefficient or decoupled decay, see the module docstring.
-      grad_clip_norm: clip the global gradient norm to this value; 0 or None for no clipping.
-    """
-
-    name: str = "rmsprop"
-    momentum: float = 0.9
-    beta_1: float = 0.9
-    beta_2: float = 0.999
-    nesterov: bool = False
-    epsilon: float = 0.001
-    rho: float = 0.9
-    weight_decay: float = 5e-6
-    grad_clip_norm: float | None = None
 
 
 # Layer names of model/ whose variables the L2 penalty skips: BatchNorm's gamma/beta and the
