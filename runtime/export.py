@@ -561,7 +561,9 @@ def open_exported(
     """
     path = runtimes.runtime_artifact(params)
     try:
-        runtime = runtimes.load_runtime(params["runtime"], path, params["runtime_threads"])
+        runtime = runtimes.load_runtime(
+            params["runtime"], path, params["runtime_threads"], params["runtime_batch"]
+        )
     except runtimes.RuntimeUnavailable as err:
         raise RunError(str(err)) from err
     if int(runtime.output_shape[-1]) != num_classes:
@@ -632,5 +634,10 @@ def run_runtime_benchmark(params: Mapping[str, Any]) -> dict[str, Any]:
                 }
             )
         document = benchmark._header(params, dist, "inference_benchmark", params["eval_img_size"])
-        document.update(runtime=params["runtime"], artifact=loaded["path"], results=rows)
+        document.update(
+            runtime=params["runtime"],
+            artifact=loaded["path"],
+            runtime_batch=runtime.micro_batch,
+            results=rows,
+        )
         return benchmark._report(params, document, "latency", log, is_chief)

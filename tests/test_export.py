@@ -156,6 +156,7 @@ def test_inference_benchmark_with_an_exported_runtime(exported):
 
     document = run_inference_benchmark({**params, "use_xla": False})
     assert document["runtime"] == "onnxruntime"
+    assert document["runtime_batch"] == runtimes.DEFAULT_MICRO_BATCH["onnxruntime"]
     assert document["artifact"].endswith(os.path.join("export", "model.onnx"))
     assert [r["batch_size"] for r in document["results"]] == [1, 4]
     for row in document["results"]:
@@ -164,6 +165,45 @@ def test_inference_benchmark_with_an_exported_runtime(exported):
         assert row["images_per_sec"] == pytest.approx(
             row["batch_size"] * 1000.0 / row["latency_mean_ms"]
         )
+
+
+class _RecordingRuntime(runtimes.Runtime):
+    def __init__(self):
+        super().__init__("", (None, 2), None)
+        self.calls = []
+
+    def _run(self, images):
+        self.calls.append(len(images))
+        return images[:, :2, 0, 0]
+
+
+def test_micro_batches_slice_the_batch_and_keep_the_order():
+    images = np.random.default_rng(0).uniform(0, 255, (20, 3, 3, 3)).astype(np.float32)
+    runtime = _RecordingRuntime()
+    whole = runtime(images)
+    runtime.micro_batch = 8
+    sliced = runtime(images)
+    assert runtime.calls == [20, 8, 8, 4]
+    np.testing.assert_array_equal(sliced, whole)
+    runtime.micro_batch, runtime.calls = 32, []
+    runtime(images)
+    assert runtime.calls == [20]
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "litert"])
+def test_runtime_batch_gives_the_same_logits_as_one_call(exported, runtime):
+    model_dir, _ = exported
+    skip_without(*RUNTIME_NEEDS[runtime])
+    path = runtimes.runtime_artifact(
+        {"model_dir": str(model_dir), "runtime": runtime, "export_quantize": "none"}
+    )
+    images = np.random.default_rng(1).uniform(0, 255, (5, 32, 32, 3)).astype(np.float32)
+    default = runtimes.load_runtime(runtime, path)
+    assert default.micro_batch == runtimes.DEFAULT_MICRO_BATCH[runtime]
+    whole = runtimes.load_runtime(runtime, path, micro_batch=0)
+    assert whole.micro_batch is None
+    sliced = runtimes.load_runtime(runtime, path, micro_batch=2)
+    np.testing.assert_allclose(sliced(images), whole(images), rtol=1e-5, atol=1e-6)
 
 
 def test_eval_transform_matches_preprocess_for_eval():
@@ -327,6 +367,8 @@ def test_bad_export_and_runtime_flags_exit_2_and_write_nothing(tmp_path, capsys)
     )
     code, err = _error(capsys, tiny_args(run, "inference_benchmark", "--runtime_threads", "0"))
     assert code == 2 and err == "main.py: error: --runtime_threads must be >= 1, got 0"
+    code, err = _error(capsys, tiny_args(run, "inference_benchmark", "--runtime_batch", "-1"))
+    assert code == 2 and err == "main.py: error: --runtime_batch must be >= 0, got -1"
     assert not run.exists()
 
 
