@@ -9,7 +9,11 @@ LiteRT file) and timed next to keras.applications' EfficientNet (TensorFlow back
 torch and timm are installed, timm's (PyTorch CPU). Runtimes take turns: `--rounds` rounds of
 `--steps` calls each, so a change in machine load hits every runtime alike; after one untimed
 warm-up call per runtime. Latency is one call on a host batch (random 0..255 images); img/s is
-batch / median latency. Prints a Markdown table (docs/deployment.md has the one we measured).
+batch / median latency. ONNX Runtime and LiteRT are timed at each `--runtime_batches` setting
+(`--runtime_batch`: slices of N images per call, 0 = the whole batch in one call). GFLOP/s is
+2 x the multiply-adds of our ONNX graph's Conv and MatMul nodes x img/s, next to this machine's
+numpy float32 matrix-multiply rate (a reference for what the cores can do). Prints a Markdown
+table (docs/deployment.md has the one we measured).
 """
 
 from __future__ import annotations
@@ -57,6 +61,41 @@ def load_average() -> str:
         return "unknown"
 
 
+def onnx_macs(path: str) -> int:
+    """Multiply-adds of one image through the Conv and MatMul nodes of an ONNX file."""
+    import onnx
+
+    model = onnx.load(path)
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    shapes = {
+        v.name: [d.dim_value or 1 for d in v.type.tensor_type.shape.dim]
+        for v in [*graph.value_info, *graph.input, *graph.output]
+    }
+    shapes.update({t.name: list(t.dims) for t in graph.initializer})
+    macs = 0
+    for node in graph.node:
+        if node.op_type == "Conv":  # weight [Cout, Cin/groups, kh, kw], output [1, Cout, H, W]
+            weight, out = shapes[node.input[1]], shapes[node.output[0]]
+            macs += int(np.prod(out[1:])) * int(np.prod(weight[1:]))
+        elif node.op_type == "MatMul":
+            a, b = shapes[node.input[0]], shapes[node.input[1]]
+            macs += int(np.prod(a[1:])) * int(b[-1])
+    return macs
+
+
+def sgemm_gflops(size: int = 2048, calls: int = 7) -> float:
+    """Median float32 matrix-multiply GFLOP/s of numpy's BLAS on all cores."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
+    a @ b
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / np.median(times) / 1e9
+
+
 def tf_runner(model):
     """A Keras model in a tf.function (no XLA: slower on CPU), numpy in, numpy out."""
     import tensorflow as tf
@@ -81,8 +120,12 @@ def timm_runner(name: str, image_size: int, threads: int | None):
     return run
 
 
-def build_runners(key: str, workdir: str, threads: int | None, int8: bool) -> dict:
-    """{runtime label: callable(images)} for one model, exporting ours into `workdir`."""
+def build_runners(
+    key: str, workdir: str, threads: int | None, int8: bool, runtime_batches: list[int]
+) -> tuple[dict, int]:
+    """({runtime label: callable(images)}, multiply-adds per image) for one model, exporting ours
+    into `workdir`. A runtime timed at several --runtime_batch settings gets one label each
+    ("... [slices of 8]", "... [whole batch]"); `batch_of(label)` reads the setting back."""
     import keras
 
     from config.loader import load_config
@@ -119,10 +162,39 @@ def build_runners(key: str, workdir: str, threads: int | None, int8: bool) -> di
             f"vs Keras {diff['max_abs_diff_logits']:.2g}",
             flush=True,
         )
-        runners[label] = runtimes.load_runtime(runtime_name, path, threads)
+        if fmt == "onnx":
+            macs = onnx_macs(path)
+        if runtime_name == "saved_model":
+            runners[label] = runtimes.load_runtime(runtime_name, path, threads)
+            continue
+        for micro in runtime_batches:
+            slices = f"slices of {micro}" if micro else "whole batch"
+            runners[f"{label} [{slices}]"] = runtimes.load_runtime(
+                runtime_name, path, threads, micro
+            )
     if importlib.util.find_spec("timm") and importlib.util.find_spec("torch"):
         runners["timm (PyTorch)"] = timm_runner(timm_name, size, threads)
-    return runners
+    return runners, macs
+
+
+def batch_of(label: str) -> int | None:
+    """The --runtime_batch a label was timed at (None: not sliced; 0: whole batch)."""
+    if label.endswith("[whole batch]"):
+        return 0
+    if "[slices of " in label:
+        return int(label.rsplit("[slices of ", 1)[1].rstrip("]"))
+    return None
+
+
+def runners_for_batch(runners: dict, batch: int) -> dict:
+    """The runners worth timing at `batch`: a slicing setting >= batch makes one call, the same
+    as the whole batch, so it is left out when the whole-batch label of that runtime exists."""
+    whole = {label.rsplit(" [", 1)[0] for label in runners if batch_of(label) == 0}
+    return {
+        label: run
+        for label, run in runners.items()
+        if not (batch_of(label) and batch_of(label) >= batch and label.rsplit(" [", 1)[0] in whole)
+    }
 
 
 def measure(runners: dict, images: np.ndarray, steps: int, rounds: int) -> dict[str, list[float]]:
@@ -161,12 +233,18 @@ def main(argv=None) -> int:
         default=True,
         help="also time a dynamic-range int8 LiteRT file",
     )
+    parser.add_argument(
+        "--runtime_batches",
+        default="8,0",
+        help="--runtime_batch settings to time ONNX Runtime and LiteRT at (0: whole batch)",
+    )
     args = parser.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         parser.error(f"unknown model(s) {','.join(unknown)}; choose from {','.join(MODELS)}")
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    runtime_batches = [int(b) for b in args.runtime_batches.split(",")]
 
     import keras
     import tensorflow as tf
@@ -176,12 +254,17 @@ def main(argv=None) -> int:
         f"{os.cpu_count()} cores; TF {tf.__version__}, Keras {keras.__version__}"
     )
     print(f"load before: {load_average()}")
+    peak = sgemm_gflops()
+    print(f"numpy float32 matmul (2048^3): {peak:.0f} GFLOP/s", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         for key in models:
             size = MODELS[key][1]
             print(f"{key} @ {size}: exporting", flush=True)
-            runners = build_runners(key, workdir, args.threads, args.int8)
+            all_runners, macs = build_runners(
+                key, workdir, args.threads, args.int8, runtime_batches
+            )
+            print(f"  {macs / 1e9:.2f} G multiply-adds per image (ONNX Conv + MatMul)")
             for batch in batch_sizes:
                 steps = args.steps or (10 if batch == 1 else 2)
                 images = (
@@ -193,23 +276,28 @@ def main(argv=None) -> int:
                     f"{key} @ {size}, batch {batch}: {args.rounds} x {steps} calls per runtime",
                     flush=True,
                 )
-                times = measure(runners, images, steps, args.rounds)
+                times = measure(runners_for_batch(all_runners, batch), images, steps, args.rounds)
                 base = batch / np.median(times[BASELINE])
                 for name, values in times.items():
                     ms = np.percentile(np.asarray(values) * 1000, [50, 90, 99])
                     ips = batch / np.median(values)
-                    rows.append((f"{key} @ {size}", batch, name, *ms, ips, ips / base))
-            del runners
+                    name = name.replace(" [whole batch]", "") if batch == 1 else name
+                    rows.append(
+                        (f"{key} @ {size}", batch, name, *ms, ips, 2 * macs * ips / 1e9, ips / base)
+                    )
+            del all_runners
     print(f"load after: {load_average()}")
     print(
-        "\n| model | batch | runtime | p50 ms | p90 ms | p99 ms | img/s | vs keras.applications |"
+        "\n| model | batch | runtime | p50 ms | p90 ms | p99 ms | img/s | GFLOP/s "
+        "| vs keras.applications |"
     )
-    print("|---|---:|---|---:|---:|---:|---:|---:|")
-    for model_name, batch, name, p50, p90, p99, ips, ratio in rows:
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    for model_name, batch, name, p50, p90, p99, ips, gflops, ratio in rows:
         print(
             f"| {model_name} | {batch} | {name} | {p50:.1f} | {p90:.1f} | {p99:.1f} | "
-            f"{ips:.1f} | {ratio:.2f}x |"
+            f"{ips:.1f} | {gflops:.0f} | {ratio:.2f}x |"
         )
+    print(f"\nnumpy float32 matmul on this machine: {peak:.0f} GFLOP/s")
     return 0
 
 
