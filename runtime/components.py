@@ -51,6 +51,9 @@ def setup_run(params: Mapping[str, Any]) -> distribute.Distribution:
     )
     if params["seed"] is not None:
         keras.utils.set_random_seed(params["seed"])
+        # keras' seeding leaves TF's global tf.random.Generator non-deterministic; it is part of
+        # every checkpoint (runtime.checkpoint.random_state), so the same seed gives the same one.
+        tf.random.set_global_generator(tf.random.Generator.from_seed(params["seed"]))
     configure_precision(params["use_amp"], params["amp_dtype"], params["use_tf32"])
     return dist
 
