@@ -14,7 +14,11 @@ TINY_MPARAMS = (
 
 
 def tiny_args(model_dir, mode: str, *extra: str) -> list[str]:
-    """main.py arguments of a tiny CPU run on the bundled digits."""
+    """main.py arguments of a tiny CPU run on the bundled digits.
+
+    No augmentation: tracing the AutoAugment policy (the flag default) costs seconds per training
+    input built; the augmenters have their own tests (tests/test_dataloader_augment.py).
+    """
     return [
         "--cfg",
         "config/efficientnet_v2/s_cfg.py",
@@ -27,6 +31,8 @@ def tiny_args(model_dir, mode: str, *extra: str) -> list[str]:
         "--model_dir",
         str(model_dir),
         "--no-use_xla",
+        "--augmenter_name",
+        "none",
         *extra,
     ]
 
