@@ -10,16 +10,11 @@ from PIL import Image
 
 import main
 from tests.data_fixtures import class_color
-from tests.tiny_run import TINY_MPARAMS
+from tests.tiny_run import TINY_MPARAMS, TWO_BLOCKS
 from utils.dllogger import read_log
 
 CLASSES = ("cat", "dog", "fox")
-# Two blocks (fused, then MBConv+SE): the walkthrough does not depend on depth, and a small graph
-# traces in half the time.
-TINY = (
-    TINY_MPARAMS.replace(",num_classes=10", "")
-    + ",blocks=('r1_k3_s1_e1_i24_o24_c1','r1_k3_s2_e4_i24_o32_se0.25')"
-)
+TINY = TINY_MPARAMS.replace(",num_classes=10", "") + "," + TWO_BLOCKS  # depth plays no part
 
 
 def write_jpeg_folder(root, per_class=20, val_per_class=6, size=32):

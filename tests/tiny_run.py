@@ -11,6 +11,9 @@ from runtime.components import create_model
 TINY_MPARAMS = (
     "width_coefficient=0.1,depth_coefficient=0.1,train_img_size=32,eval_img_size=32,num_classes=10"
 )
+# Two blocks (one fused-MBConv, one MBConv+SE) instead of the 6 stages: for run-level tests whose
+# checks do not depend on depth; the train step traces in about half the time.
+TWO_BLOCKS = "blocks=('r1_k3_s1_e1_i24_o24_c1','r1_k3_s2_e4_i24_o32_se0.25')"
 
 
 def tiny_args(model_dir, mode: str, *extra: str) -> list[str]:
