@@ -24,6 +24,7 @@ from runtime.distribute import (
     expand_tasks_per_node,
     resolve_cluster,
 )
+from tests import replica_worker
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -340,10 +341,13 @@ def test_mpi_errors(env, message):
         resolve_cluster(env)
 
 
-# --- strategies (a fresh process each: logical devices must be set before TF starts) ----------
+# --- strategies (another process: logical devices must be set before TF starts) --------------
 
 
 def run_python(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `code` in the shared two-replica worker, or in a fresh process with `env` added."""
+    if env is None:
+        return replica_worker.run(code)
     full_env = {
         k: v
         for k, v in os.environ.items()
