@@ -8,7 +8,7 @@ from runtime.benchmark import (
     run_training_benchmark,
     time_steps,
 )
-from tests.tiny_run import tiny_params
+from tests.tiny_run import TINY_MPARAMS, TWO_BLOCKS, tiny_params
 from utils.dllogger import read_log
 
 
@@ -79,6 +79,8 @@ def test_training_benchmark_json_and_table(tmp_path, capsys):
     params = tiny_params(
         tmp_path,
         "training_benchmark",
+        "--mparams",
+        f"{TINY_MPARAMS},{TWO_BLOCKS}",  # the step is traced once per batch size
         "--dataset",
         "synthetic",
         "--benchmark_batch_sizes",

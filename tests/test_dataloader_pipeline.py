@@ -260,6 +260,19 @@ def test_in_pipeline_mixing_and_randaugment_keep_ranges(records_dir):
     assert set(np.unique(labels)) == {0.0, 1.0}
 
 
+def test_in_pipeline_autoaugment_keeps_range_and_changes_pixels(records_dir):
+    """The flag default (the tiny end-to-end runs train without augmentation, for speed)."""
+    cfg = imagenet_cfg(records_dir, augmenter="autoaugment")
+    images, labels = fx.collect(build_dataset(cfg, "train", repeat=False))
+    plain, plain_labels = fx.collect(
+        build_dataset(dataclasses.replace(cfg, augmenter="none"), "train", repeat=False)
+    )
+    assert images.shape == plain.shape == (12, SIZE, SIZE, 3)
+    assert images.min() >= 0 and images.max() <= 255
+    np.testing.assert_array_equal(labels, plain_labels)  # same seed: same order and crops
+    assert not np.array_equal(images, plain)
+
+
 def test_eval_is_deterministic_and_cache_gives_same_data(records_dir):
     cfg = imagenet_cfg(records_dir, cache=True)
     ds = build_dataset(cfg, "validation", repeat=True).take(4)  # two passes of 2 batches

@@ -25,6 +25,7 @@ from runtime.distribute import (
     expand_tasks_per_node,
     resolve_cluster,
 )
+from tests import replica_worker
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -399,10 +400,13 @@ def test_distribution_is_frozen_and_carries_fp16_compression():
     assert not distribute.Distribution(strategy).fp16_compression
 
 
-# --- strategies (a fresh process each: logical devices must be set before TF starts) ----------
+# --- strategies (another process: logical devices must be set before TF starts) --------------
 
 
 def run_python(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `code` in the shared two-replica worker, or in a fresh process with `env` added."""
+    if env is None:
+        return replica_worker.run(code)
     full_env = {
         k: v
         for k, v in os.environ.items()

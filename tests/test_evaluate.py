@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from runtime.evaluate import _EvalTally, evaluate, latency_stats, make_eval_step
+from tests import replica_worker
 
 
 def test_latency_percentiles_are_true_order_statistics():
@@ -152,12 +153,9 @@ def test_eval_without_checkpoint_exits_1(tmp_path, capsys):
 
 
 def test_evaluate_under_mirrored_strategy_matches_one_device():
-    """Two logical CPU replicas: global sums, not per-replica means (subprocess: devices must be
-    configured before TensorFlow starts)."""
+    """Two logical CPU replicas: global sums, not per-replica means (in the replica worker: devices
+    must be configured before TensorFlow starts)."""
     import json
-    import os
-    import subprocess
-    import sys
     import textwrap
 
     code = textwrap.dedent("""
@@ -183,10 +181,7 @@ def test_evaluate_under_mirrored_strategy_matches_one_device():
         distributed = evaluate(model, dist, strategy=strategy, progress=False)
         print(json.dumps([one, plain, distributed]))
     """)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300
-    )
+    proc = replica_worker.run(code)
     assert proc.returncode == 0, proc.stderr[-2000:]
     one, plain, distributed = json.loads(proc.stdout.strip().splitlines()[-1])
     for got in (plain, distributed):

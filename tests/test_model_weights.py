@@ -1,5 +1,7 @@
 """Import keras.applications EfficientNet(V2) weights: same outputs on raw 0..255 input."""
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -14,8 +16,13 @@ IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 NO_DROPOUT = "dropout_rate=0.0,drop_connect_rate=0.0"
 
 
+@functools.cache
 def reference(name):
     """A keras.applications model with random weights, preprocessing as its ImageNet release.
+
+    Built once per name and shared (a full-size build takes seconds): the tests only read it.
+    A training-mode forward pass moves its BatchNorm statistics, but each test copies the
+    reference as it is at that moment into a fresh model of ours before comparing.
 
     keras.applications v1 built with weights=None has an un-adapted Normalization layer
     (identity after x/255); give it the ImageNet mean/std so it preprocesses like the

@@ -32,7 +32,7 @@ from runtime import flags
 from runtime.lock import LockError, ModelDirLock, claim_model_dir, lock_path
 from tests import data_fixtures
 from tests.test_config_loader import BAD_MPARAMS
-from tests.tiny_run import TINY_MPARAMS, save_random_checkpoint, tiny_args, tiny_params
+from tests.tiny_run import TINY_MPARAMS, TWO_BLOCKS, save_random_checkpoint, tiny_args, tiny_params
 from utils import fileio
 from utils.fileio import WriteError
 
@@ -579,6 +579,8 @@ def test_export_does_not_happen_after_a_nan_validation(capsys, tmp_path, monkeyp
             "1",
             "--train_batch_size",
             "4",
+            "--mparams",
+            f"{TINY_MPARAMS},{TWO_BLOCKS}",
         ),
     )
     last = err.splitlines()[-1] + "\n"  # progress bars come before it on stderr

@@ -1,6 +1,4 @@
 import os
-import subprocess
-import sys
 import textwrap
 
 import keras
@@ -9,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from runtime.train import stage_for_epoch, stage_schedule
+from tests import replica_worker
 from tests.train_fixtures import batch, build_trainer, tiny_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -138,7 +137,7 @@ def test_fp16_loss_scaling_step_updates_weights_and_keeps_scale():
 def test_mirrored_strategy_equals_no_strategy():
     """Two logical CPU replicas (per-replica batch 4; with and without accumulation; with loss
     scaling; float16 all-reduce) give the same weights, EMA and metrics as one replica with
-    batch 8. Own process:
+    batch 8. In the replica worker:
     logical devices must be set up before TensorFlow initializes."""
     script = textwrap.dedent("""
         import numpy as np, tensorflow as tf
@@ -178,15 +177,7 @@ def test_mirrored_strategy_equals_no_strategy():
             np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-4)
         print("MIRRORED_OK")
     """)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    proc = replica_worker.run(script)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "MIRRORED_OK" in proc.stdout
 

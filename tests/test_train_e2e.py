@@ -1,5 +1,5 @@
-"""End to end through main.py on the bundled digits with a tiny model: resume after kill -9
-(step, LR, stage), NaN handling. train_and_eval + predict: tests/test_quickstart.py."""
+"""End to end through main.py on the bundled digits with a tiny model: resume after a crash or
+kill -9 (step, LR, stage), NaN handling. train_and_eval + predict: tests/test_quickstart.py."""
 
 import os
 import signal
@@ -19,6 +19,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = os.path.join(ROOT, "config", "efficientnet_v1", "b0_cfg.py")
 STEPS = 3
 BATCH = 16
+# Two MBConv blocks (strides 1 and 2): what these tests check does not depend on depth, and a
+# small graph halves the seconds spent tracing the train step of each stage.
+MPARAMS = (
+    "width_coefficient=0.1,depth_coefficient=0.1,"
+    "blocks=('r1_k3_s1_e1_i32_o16_se0.25','r1_k3_s2_e6_i16_o24_se0.25')"
+)
 
 
 def tiny_args(model_dir, *extra):
@@ -26,7 +32,7 @@ def tiny_args(model_dir, *extra):
         "--cfg",
         CFG,
         "--mparams",
-        "width_coefficient=0.1,depth_coefficient=0.1",
+        MPARAMS,
         "--dataset",
         "digits",
         "--train_img_size",
@@ -64,11 +70,10 @@ def progress(records):
     }
 
 
-def test_resume_after_kill_9_continues_step_lr_and_stage(tmp_path):
-    """Kill -9 a 4-epoch, 2-stage run after its 2nd checkpoint; the rerun resumes at the next
-    epoch, in stage 2, with the global step and learning rate where they were."""
-    args = tiny_args(
-        tmp_path,
+def resume_run_args(model_dir):
+    """A 4-epoch, 2-stage run (stage 1: epochs 1-2 at 24 px) with a checkpoint every epoch."""
+    return tiny_args(
+        model_dir,
         "--mode",
         "train",
         "--max_epochs",
@@ -82,6 +87,60 @@ def test_resume_after_kill_9_continues_step_lr_and_stage(tmp_path):
         "--lr_decay",
         "cosine",
     )
+
+
+def check_resumed_run(model_dir, args, saved_epoch):
+    """Rerun `args`: it resumes at the epoch after `saved_epoch`, in the stage of that epoch,
+    with the global step and learning rate where they were, and finishes the run."""
+    assert main.main(args) == 0
+    records = read_log(str(model_dir / "log.json"))
+    resumed_from = max(i for i, r in enumerate(records) if r.get("step") == "PARAMETER")
+    after = progress(records[resumed_from:])
+    first = min(after)
+    assert first == (saved_epoch + 1, 2)
+    schedule = build_schedule("cosine", 0.008, BATCH, STEPS, 4, 1, 2.4, 0.97)
+    for (epoch, step), data in after.items():
+        global_step = (epoch - 1) * STEPS + step
+        assert (data["stage"], data["image_size"]) == ((1, 24) if epoch <= 2 else (2, 32))
+        # The logged LR is the one of the next update, i.e. schedule(global step).
+        assert data["train.lr"] == pytest.approx(float(schedule(global_step)), rel=1e-5)
+    assert records[-1]["data"]["global_step"] == 4 * STEPS
+    assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith("ckpt-4")
+
+
+class _Crash(Exception):
+    """Ends a run right after a checkpoint, as a crash would (nothing in the loop catches it)."""
+
+
+def test_resume_after_a_crash_continues_step_lr_and_stage(tmp_path, monkeypatch):
+    """The run dies right after its 2nd checkpoint (end of stage 1); the rerun resumes at
+    epoch 3, in stage 2, with the global step and learning rate where they were. In-process:
+    the SIGKILL variant below needs a second TensorFlow process (slow); a checkpoint that a
+    SIGKILL interrupts is tested in tests/test_checkpoint.py."""
+    from runtime.checkpoint import TrainingCheckpoint
+
+    args = resume_run_args(tmp_path)
+    real_save = TrainingCheckpoint.save
+
+    def save_then_crash(self, epoch):
+        path = real_save(self, epoch)
+        if epoch == 2:
+            raise _Crash
+        return path
+
+    monkeypatch.setattr(TrainingCheckpoint, "save", save_then_crash)
+    with pytest.raises(_Crash):
+        main.main(args)
+    monkeypatch.setattr(TrainingCheckpoint, "save", real_save)
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-2")
+    check_resumed_run(tmp_path, args, saved_epoch=2)
+
+
+@pytest.mark.slow  # a second TensorFlow process; the in-process crash above is the fast variant
+def test_resume_after_kill_9_continues_step_lr_and_stage(tmp_path):
+    """Kill -9 a 4-epoch, 2-stage run after its 2nd checkpoint; the rerun resumes at the next
+    epoch, in stage 2, with the global step and learning rate where they were."""
+    args = resume_run_args(tmp_path)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.Popen(
         [sys.executable, "main.py", *args],
@@ -101,21 +160,7 @@ def test_resume_after_kill_9_continues_step_lr_and_stage(tmp_path):
     # in between): then ckpt-1 is the latest, and loadable.
     saved_epoch = int(tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).rsplit("-", 1)[1])
     assert saved_epoch in (1, 2, 3)
-
-    assert main.main(args) == 0
-    records = read_log(str(tmp_path / "log.json"))
-    resumed_from = max(i for i, r in enumerate(records) if r.get("step") == "PARAMETER")
-    after = progress(records[resumed_from:])
-    first = min(after)
-    assert first == (saved_epoch + 1, 2)
-    schedule = build_schedule("cosine", 0.008, BATCH, STEPS, 4, 1, 2.4, 0.97)
-    for (epoch, step), data in after.items():
-        global_step = (epoch - 1) * STEPS + step
-        assert (data["stage"], data["image_size"]) == ((1, 24) if epoch <= 2 else (2, 32))
-        # The logged LR is the one of the next update, i.e. schedule(global step).
-        assert data["train.lr"] == pytest.approx(float(schedule(global_step)), rel=1e-5)
-    assert records[-1]["data"]["global_step"] == 4 * STEPS
-    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-4")
+    check_resumed_run(tmp_path, args, saved_epoch)
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(

@@ -11,10 +11,17 @@ from runtime.components import create_model
 TINY_MPARAMS = (
     "width_coefficient=0.1,depth_coefficient=0.1,train_img_size=32,eval_img_size=32,num_classes=10"
 )
+# Two blocks (one fused-MBConv, one MBConv+SE) instead of the 6 stages: for run-level tests whose
+# checks do not depend on depth; the train step traces in about half the time.
+TWO_BLOCKS = "blocks=('r1_k3_s1_e1_i24_o24_c1','r1_k3_s2_e4_i24_o32_se0.25')"
 
 
 def tiny_args(model_dir, mode: str, *extra: str) -> list[str]:
-    """main.py arguments of a tiny CPU run on the bundled digits."""
+    """main.py arguments of a tiny CPU run on the bundled digits.
+
+    No augmentation: tracing the AutoAugment policy (the flag default) costs seconds per training
+    input built; the augmenters have their own tests (tests/test_dataloader_augment.py).
+    """
     return [
         "--cfg",
         "config/efficientnet_v2/s_cfg.py",
@@ -27,6 +34,8 @@ def tiny_args(model_dir, mode: str, *extra: str) -> list[str]:
         "--model_dir",
         str(model_dir),
         "--no-use_xla",
+        "--augmenter_name",
+        "none",
         *extra,
     ]
 
