@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from dataloader.config import DataConfig, DataError, DatasetInfo
+from dataloader.digits import digits_splits
 from dataloader.files import FilePolicy, dir_is_followed, report_skipped, skip_reason
 from dataloader.tfrecord_format import ENCODED, LABEL, METADATA_FILE, SPLIT_PREFIXES
 
@@ -32,7 +33,6 @@ MAX_BAD_LABEL_FRACTION = 0.01
 # Stored-label histograms of scanned TFRecord splits, keyed by (file, size) tuples.
 _LABEL_COUNTS: dict[tuple, collections.Counter] = {}
 _FOLDER_SPLIT_DIRS = {"train": ("train",), "validation": ("val", "validation")}
-DIGITS_TRAIN_FRACTION, DIGITS_SPLIT_SEED = 0.8, 0
 
 
 def _shard_list(items: list, input_context, what: str) -> tuple[list, bool]:
@@ -467,22 +467,8 @@ class DigitsSource(_NamedClasses):
     """
 
     def __init__(self, cfg: DataConfig):
-        from sklearn.datasets import load_digits
-
         self.cfg = cfg
-        digits = load_digits()
-        images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
-        images = np.repeat(images[..., None], 3, axis=-1)
-        order = np.random.RandomState(DIGITS_SPLIT_SEED).permutation(len(images))
-        n_train = int(DIGITS_TRAIN_FRACTION * len(images))
-        self.split_arrays = {
-            "train": (images[order[:n_train]], digits.target[order[:n_train]].astype(np.int32)),
-            "validation": (
-                images[order[n_train:]],
-                digits.target[order[n_train:]].astype(np.int32),
-            ),
-        }
-        self.class_names = tuple(str(n) for n in digits.target_names)
+        self.split_arrays, self.class_names = digits_splits()
         if cfg.num_classes is not None and cfg.num_classes != len(self.class_names):
             raise DataError(f"num_classes={cfg.num_classes} but digits has 10 classes")
 

@@ -33,8 +33,8 @@ OPTIONAL_MODULES = {
 }
 REQUIREMENTS_FILE = "requirements-export.txt"
 # Images per call into ONNX Runtime / LiteRT when a larger batch is given (--runtime_batch).
-# Measured (docs/deployment.md, scripts/bench_inference.py --micro_batches): one call on 32
-# images runs 1.3-1.9x slower per image than 4 calls on 8 (the activations of 32 images leave
+# Measured (docs/deployment.md, scripts/bench_inference.py): 4 calls on 8 images are up to 1.18x
+# faster than one call on 32 (B0 in ONNX Runtime; the activations of 8 images stay closer to
 # the CPU caches); the TF runtimes gain nothing, so they take the whole batch.
 DEFAULT_MICRO_BATCH = {"onnxruntime": 8, "litert": 8}
 

@@ -17,8 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from PIL import Image  # noqa: E402
 
-from dataloader import DataConfig  # noqa: E402
-from dataloader.sources import DigitsSource  # noqa: E402
+from dataloader.digits import digits_splits  # noqa: E402  (no TensorFlow: starts in ~1 s)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder to write PNG files to")
     parser.add_argument("--count", type=int, default=20, help="number of images (1..360)")
     args = parser.parse_args(argv)
-    images, labels = DigitsSource(DataConfig(dataset="digits")).split_arrays["validation"]
+    splits, _ = digits_splits()
+    images, labels = splits["validation"]
     if not 1 <= args.count <= len(labels):
         parser.error(f"--count must be in 1..{len(labels)}, got {args.count}")
     os.makedirs(args.out, exist_ok=True)
