@@ -16,7 +16,20 @@ import main
 from dataloader.preprocessing import preprocess_for_eval
 from runtime import export, runtimes
 from runtime.errors import RunError
-from tests.tiny_run import save_random_checkpoint, tiny_args, tiny_params
+from tests import tiny_run
+from tests.tiny_run import save_random_checkpoint
+
+# Two blocks: the converters' time grows with the layer count, and no check here depends on depth.
+MPARAMS = f"{tiny_run.TINY_MPARAMS},{tiny_run.TWO_BLOCKS}"
+
+
+def tiny_args(model_dir, mode, *extra):
+    return tiny_run.tiny_args(model_dir, mode, *extra, mparams=MPARAMS)
+
+
+def tiny_params(model_dir, mode, *extra):
+    return tiny_run.tiny_params(model_dir, mode, *extra, mparams=MPARAMS)
+
 
 HAVE = {m: importlib.util.find_spec(m) is not None for m in runtimes.OPTIONAL_MODULES}
 FORMAT_NEEDS = {

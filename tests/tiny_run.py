@@ -16,7 +16,7 @@ TINY_MPARAMS = (
 TWO_BLOCKS = "blocks=('r1_k3_s1_e1_i24_o24_c1','r1_k3_s2_e4_i24_o32_se0.25')"
 
 
-def tiny_args(model_dir, mode: str, *extra: str) -> list[str]:
+def tiny_args(model_dir, mode: str, *extra: str, mparams: str = TINY_MPARAMS) -> list[str]:
     """main.py arguments of a tiny CPU run on the bundled digits.
 
     No augmentation: tracing the AutoAugment policy (the flag default) costs seconds per training
@@ -26,7 +26,7 @@ def tiny_args(model_dir, mode: str, *extra: str) -> list[str]:
         "--cfg",
         "config/efficientnet_v2/s_cfg.py",
         "--mparams",
-        TINY_MPARAMS,
+        mparams,
         "--mode",
         mode,
         "--dataset",
@@ -40,9 +40,9 @@ def tiny_args(model_dir, mode: str, *extra: str) -> list[str]:
     ]
 
 
-def tiny_params(model_dir, mode: str, *extra: str) -> dict:
+def tiny_params(model_dir, mode: str, *extra: str, mparams: str = TINY_MPARAMS) -> dict:
     """The resolved params dict main.py would pass to the mode function."""
-    return flags.parse(tiny_args(model_dir, mode, *extra))
+    return flags.parse(tiny_args(model_dir, mode, *extra, mparams=mparams))
 
 
 def save_random_checkpoint(params: dict, num_classes: int = 10):
