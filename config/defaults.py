@@ -26,3 +26,25 @@ MODEL_DEFAULTS = MappingProxyType(
         "input_normalization": "imagenet",
     }
 )
+
+# Keys model.build_model reads; everything else in a config (training hyper-parameters) is
+# ignored. Here rather than in model/ so that runtime.run_params reads them without TensorFlow.
+MODEL_KEYS = (
+    "name",
+    "blocks",
+    "width_coefficient",
+    "depth_coefficient",
+    "dropout_rate",
+    "drop_connect_rate",
+    "activation",
+    "bn_momentum",
+    "bn_epsilon",
+    "depth_divisor",
+    "min_depth",
+    "round_down_guard",
+    "stem_filters",
+    "head_filters",
+    "num_classes",
+    "include_top",
+    "input_normalization",
+)

@@ -21,32 +21,13 @@ from typing import Any
 import keras
 from keras import layers
 
+from config.defaults import MODEL_KEYS
 from config.loader import ConfigError
 from model.blocks import DENSE_KERNEL_INITIALIZER, FusedMBConvBlock, MBConvBlock, batch_norm, conv2d
 from model.specs import PlacedBlock, expand_blocks, parse_blocks, round_filters
 
 logger = logging.getLogger(__name__)
 
-# Keys the builder reads; everything else in a config (training hyper-parameters) is ignored.
-MODEL_KEYS = (
-    "name",
-    "blocks",
-    "width_coefficient",
-    "depth_coefficient",
-    "dropout_rate",
-    "drop_connect_rate",
-    "activation",
-    "bn_momentum",
-    "bn_epsilon",
-    "depth_divisor",
-    "min_depth",
-    "round_down_guard",
-    "stem_filters",
-    "head_filters",
-    "num_classes",
-    "include_top",
-    "input_normalization",
-)
 
 # (scale, offset) per channel such that normalized = raw_0_255 * scale + offset.
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)

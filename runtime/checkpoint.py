@@ -50,7 +50,7 @@ EMA_KEY_PREFIX = "ema/"
 # (atomic_write_string_to_file of the index).
 _TEMP_ENTRY = re.compile(r"^(ckpt-\d+_temp.*|checkpoint\.tmp[0-9a-f]*)$")
 # Model-config keys that decide the variables' shapes: a checkpoint only fits the same values.
-ARCHITECTURE_KEYS = (
+SHAPE_KEYS = (
     "blocks",
     "width_coefficient",
     "depth_coefficient",
@@ -232,7 +232,7 @@ def check_resume_fits(
         return
     hint = "use another --model_dir, or --no-resume_checkpoint to start over in this one"
     old_model, new_model = saved.get("model") or {}, params["model"]
-    for key in ARCHITECTURE_KEYS:
+    for key in SHAPE_KEYS:
         old, new = old_model.get(key), new_model.get(key)
         if isinstance(old, list):
             old = tuple(old)

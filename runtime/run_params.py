@@ -22,6 +22,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from config.defaults import MODEL_KEYS
 from config.loader import ConfigError, apply_overrides, load_config, parse_mparams
 
 PARAMS_FILE = "params.json"
@@ -40,24 +41,10 @@ RUN_LOCAL_KEYS = (
     "predict_ckpt",
     "resume_checkpoint",
 )
-# NOTE: a copy of model.efficientnet.MODEL_KEYS minus the keys that change no weight and no
-# layer output in inference (dropout_rate, drop_connect_rate, bn_momentum): importing model/
-# loads TensorFlow. tests/test_run_params.py checks the copy.
-ARCHITECTURE_KEYS = (
-    "name",
-    "blocks",
-    "width_coefficient",
-    "depth_coefficient",
-    "activation",
-    "bn_epsilon",
-    "depth_divisor",
-    "min_depth",
-    "round_down_guard",
-    "stem_filters",
-    "head_filters",
-    "num_classes",
-    "include_top",
-    "input_normalization",
+# The model-config keys that change the weights or an inference output; dropout_rate,
+# drop_connect_rate and bn_momentum act only in training.
+ARCHITECTURE_KEYS = tuple(
+    k for k in MODEL_KEYS if k not in ("dropout_rate", "drop_connect_rate", "bn_momentum")
 )
 
 

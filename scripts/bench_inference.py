@@ -125,7 +125,7 @@ def build_runners(
 ) -> tuple[dict, int]:
     """({runtime label: callable(images)}, multiply-adds per image) for one model, exporting ours
     into `workdir`. A runtime timed at several --runtime_batch settings gets one label each
-    ("... [slices of 8]", "... [whole batch]"); `batch_of(label)` reads the setting back."""
+    ("... [slices of 8]", "... [whole batch]")."""
     import keras
 
     from config.loader import load_config
@@ -177,23 +177,15 @@ def build_runners(
     return runners, macs
 
 
-def batch_of(label: str) -> int | None:
-    """The --runtime_batch a label was timed at (None: not sliced; 0: whole batch)."""
-    if label.endswith("[whole batch]"):
-        return 0
-    if "[slices of " in label:
-        return int(label.rsplit("[slices of ", 1)[1].rstrip("]"))
-    return None
-
-
 def runners_for_batch(runners: dict, batch: int) -> dict:
-    """The runners worth timing at `batch`: a slicing setting >= batch makes one call, the same
-    as the whole batch, so it is left out when the whole-batch label of that runtime exists."""
-    whole = {label.rsplit(" [", 1)[0] for label in runners if batch_of(label) == 0}
+    """The runners worth timing at `batch`: a runtime sliced into `micro_batch` >= batch makes one
+    call, the same as the whole batch, so it is left out when a whole-batch runtime of the same
+    file is there."""
+    whole = {run.path for run in runners.values() if getattr(run, "micro_batch", 0) is None}
     return {
         label: run
         for label, run in runners.items()
-        if not (batch_of(label) and batch_of(label) >= batch and label.rsplit(" [", 1)[0] in whole)
+        if not ((getattr(run, "micro_batch", None) or 0) >= batch and run.path in whole)
     }
 
 

@@ -36,21 +36,21 @@ def test_onnx_macs_counts_conv_and_matmul_multiply_adds(tmp_path):
 
 
 def test_slicing_settings_at_or_above_the_batch_are_not_timed_twice():
-    runners = dict.fromkeys(
-        [
-            "keras.applications (TF)",
-            "ours: onnxruntime [slices of 8]",
-            "ours: onnxruntime [whole batch]",
-            "ours: litert [slices of 8]",
-        ]
-    )
+    from types import SimpleNamespace
+
+    def runtime(path, micro_batch):
+        return SimpleNamespace(path=path, micro_batch=micro_batch)
+
+    runners = {
+        "keras.applications (TF)": lambda images: images,
+        "ours: onnxruntime [slices of 8]": runtime("m.onnx", 8),
+        "ours: onnxruntime [whole batch]": runtime("m.onnx", None),
+        "ours: litert [slices of 8]": runtime("m.tflite", 8),
+    }
     assert list(bench_inference.runners_for_batch(runners, 32)) == list(runners)
-    # At batch 8 one slice is the whole batch; litert has no whole-batch label, so it stays.
+    # At batch 8 one slice is the whole batch; litert has no whole-batch runtime, so it stays.
     assert list(bench_inference.runners_for_batch(runners, 8)) == [
         "keras.applications (TF)",
         "ours: onnxruntime [whole batch]",
         "ours: litert [slices of 8]",
     ]
-    assert bench_inference.batch_of("ours: litert [slices of 8]") == 8
-    assert bench_inference.batch_of("ours: onnxruntime [whole batch]") == 0
-    assert bench_inference.batch_of("keras.applications (TF)") is None
