@@ -9,12 +9,12 @@ import subprocess
 import sys
 
 import pytest
-from model_zoo import profiled, variant_params
 
 from scripts import flags_doc
 from scripts.model_table import format_rows
+from tests.helpers import ROOT
+from tests.helpers.model_zoo import profiled, variant_params
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STALE = "docs/flags.md is stale: run python scripts/flags_doc.py --write"
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
@@ -130,7 +130,7 @@ def test_readme_test_command_is_what_ci_runs():
 )
 def test_model_tables_are_current(variant):
     """The model table in README.md and docs/models.md is scripts/model_table.py's output
-    (rows are built once per session and shared with tests/test_model_table.py)."""
+    (rows are built once per session and shared with tests/scripts/test_model_table.py)."""
     row = format_rows([profiled(variant)], "markdown").splitlines()[-1]
     for page in ("README.md", os.path.join("docs", "models.md")):
         with open(os.path.join(ROOT, page), encoding="utf-8") as f:

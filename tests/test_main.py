@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -9,21 +10,18 @@ import pytest
 
 import main
 from runtime import MODES, flags
+from tests.helpers import ROOT
+from tests.helpers.cli import assert_one_line
+from tests.helpers.config_cases import BAD_MPARAMS
+from tests.helpers.processes import program
+from tests.helpers.tiny_run import tiny_args
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = os.path.join(ROOT, "config", "efficientnet_v1", "b0_cfg.py")
 TINY = "width_coefficient=0.1,depth_coefficient=0.1,train_img_size=32,eval_img_size=32"
 
 
 def parse(*argv):
     return flags.parse(["--cfg", CFG, "--data_dir", ROOT, *argv])
-
-
-def error_of(capsys, *argv, cfg=CFG):
-    """Run main with argv; return (exit status, stderr)."""
-    with pytest.raises(SystemExit) as exc:
-        main.main((["--cfg", cfg] if cfg else []) + list(argv))
-    return exc.value.code, capsys.readouterr().err
 
 
 def test_defaults_and_resolved_image_sizes():
@@ -148,12 +146,12 @@ def test_typed_values_and_modes():
         ),
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, argv, message):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(main_exit, tmp_path, argv, message):
     model_dir = tmp_path / "run"
-    code, err = error_of(capsys, "--model_dir", str(model_dir), *argv)
+    code, err = main_exit(["--cfg", CFG, "--model_dir", str(model_dir), *argv])
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("main.py: error: ")
-    assert __import__("re").search(message, err), err
+    assert re.search(message, err), err
     assert not model_dir.exists()
 
 
@@ -173,13 +171,13 @@ def test_process_exit_status_and_single_stderr_line(tmp_path):
     assert proc.stderr.count("\n") == 1 and not (tmp_path / "r").exists()
 
 
-def test_missing_and_broken_config_files(capsys, tmp_path):
-    code, err = error_of(capsys, cfg=str(tmp_path / "nope_cfg.py"))
+def test_missing_and_broken_config_files(main_exit, tmp_path):
+    code, err = main_exit(["--cfg", str(tmp_path / "nope_cfg.py")])
     assert (code, err.strip()) == (
         2,
         f"main.py: error: config file not found: {tmp_path / 'nope_cfg.py'}",
     )
-    code, err = error_of(capsys, cfg=None)
+    code, err = main_exit([])
     assert code == 2 and "the following arguments are required: --cfg" in err
 
 
@@ -257,17 +255,7 @@ def test_flag_choices_are_the_lists_of_the_modules_that_implement_them():
     assert flags.AUGMENTERS is data_config.AUGMENTERS
     assert flags.DATASET_SOURCES is data_config.SOURCES
     # ... without loading TensorFlow: a typo on the command line fails at once.
-    code = (
-        "import sys, runtime.flags; "
-        "sys.exit(any(m.split('.')[0] in ('tensorflow', 'keras') for m in sys.modules))"
-    )
-    assert (
-        subprocess.run(
-            [sys.executable, "-c", code],
-            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        ).returncode
-        == 0
-    )
+    assert subprocess.run(program("flags_without_tensorflow"), cwd=ROOT).returncode == 0
 
 
 def test_runtime_data_error_is_one_line_exit_1(capsys, tmp_path):
@@ -293,3 +281,61 @@ def test_runtime_data_error_is_one_line_exit_1(capsys, tmp_path):
     assert code == 1
     assert err.startswith("main.py: error: ") and err.count("\n") == 1, err
     assert str(tmp_path / "data") in err
+
+
+# ---------------------------------------------------------------------------------------------
+# --mparams and flag values: exit 2, one line, no traceback, nothing written (issue #12)
+
+
+@pytest.mark.parametrize("mparams, message", BAD_MPARAMS)
+def test_bad_mparams_value_exits_2_and_writes_nothing(run_main, tmp_path, mparams, message):
+    """Before: width_coefficient=abc/-1, dropout_rate=5 exited 1 after writing params.json;
+    train_img_size=abc raised a traceback."""
+    model_dir = tmp_path / "run"
+    code, err = run_main(
+        [
+            "--cfg",
+            "config/efficientnet_v2/s_cfg.py",
+            "--mparams",
+            mparams,
+            "--dataset",
+            "digits",
+            "--model_dir",
+            str(model_dir),
+        ],
+    )
+    assert_one_line(err, code, 2)
+    assert re.search(message, err), err
+    assert not model_dir.exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--lr_init", "nan"], r"--lr_init must be a finite number, got nan"),
+        (["--label_smoothing", "inf"], r"--label_smoothing must be a finite number"),
+        (
+            ["--log_filename", "../../x.json"],
+            r"--log_filename must be a file name inside --model_dir",
+        ),
+        (["--log_filename", "/tmp/x.json"], r"--log_filename must be a file name"),
+        (["--log_filename", ".."], r"--log_filename must be a file name"),
+        (["--max_image_pixels", "0"], r"--max_image_pixels must be >= 1"),
+        (["--raug_num_layers", "-1"], r"--raug_num_layers must be >= 0"),
+    ],
+)
+def test_bad_flag_values_exit_2_and_write_nothing(run_main, tmp_path, argv, message):
+    """Before: NaN passed every range check and --log_filename ../../x.json wrote outside."""
+    model_dir = tmp_path / "run"
+    code, err = run_main(tiny_args(model_dir, "train", *argv))
+    assert_one_line(err, code, 2)
+    assert re.search(message, err), err
+    assert not model_dir.exists()
+
+
+def test_help_says_cfg_executes_python(capsys):
+    with pytest.raises(SystemExit):
+        flags.build_parser().parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "executed as Python code" in text
+    assert "--follow_symlinks" in text and "--max_image_pixels" in text

@@ -18,14 +18,14 @@ from dataloader import dataset_info, preprocessing
 from dataloader.pipeline import eval_transform
 from runtime import components, flags
 from runtime.train import stages_from_params
-from tests import data_fixtures as fx
-from tests.test_launch_scripts import dry_run, main_py_args
+from tests.helpers import ROOT
+from tests.helpers import data_fixtures as fx
+from tests.helpers.launch_scripts import dry_run, main_py_args
 from utils.optimizers import l2_penalty
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARITY = os.path.join(REPO, "docs", "parity.md")
-V1 = os.path.join(REPO, "config", "efficientnet_v1", "b0_cfg.py")
-V2 = os.path.join(REPO, "config", "efficientnet_v2", "s_cfg.py")
+PARITY = os.path.join(ROOT, "docs", "parity.md")
+V1 = os.path.join(ROOT, "config", "efficientnet_v1", "b0_cfg.py")
+V2 = os.path.join(ROOT, "config", "efficientnet_v2", "s_cfg.py")
 TINY = "width_coefficient=0.1,depth_coefficient=0.1,train_img_size=32,eval_img_size=32"
 RECIPES = {
     "ours v2-S": "efficientnet_v2/S/training/AMP/convergence_8xA100-80G.sh",
@@ -354,7 +354,7 @@ def test_training_builds_the_model_with_the_small_data_momentum(tmp_path):
 @pytest.mark.parametrize("eval_crop", ["squash", "crop"])
 def test_predict_sees_a_file_as_the_eval_transform_does(tmp_path, eval_crop):
     from runtime.predict import run_predict
-    from tests.tiny_run import save_random_checkpoint, tiny_params
+    from tests.helpers.tiny_run import save_random_checkpoint, tiny_params
 
     image = photo(60, 100)
     path = tmp_path / "wide.png"

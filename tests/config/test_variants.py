@@ -6,8 +6,8 @@ import pytest
 
 from config.defaults import MODEL_DEFAULTS
 from config.loader import ConfigError, load_config
+from tests.helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V1 = {f"b{i}": size for i, size in enumerate((224, 240, 260, 300, 380, 456, 528, 600))}
 # automl effnetv2_configs: (train_size = progressive-training max, eval_size, dropout).
 V2 = {"s": (300, 384, 0.2), "m": (384, 480, 0.3), "l": (384, 480, 0.4), "xl": (384, 512, 0.4)}

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 import dataloader
 from dataloader import DataConfig, DataError, build_dataset, dataset_info
-from tests import data_fixtures as fx
+from tests.helpers import data_fixtures as fx
 
 NUM_CLASSES = 10
 SIZE = 32

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from dataloader import preprocessing
 from dataloader.config import default_crop_fraction
-from tests import data_fixtures as fx
+from tests.helpers import data_fixtures as fx
 
 
 def framed_image(height=60, width=80, border=10) -> np.ndarray:

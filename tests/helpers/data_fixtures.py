@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -72,6 +74,13 @@ def truncated_jpeg(label: int = 0) -> bytes:
 def corrupt_jpeg_header() -> bytes:
     """JPEG magic followed by garbage: passes the magic-bytes check, fails decoding."""
     return b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR chunk declaring width x height (no image data)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + chunk + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
 
 
 def write_tfrecords(

@@ -8,8 +8,7 @@ import os
 import pytest
 
 from scripts.model_table import model_row
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT
 
 # Building B6/B7/V2-L/V2-XL takes several seconds each on a shared 2-core box.
 SLOW = {"b6", "b7", "l", "xl"}

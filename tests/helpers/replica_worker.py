@@ -1,63 +1,62 @@
-"""One Python process with two logical CPU replicas that runs the tests' check scripts.
+"""One Python process with two logical CPU replicas that runs the tests' replica checks.
 
 Logical devices must be configured before TensorFlow initializes, so checks under a
 two-replica MirroredStrategy cannot run in the pytest process. Each used to start its own
 interpreter (a TensorFlow import and device set-up, seconds each); one worker now runs them
-all, one after the other, each script in a fresh namespace with the float32 Keras policy
-restored afterwards. `run` returns what `subprocess.run` did, so the checks read the same.
+all, one after the other, with the float32 Keras policy restored after each. A check is a
+function of a module in tests/helpers/programs/ that prints its results; `run(check)` returns
+what `subprocess.run` did, so the checks read the same.
+
+    python -m tests.helpers.replica_worker
+
+(started by `run`) reads one JSON "module:function" a line on stdin and answers each with one
+JSON line {"returncode", "stdout", "stderr"} on stdout.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
+import importlib
+import io
 import json
-import os
 import subprocess
 import sys
-import textwrap
+import traceback
+from collections.abc import Callable
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-_SERVE = r"""
-import contextlib, io, json, sys, traceback
-
-protocol = sys.stdout
-for line in sys.stdin:
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            exec(compile(json.loads(line), "<check script>", "exec"), {"__name__": "__main__"})
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        finally:
-            if "keras" in sys.modules:  # a script may have set mixed_float16
-                sys.modules["keras"].mixed_precision.set_global_policy("float32")
-    reply = {"returncode": code, "stdout": out.getvalue(), "stderr": err.getvalue()}
-    protocol.write(json.dumps(reply) + "\n")
-    protocol.flush()
-"""
+from tests.helpers import ROOT
+from tests.helpers.processes import cpu_env
 
 
-def _environment() -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("TF_CONFIG", "SLURM_", "OMPI_", "PMI_"))
-    }
-    env.update({"CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT})
-    return env
+def serve(requests=sys.stdin, protocol=sys.stdout) -> None:
+    """Run each requested check with its output captured; report its exit status and output."""
+    for line in requests:
+        out, err, code = io.StringIO(), io.StringIO(), 0
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                module, _, function = json.loads(line).partition(":")
+                getattr(importlib.import_module(module), function)()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            finally:
+                if "keras" in sys.modules:  # a check may have set mixed_float16
+                    sys.modules["keras"].mixed_precision.set_global_policy("float32")
+        reply = {"returncode": code, "stdout": out.getvalue(), "stderr": err.getvalue()}
+        protocol.write(json.dumps(reply) + "\n")
+        protocol.flush()
 
 
 @functools.cache
 def _worker() -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-c", _SERVE],
+        [sys.executable, "-m", "tests.helpers.replica_worker"],
         cwd=ROOT,
-        env=_environment(),
+        env=cpu_env(),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -76,15 +75,20 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def run(code: str) -> subprocess.CompletedProcess:
-    """Run `code` (dedented) in the worker; its stdout, stderr (a traceback) and exit status."""
+def run(check: Callable[[], object]) -> subprocess.CompletedProcess:
+    """Run `check` (a module-level function) in the worker; its stdout, stderr (a traceback)
+    and exit status."""
     proc = _worker()
-    proc.stdin.write(json.dumps(textwrap.dedent(code)) + "\n")
+    proc.stdin.write(json.dumps(f"{check.__module__}:{check.__name__}") + "\n")
     proc.stdin.flush()
     line = proc.stdout.readline()
     if not line:
         raise RuntimeError(f"the replica worker exited with status {proc.wait()}")
     reply = json.loads(line)
     return subprocess.CompletedProcess(
-        ["replica_worker"], reply["returncode"], reply["stdout"], reply["stderr"]
+        ["replica_worker", check.__name__], reply["returncode"], reply["stdout"], reply["stderr"]
     )
+
+
+if __name__ == "__main__":
+    serve()

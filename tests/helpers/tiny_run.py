@@ -20,7 +20,7 @@ def tiny_args(model_dir, mode: str, *extra: str, mparams: str = TINY_MPARAMS) ->
     """main.py arguments of a tiny CPU run on the bundled digits.
 
     No augmentation: tracing the AutoAugment policy (the flag default) costs seconds per training
-    input built; the augmenters have their own tests (tests/test_dataloader_augment.py).
+    input built; the augmenters have their own tests (tests/dataloader/test_augment.py).
     """
     return [
         "--cfg",

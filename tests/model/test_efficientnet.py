@@ -3,11 +3,11 @@
 import keras
 import numpy as np
 import pytest
-from model_zoo import cfg_path
 
 from config.loader import ConfigError, load_config
 from model import build_model
 from model.efficientnet import InputNormalization
+from tests.helpers.model_zoo import cfg_path
 
 TINY = "width_coefficient=0.1,depth_coefficient=0.1,num_classes=10"
 ALL = ["b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "s", "m", "l", "xl"]

@@ -10,7 +10,8 @@ ours is 208,119,808 trainable (+ 777,024 BN moving statistics).
 """
 
 import pytest
-from model_zoo import profiled, variant_params
+
+from tests.helpers.model_zoo import profiled, variant_params
 
 KERAS_APPLICATIONS = {
     "b0": 5_330_571,

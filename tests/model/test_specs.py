@@ -8,8 +8,8 @@ import pytest
 
 from config.loader import ConfigError, load_config
 from model.specs import BlockSpec, expand_blocks, parse_blocks, round_filters, round_repeats
+from tests.helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "config", "efficientnet_v*", "*_cfg.py")))
 
 

@@ -5,11 +5,11 @@ import functools
 import keras
 import numpy as np
 import pytest
-from model_zoo import cfg_path
 
 from config.loader import ConfigError, load_config
 from model import build_model
 from model.weights import load_keras_applications_weights
+from tests.helpers.model_zoo import cfg_path
 
 SIZE = 64
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

@@ -18,7 +18,7 @@ from model.advprop_bn import add_auxiliary_batch_norms, auxiliary_batch_norms, b
 from model.blocks import batch_norm
 from runtime.advprop import AdvPropConfig, adversarial_images, adversarial_loss
 from runtime.train import StepConfig, TrainMetrics, make_train_step
-from tests.tiny_run import TINY_MPARAMS
+from tests.helpers.tiny_run import TINY_MPARAMS
 from utils.dllogger import read_log
 from utils.ema import ExponentialMovingAverage
 from utils.optimizers import OptimizerConfig, build_optimizer

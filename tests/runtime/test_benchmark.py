@@ -8,7 +8,7 @@ from runtime.benchmark import (
     run_training_benchmark,
     time_steps,
 )
-from tests.tiny_run import TINY_MPARAMS, TWO_BLOCKS, tiny_params
+from tests.helpers.tiny_run import TINY_MPARAMS, TWO_BLOCKS, tiny_params
 from utils.dllogger import read_log
 
 
@@ -137,7 +137,7 @@ def test_inference_benchmark_on_real_data(tmp_path):
 def test_negative_warmup_exits_2(tmp_path, capsys):
     # The other benchmark flag errors are covered in tests/test_main.py.
     import main
-    from tests.tiny_run import tiny_args
+    from tests.helpers.tiny_run import tiny_args
 
     with pytest.raises(SystemExit) as exc:
         main.main(

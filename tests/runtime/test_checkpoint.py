@@ -1,8 +1,11 @@
+"""runtime/checkpoint.py: training checkpoints round-trip the whole training state, restore for
+inference, survive SIGKILL and a full disk; final weights are written atomically."""
+
+import errno
 import os
+import resource
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 
 import keras
@@ -12,38 +15,12 @@ import tensorflow as tf
 
 from runtime.checkpoint import TrainingCheckpoint, restore_for_inference
 from runtime.errors import RunError
-from utils.ema import ExponentialMovingAverage
+from tests.helpers import ROOT
+from tests.helpers.checkpoint_state import bn_model, one_step, training_state
+from tests.helpers.processes import program
+from utils import fileio
+from utils.fileio import WriteError
 from utils.optimizers import OptimizerConfig, build_optimizer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def bn_model(seed=0):
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((4, 4, 3))
-    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
-    x = keras.layers.BatchNormalization(name="bn")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, keras.layers.Dense(3, name="head")(x))
-
-
-def training_state(seed=0, ema_decay=0.9):
-    model = bn_model(seed)
-    opt = build_optimizer(
-        OptimizerConfig(name="rmsprop"), 0.01, model.trainable_variables, loss_scaling=True
-    )
-    opt.build(model.trainable_variables)
-    ema = ExponentialMovingAverage(model, ema_decay) if ema_decay else None
-    return model, opt, ema
-
-
-def one_step(model, opt, ema):
-    x = np.random.default_rng(0).normal(size=(4, 4, 4, 3)).astype("float32")
-    with tf.GradientTape() as tape:
-        loss = opt.scale_loss(tf.reduce_mean(model(x, training=True) ** 2))
-    opt.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
-    if ema is not None:
-        ema.update(opt.iterations)
 
 
 def test_roundtrip_restores_weights_optimizer_loss_scale_ema_and_epoch(tmp_path):
@@ -125,24 +102,10 @@ def test_restore_for_inference_errors(tmp_path):
 def test_kill_9_while_saving_leaves_a_loadable_latest_checkpoint(tmp_path):
     """A writer saving checkpoints in a loop is SIGKILLed at several moments; each time the
     latest checkpoint restores and its epoch matches its file name."""
-    script = textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {ROOT!r})
-        from tests.test_checkpoint import one_step, training_state
-        from runtime.checkpoint import TrainingCheckpoint
-        model, opt, ema = training_state()
-        ckpt = TrainingCheckpoint({str(tmp_path)!r}, model, opt, ema, max_to_keep=2)
-        epoch = (ckpt.restore_latest() or 0)
-        while True:
-            one_step(model, opt, ema)
-            epoch += 1
-            ckpt.save(epoch)
-            print(epoch, flush=True)
-    """)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     for delay in (0.1, 0.6):
         proc = subprocess.Popen(
-            [sys.executable, "-c", script],
+            program("checkpoint_writer", tmp_path),
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -163,7 +126,7 @@ def test_kill_9_while_saving_leaves_a_loadable_latest_checkpoint(tmp_path):
 def test_the_seed_fixes_the_global_generator_saved_in_checkpoints(tmp_path):
     from runtime import components
     from runtime.checkpoint import random_state
-    from tests.tiny_run import tiny_params
+    from tests.helpers.tiny_run import tiny_params
 
     # Two processes with --seed 7 save the same generator (it was non-deterministic, so the
     # 2-worker vs 1-process comparison in test_distribute_multiworker failed on rng/).
@@ -172,3 +135,108 @@ def test_the_seed_fixes_the_global_generator_saved_in_checkpoints(tmp_path):
     np.testing.assert_array_equal(
         checkpoint.generator.state.numpy(), tf.random.Generator.from_seed(7).state.numpy()
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Disk full / killed writes of checkpoints and exports
+
+
+class _FileSizeLimit:
+    """RLIMIT_FSIZE for this process: writes past `limit` bytes fail with EFBIG, as on a full
+    disk (SIGXFSZ ignored so the write returns the error instead of killing the process)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+
+    def __enter__(self):
+        self.old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+        self.old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.limit, self.old_limit[1]))
+
+    def __exit__(self, *exc):
+        resource.setrlimit(resource.RLIMIT_FSIZE, self.old_limit)
+        signal.signal(signal.SIGXFSZ, self.old_handler)
+
+
+def test_checkpoint_write_failure_is_one_line_and_leaves_no_temp(tmp_path):
+    """Before: a raw ResourceExhausted/OutOfRange traceback and ckpt-N_temp left behind."""
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(2000)(inputs)))
+    opt = build_optimizer(OptimizerConfig(name="momentum"), 0.1, model.trainable_variables)
+    opt.build(model.trainable_variables)
+    ckpt = TrainingCheckpoint(str(tmp_path), model, opt)
+    first = ckpt.save(1)
+    with _FileSizeLimit(20_000), pytest.raises(RunError) as info:
+        ckpt.save(2)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"cannot write checkpoint {tmp_path}")
+    assert "free on its filesystem" in message and f"still {first}" in message
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == [
+        "checkpoint",
+        "ckpt-1.data-00000-of-00001",
+        "ckpt-1.index",
+    ]
+    assert ckpt.latest == first and ckpt.restore_latest() == 1
+
+
+def _tiny_keras_model():
+    inputs = keras.Input((4,))
+    return keras.Model(inputs, keras.layers.Dense(3)(inputs))
+
+
+def test_final_export_refuses_a_full_disk_before_h5py_writes(tmp_path, monkeypatch):
+    """Before: disk full at the final .h5 export segfaulted (h5py) and left a truncated file."""
+    from runtime.train import save_weights_atomically
+
+    model = _tiny_keras_model()
+    path = tmp_path / "model.weights.h5"
+    path.write_bytes(b"previous weights")
+    real = fileio.shutil.disk_usage
+    monkeypatch.setattr(fileio.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    with pytest.raises(
+        WriteError,
+        match=r"cannot write .*model\.weights\.h5: it needs about "
+        r"1\.0 MiB, only 1000 B free",
+    ):
+        save_weights_atomically(model, str(path))
+    assert path.read_bytes() == b"previous weights"
+    assert os.listdir(tmp_path) == ["model.weights.h5"]
+
+
+def test_interrupted_export_keeps_the_previous_weights(tmp_path, monkeypatch):
+    """Before: a write killed midway left a 0-byte / truncated model.weights.h5."""
+    from runtime.train import save_weights_atomically
+
+    model = _tiny_keras_model()
+    path = tmp_path / "model.weights.h5"
+    model.save_weights(str(path))
+    good = path.read_bytes()
+
+    def half_write_then_fail(target):
+        with open(target, "wb") as f:
+            f.write(good[: len(good) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(model, "save_weights", half_write_then_fail)
+    with pytest.raises(WriteError, match="No space left on device"):
+        save_weights_atomically(model, str(path))
+    assert path.read_bytes() == good
+    assert os.listdir(tmp_path) == ["model.weights.h5"]
+    monkeypatch.undo()
+    save_weights_atomically(model, str(path))
+    _tiny_keras_model().load_weights(str(path))
+
+
+def test_sigkill_during_weights_export_leaves_previous_file_loadable(tmp_path):
+    """A process SIGKILLed inside save_weights: the old .h5 still loads, the temp is cleaned."""
+    path = tmp_path / "model.weights.h5"
+    proc = subprocess.run(
+        program("killed_weights_export", path),
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    _tiny_keras_model().load_weights(str(path))
+    assert fileio.remove_stale_temps(str(tmp_path)) and os.listdir(tmp_path) == ["model.weights.h5"]

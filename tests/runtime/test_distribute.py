@@ -11,8 +11,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
-import textwrap
 import time
 
 import numpy as np
@@ -25,9 +23,9 @@ from runtime.distribute import (
     expand_tasks_per_node,
     resolve_cluster,
 )
-from tests import replica_worker
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT, replica_worker
+from tests.helpers.processes import cpu_env, program
+from tests.helpers.programs import distribute_checks
 
 
 def tf_config(cluster, task_type="worker", index=0):
@@ -403,22 +401,15 @@ def test_distribution_is_frozen_and_carries_fp16_compression():
 # --- strategies (another process: logical devices must be set before TF starts) --------------
 
 
-def run_python(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `code` in the shared two-replica worker, or in a fresh process with `env` added."""
+def run_python(check, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `check` (a function of distribute_checks) in the shared two-replica worker, or in a
+    fresh process with `env` added."""
     if env is None:
-        return replica_worker.run(code)
-    full_env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("TF_CONFIG", "SLURM_", "OMPI_", "PMI_"))
-    }
-    full_env.update(
-        {"CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO, **(env or {})}
-    )
+        return replica_worker.run(check)
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        env=full_env,
-        cwd=REPO,
+        program("distribute_checks", check.__name__),
+        env=cpu_env(**env),
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
@@ -426,48 +417,7 @@ def run_python(code: str, env: dict | None = None) -> subprocess.CompletedProces
 
 
 def test_create_strategy_on_cpu():
-    result = run_python("""
-        import dataclasses
-        import json
-        import tensorflow as tf
-        from runtime import distribute as d
-        default = d.create_strategy()
-        mirrored = d.create_strategy(cpu_replicas=2, fp16_compression=True)
-        grads = [tf.ones([2]), None, tf.ones([1], tf.int32)]
-        out = {
-            "default": [type(default.strategy).__name__, default.num_replicas, default.is_chief,
-                        default.num_workers, default.global_batch_size(16, 2)],
-            "mirrored": [type(mirrored.strategy).__name__, mirrored.num_replicas,
-                         mirrored.is_chief, mirrored.global_batch_size(16, 2)],
-            "compressed": [None if g is None else g.dtype.name
-                           for g in d.compress_gradients(grads, mirrored)],
-            "uncompressed": [g.dtype.name for g in d.compress_gradients(grads[:1], default)],
-            # The option lives on the Distribution, not on the strategy it wraps.
-            "option_off": [g.dtype.name for g in d.compress_gradients(
-                grads[:1], dataclasses.replace(mirrored, fp16_compression=False))],
-            "write_dir": d.checkpoint_write_dir("/m/ckpt", mirrored),
-        }
-        # runtime.train's step with float16 all-reduce vs one device: equal to fp16 precision.
-        import numpy as np
-        from tests.train_fixtures import batch, build_trainer
-        images, labels = batch(8)
-        single, compressed = build_trainer(), build_trainer(mirrored)
-        single[3]((images, labels))
-        halves = [mirrored.strategy.experimental_distribute_values_from_function(
-            lambda ctx, a=a: a[4 * ctx.replica_id_in_sync_group:][:4]) for a in (images, labels)]
-        compressed[3](tuple(halves))
-        out["fp16_max_diff"] = max(float(np.max(np.abs(a.numpy() - b.numpy()))) for a, b in
-                                   zip(single[0].weights, compressed[0].weights))
-        out["fp16_moved"] = max(float(np.max(np.abs(a.numpy() - b.numpy()))) for a, b in
-                                zip(single[0].weights, build_trainer()[0].weights))
-        for bad in ({"all_reduce": "tree"}, {"num_gpus": 1}, {"num_gpus": -1},
-                    {"cpu_replicas": 0}, {"cpu_replicas": 3}):
-            try:
-                d.create_strategy(**bad)
-            except d.ClusterError as err:
-                out[str(bad)] = str(err)
-        print(json.dumps(out))
-    """)
+    result = run_python(distribute_checks.create_strategy_on_cpu)
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["default"] == ["_DefaultDistributionStrategy", 1, True, 1, 32]
@@ -486,13 +436,7 @@ def test_create_strategy_on_cpu():
 
 def test_create_strategy_rejects_bad_environment():
     result = run_python(
-        """
-        from runtime import distribute as d
-        try:
-            d.create_strategy()
-        except d.ClusterError as err:
-            print("ERR", err)
-    """,
+        distribute_checks.create_strategy_from_environment,
         env={
             "TF_CONFIG": '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}'
         },
@@ -509,14 +453,7 @@ def test_missing_worker_fails_at_startup_instead_of_hanging():
     # Worker 1 is never started: worker 0 must give up after startup_timeout_s.
     env = tf_config({"worker": [f"127.0.0.1:{p}" for p in ports]}, index=0)
     started = time.monotonic()
-    result = run_python(
-        """
-        from runtime import distribute as d
-        d.create_strategy(num_gpus=0, startup_timeout_s=3)
-        print("STRATEGY CREATED")
-    """,
-        env=env,
-    )
+    result = run_python(distribute_checks.create_strategy_with_startup_timeout, env=env)
     # SIGKILL from the watchdog process: TF blocks the interpreter and swallows SIGTERM here.
     assert result.returncode == -9, result.stderr[-3000:]
     assert "STRATEGY CREATED" not in result.stdout
@@ -531,49 +468,7 @@ def test_fp16_all_reduce_is_scale_aware_in_both_precisions():
     """A bare float16 cast overflowed the *sum* of loss-scaled gradients (x32768 under AMP: each
     replica's float16 gradient fits, two of them near the top do not: inf, a skipped step) and
     flushed small float32 gradients to zero; the scaled all-reduce keeps both."""
-    result = run_python("""
-        import json
-        import keras
-        import numpy as np
-        import tensorflow as tf
-        from runtime import distribute as d
-        from tests.train_fixtures import batch, build_trainer
-
-        mirrored = d.create_strategy(cpu_replicas=2, fp16_compression=True)
-
-        @tf.function
-        def reduce(values):
-            return mirrored.strategy.run(lambda g: d.all_reduce_gradients([g], mirrored)[0],
-                                         args=(values,))
-
-        def summed(r0, r1):
-            values = mirrored.strategy.experimental_distribute_values_from_function(
-                lambda ctx: tf.constant([r0, r1][ctx.replica_id_in_sync_group], tf.float32))
-            return mirrored.strategy.experimental_local_results(reduce(values))[0].numpy().tolist()
-
-        out = {
-            "amp": summed([40000.0, -30000.0, 1.5], [40000.0, 20000.0, 2.5]),
-            "small": summed([1e-9, 3e-10], [2e-9, -1e-10]),
-            "nonfinite": summed([float("inf"), 1.0], [1.0, 1.0]),
-            "zeros": summed([0.0, 0.0], [0.0, 0.0]),
-        }
-        # One AMP training step (dynamic loss scale 32768): 2 replicas with the float16
-        # all-reduce take the same step as one device.
-        keras.mixed_precision.set_global_policy("mixed_float16")
-        images, labels = batch(8)
-        single, compressed = build_trainer(loss_scaling=True), build_trainer(mirrored, loss_scaling=True)
-        start = [w.numpy() for w in single[0].weights]
-        single[3]((images, labels))
-        halves = [mirrored.strategy.experimental_distribute_values_from_function(
-            lambda ctx, a=a: a[4 * ctx.replica_id_in_sync_group:][:4]) for a in (images, labels)]
-        compressed[3](tuple(halves))
-        out["amp_moved"] = max(float(np.max(np.abs(a - b.numpy())))
-                               for a, b in zip(start, compressed[0].weights))
-        out["amp_diff"] = max(float(np.max(np.abs(a.numpy() - b.numpy()))) / max(
-            float(np.max(np.abs(a.numpy() - s))), 1e-12)
-            for a, b, s in zip(single[0].weights, compressed[0].weights, start))
-        print(json.dumps(out))
-    """)
+    result = run_python(distribute_checks.fp16_all_reduce)
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(out["amp"], [80000.0, -10000.0, 4.0], rtol=2e-3, atol=80000 * 1e-3)

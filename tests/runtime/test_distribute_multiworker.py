@@ -1,13 +1,15 @@
 """Multi-worker training on CPU: worker processes on 127.0.0.1 with TF_CONFIG.
 
 CI (three TensorFlow processes each; 5-50 s on the shared 2-core box, depending on load):
-- runtime.train's step under MultiWorkerMirroredStrategy (2 processes, tests/multiworker_driver)
-  gives the same weights as one device with the whole batch;
+- runtime.train's step under MultiWorkerMirroredStrategy (2 processes,
+  tests/helpers/programs/multiworker_driver.py) gives the same weights as one device with the
+  whole batch;
 - a worker killed with SIGKILL makes the other exit within seconds with a one-line message.
 
 Slow (`-m slow`), through `python main.py`:
 - two workers end with the same weights, optimizer slots and BN statistics as one process with
-  MirroredStrategy over two logical CPU replicas: the same global batch (2 x 4), the same LR;
+  MirroredStrategy over two logical CPU replicas (tests/helpers/programs/two_replica_main.py):
+  the same global batch (2 x 4), the same LR;
 - after a worker is killed mid-epoch, running the same commands again resumes from the last
   checkpoint on every worker and finishes the run.
 
@@ -28,19 +30,11 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from tests.tiny_run import TINY_MPARAMS
+from tests.helpers import ROOT
+from tests.helpers.processes import cpu_env
+from tests.helpers.tiny_run import TINY_MPARAMS
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MPARAMS = TINY_MPARAMS + ",dropout_rate=0.0,drop_connect_rate=0.0"
-# One process, two logical CPU replicas: main.py with create_strategy(cpu_replicas=2).
-TWO_REPLICA_MAIN = (
-    "import sys\n"
-    "from runtime import distribute\n"
-    "_create = distribute.create_strategy\n"
-    "distribute.create_strategy = lambda *a, **k: _create(*a, **{**k, 'cpu_replicas': 2})\n"
-    "import main\n"
-    "sys.exit(main.main(sys.argv[1:]))\n"
-)
 
 
 def free_ports(count: int) -> list[int]:
@@ -85,20 +79,10 @@ def train_args(model_dir, *extra: str) -> list[str]:
     ]
 
 
-def base_env() -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("TF_CONFIG", "SLURM_", "OMPI_", "PMI_", "MASTER_"))
-    }
-    env.update({"CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO})
-    return env
-
-
 def start(argv: list[str], log_path, env: dict[str, str]) -> subprocess.Popen:
     log = open(log_path, "w")  # noqa: SIM115 - closed by `finish`
     proc = subprocess.Popen(
-        [sys.executable, *argv], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, *argv], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
     )
     proc.log_file = log
     return proc
@@ -112,7 +96,7 @@ def start_workers(
     procs = []
     for index in range(len(ports)):
         env = {
-            **base_env(),
+            **cpu_env(),
             "TF_CONFIG": json.dumps(
                 {"cluster": cluster, "task": {"type": "worker", "index": index}}
             ),
@@ -171,15 +155,20 @@ def test_two_worker_steps_equal_one_device_steps(tmp_path):
     same step on one device with batch 8 (BN-free model: every variable must match)."""
     procs = start_workers(
         free_ports(2),
-        lambda i: ["-m", "tests.multiworker_driver", str(tmp_path / f"w{i}.npz"), "3"],
+        lambda i: [
+            "-m",
+            "tests.helpers.programs.multiworker_driver",
+            str(tmp_path / f"w{i}.npz"),
+            "3",
+        ],
         tmp_path,
         "step",
     )
     procs.append(
         start(
-            ["-m", "tests.multiworker_driver", str(tmp_path / "one.npz"), "3"],
+            ["-m", "tests.helpers.programs.multiworker_driver", str(tmp_path / "one.npz"), "3"],
             tmp_path / "one.log",
-            base_env(),
+            cpu_env(),
         )
     )
     for proc in procs:
@@ -197,7 +186,13 @@ def test_two_worker_steps_equal_one_device_steps(tmp_path):
 def test_killed_worker_makes_the_other_fail_fast(tmp_path):
     procs = start_workers(
         free_ports(2),
-        lambda i: ["-m", "tests.multiworker_driver", str(tmp_path / f"w{i}.npz"), "100000", "0.05"],
+        lambda i: [
+            "-m",
+            "tests.helpers.programs.multiworker_driver",
+            str(tmp_path / f"w{i}.npz"),
+            "100000",
+            "0.05",
+        ],
         tmp_path,
         "kill",
     )
@@ -219,7 +214,11 @@ def test_two_workers_match_one_process_with_the_same_global_batch(tmp_path):
     workers = start_workers(
         free_ports(2), lambda i: ["main.py", *args(workers_dir)], tmp_path, "run"
     )
-    single = start(["-c", TWO_REPLICA_MAIN, *args(single_dir)], tmp_path / "single.log", base_env())
+    single = start(
+        ["-m", "tests.helpers.programs.two_replica_main", *args(single_dir)],
+        tmp_path / "single.log",
+        cpu_env(),
+    )
     results = [finish(p, timeout=240) for p in (*workers, single)]
     for rc, log in results:
         assert rc == 0, log[-3000:]

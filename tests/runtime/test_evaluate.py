@@ -1,3 +1,4 @@
+import json
 import math
 
 import keras
@@ -6,7 +7,8 @@ import pytest
 import tensorflow as tf
 
 from runtime.evaluate import _EvalTally, evaluate, latency_stats, make_eval_step
-from tests import replica_worker
+from tests.helpers import replica_worker
+from tests.helpers.programs import evaluate_checks
 
 
 def test_latency_percentiles_are_true_order_statistics():
@@ -113,7 +115,7 @@ def test_empty_dataset_is_an_error():
 
 def test_run_eval_end_to_end_on_digits(tmp_path):
     from runtime.evaluate import run_eval
-    from tests.tiny_run import save_random_checkpoint, tiny_params
+    from tests.helpers.tiny_run import save_random_checkpoint, tiny_params
     from utils.dllogger import read_log
 
     params = tiny_params(tmp_path, "eval", "--eval_batch_size", "128")
@@ -142,7 +144,7 @@ def test_run_eval_end_to_end_on_digits(tmp_path):
 
 def test_eval_without_checkpoint_exits_1(tmp_path, capsys):
     import main
-    from tests.tiny_run import tiny_args
+    from tests.helpers.tiny_run import tiny_args
 
     assert main.main(tiny_args(tmp_path, "eval")) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -155,33 +157,7 @@ def test_eval_without_checkpoint_exits_1(tmp_path, capsys):
 def test_evaluate_under_mirrored_strategy_matches_one_device():
     """Two logical CPU replicas: global sums, not per-replica means (in the replica worker: devices
     must be configured before TensorFlow starts)."""
-    import json
-    import textwrap
-
-    code = textwrap.dedent("""
-        import json
-        import keras, numpy as np, tensorflow as tf
-        from runtime.distribute import create_strategy
-        from runtime.evaluate import evaluate
-        strategy = create_strategy(cpu_replicas=2).strategy
-        with strategy.scope():
-            keras.utils.set_random_seed(0)
-            inputs = keras.Input((4, 4, 3))
-            model = keras.Model(inputs, keras.layers.Dense(7)(keras.layers.Flatten()(inputs)))
-        rng = np.random.default_rng(1)
-        x = rng.uniform(0, 255, (22, 4, 4, 3)).astype("float32")
-        y = np.eye(7, dtype="float32")[rng.integers(0, 7, 22)]
-        one = evaluate(model, tf.data.Dataset.from_tensor_slices((x, y)).batch(8),
-                       strategy=tf.distribute.get_strategy(), progress=False)
-        plain = evaluate(model, tf.data.Dataset.from_tensor_slices((x, y)).batch(8),
-                         strategy=strategy, progress=False)
-        dist = strategy.distribute_datasets_from_function(
-            lambda ctx: tf.data.Dataset.from_tensor_slices((x, y)).shard(
-                ctx.num_input_pipelines, ctx.input_pipeline_id).batch(4))
-        distributed = evaluate(model, dist, strategy=strategy, progress=False)
-        print(json.dumps([one, plain, distributed]))
-    """)
-    proc = replica_worker.run(code)
+    proc = replica_worker.run(evaluate_checks.mirrored_evaluate)
     assert proc.returncode == 0, proc.stderr[-2000:]
     one, plain, distributed = json.loads(proc.stdout.strip().splitlines()[-1])
     for got in (plain, distributed):

@@ -16,8 +16,8 @@ import main
 from dataloader.preprocessing import preprocess_for_eval
 from runtime import export, runtimes
 from runtime.errors import RunError
-from tests import tiny_run
-from tests.tiny_run import save_random_checkpoint
+from tests.helpers import tiny_run
+from tests.helpers.tiny_run import save_random_checkpoint
 
 # Two blocks: the converters' time grows with the layer count, and no check here depends on depth.
 MPARAMS = f"{tiny_run.TINY_MPARAMS},{tiny_run.TWO_BLOCKS}"

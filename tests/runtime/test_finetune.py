@@ -11,7 +11,7 @@ from model import build_model
 from runtime import finetune
 from runtime.errors import RunError
 from runtime.train import StepConfig, build_run, make_train_step
-from tests.tiny_run import TINY_MPARAMS, tiny_args, tiny_params
+from tests.helpers.tiny_run import TINY_MPARAMS, tiny_args, tiny_params
 from utils.optimizers import OptimizerConfig, build_optimizer
 
 CFG = "config/efficientnet_v2/s_cfg.py"
@@ -164,7 +164,7 @@ def test_pretrained_from_our_weights_file_reinitializes_classifier(tmp_path, cap
 
 
 def test_pretrained_from_a_checkpoint_directory(tmp_path):
-    from tests.tiny_run import save_random_checkpoint
+    from tests.helpers.tiny_run import save_random_checkpoint
 
     params = tiny_params(tmp_path / "src", "train")
     source = save_random_checkpoint(params)

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 import main
-from tests.data_fixtures import class_color
-from tests.tiny_run import TINY_MPARAMS, TWO_BLOCKS
+from tests.helpers.data_fixtures import class_color
+from tests.helpers.tiny_run import TINY_MPARAMS, TWO_BLOCKS
 from utils.dllogger import read_log
 
 CLASSES = ("cat", "dog", "fox")

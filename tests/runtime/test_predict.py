@@ -7,14 +7,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dataloader.files import FilePolicy
 from dataloader.preprocessing import preprocess_for_eval
 from runtime.predict import (
     PredictError,
     find_images,
     format_summary,
     predict_files,
+    run_predict,
     write_predictions,
 )
+from tests.helpers import data_fixtures
+from tests.helpers.data_fixtures import png_header
+from tests.helpers.tiny_run import save_random_checkpoint, tiny_params
 
 NAMES = ("cat", "dog", "fish", "owl")
 
@@ -149,7 +154,7 @@ def test_class_names_must_match_model(tmp_path):
 def test_run_predict_end_to_end(tmp_path, capsys):
     from runtime.components import save_class_names
     from runtime.predict import run_predict
-    from tests.tiny_run import save_random_checkpoint, tiny_params
+    from tests.helpers.tiny_run import save_random_checkpoint, tiny_params
 
     images = tmp_path / "images"
     made = _write_images(images)
@@ -204,7 +209,7 @@ def test_run_predict_end_to_end(tmp_path, capsys):
 
 def test_predict_bad_inputs_exit_codes(tmp_path, capsys):
     import main
-    from tests.tiny_run import tiny_args
+    from tests.helpers.tiny_run import tiny_args
 
     with pytest.raises(SystemExit) as exc:  # flag errors exit before anything is written
         main.main(tiny_args(tmp_path, "predict", "--predict_img_dir", str(tmp_path / "missing")))
@@ -224,7 +229,7 @@ def test_predict_bad_inputs_exit_codes(tmp_path, capsys):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "x.jpg").write_bytes(b"garbage")
-    from tests.tiny_run import save_random_checkpoint, tiny_params
+    from tests.helpers.tiny_run import save_random_checkpoint, tiny_params
 
     save_random_checkpoint(tiny_params(tmp_path, "predict", "--predict_img_dir", str(broken)))
     assert main.main(tiny_args(tmp_path, "predict", "--predict_img_dir", str(broken))) == 1
@@ -254,7 +259,7 @@ def test_imagenet_models_get_human_readable_names(tmp_path):
     from runtime.class_names import class_names_for
     from runtime.components import save_class_names
     from runtime.predict import _classes_for_predict
-    from tests.tiny_run import tiny_params
+    from tests.helpers.tiny_run import tiny_params
 
     names = class_names_for(1000, None)
     assert (
@@ -273,7 +278,7 @@ def test_imagenet_models_get_human_readable_names(tmp_path):
 def test_class_names_fallbacks_without_class_names_json(tmp_path):
     from runtime.components import save_class_names
     from runtime.predict import _classes_for_predict
-    from tests.tiny_run import tiny_params
+    from tests.helpers.tiny_run import tiny_params
 
     images = tmp_path / "images"
     _write_images(images)
@@ -286,3 +291,77 @@ def test_class_names_fallbacks_without_class_names_json(tmp_path):
     assert _classes_for_predict(imagenet) == (10, None)  # no data_dir: the config's count
     save_class_names(str(tmp_path), 3, ["a", "b", "c"])
     assert _classes_for_predict(imagenet) == (3, ("a", "b", "c"))  # what training saved wins
+
+
+# ---------------------------------------------------------------------------------------------
+# Unsafe input files (issue #12): no FIFO, no symlink out of the folder, a header pixel limit
+
+
+def test_predict_skips_fifo_instead_of_hanging(tmp_path):
+    """Before: a FIFO named x.jpg was listed, and reading it blocked forever."""
+    (tmp_path / "a.jpg").write_bytes(data_fixtures.jpeg(0))
+    os.mkfifo(tmp_path / "x.jpg")
+    skipped = []
+    assert find_images(str(tmp_path), skipped=skipped) == [str(tmp_path / "a.jpg")]
+    assert skipped == [{"file": "x.jpg", "error": "not a regular file (FIFO)"}]
+
+
+def test_predict_does_not_follow_symlinks_out_of_the_folder(tmp_path):
+    """Before: a link to /etc/passwd (or any file outside) was read."""
+    folder, outside = tmp_path / "in", tmp_path / "outside"
+    folder.mkdir()
+    outside.mkdir()
+    (outside / "secret.jpg").write_bytes(data_fixtures.jpeg(1))
+    (folder / "a.jpg").write_bytes(data_fixtures.jpeg(0))
+    os.symlink(outside / "secret.jpg", folder / "link.jpg")
+    os.symlink(folder / "a.jpg", folder / "inside.jpg")
+    os.symlink(outside, folder / "linked_dir")
+    skipped = []
+    found = find_images(str(folder), skipped=skipped)
+    assert found == [str(folder / "a.jpg"), str(folder / "inside.jpg")]
+    assert [s["file"] for s in skipped] == ["link.jpg"]
+    assert skipped[0]["error"].startswith("symlink out of the folder")
+    followed = find_images(str(folder), FilePolicy(follow_symlinks=True))
+    assert (
+        str(folder / "link.jpg") in followed
+        and str(folder / "linked_dir" / "secret.jpg") in followed
+    )
+
+
+def test_predict_rejects_a_decompression_bomb_from_its_header(tmp_path):
+    """Before: a 20000x20000 PNG was decoded in full (RSS 0.65 -> 2.1 GB for one file)."""
+    (tmp_path / "bomb.png").write_bytes(png_header(20000, 20000) + b"\x00" * 64)
+    (tmp_path / "ok.png").write_bytes(data_fixtures.png(0))
+    skipped = []
+    assert find_images(str(tmp_path), skipped=skipped) == [str(tmp_path / "ok.png")]
+    assert skipped[0]["file"] == "bomb.png"
+    assert "20000x20000 = 400,000,000 > --max_image_pixels 89,478,485" in skipped[0]["error"]
+    with pytest.raises(PredictError, match="cannot be read: too many pixels"):
+        find_images(str(tmp_path / "bomb.png"))
+
+
+def test_predict_reports_refused_files_end_to_end(tmp_path):
+    """The skipped files appear in predictions.json's unreadable list, with their reason."""
+    params = tiny_params(
+        tmp_path / "run",
+        "predict",
+        "--predict_img_dir",
+        str(tmp_path),
+        "--max_image_pixels",
+        "1000",
+    )
+    save_random_checkpoint(params)
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "small.jpg").write_bytes(data_fixtures.jpeg(0, (20, 20)))
+    (images / "large.jpg").write_bytes(data_fixtures.jpeg(0, (40, 48)))
+    os.mkfifo(images / "pipe.png")
+    params["predict_img_dir"] = str(images)
+    result = run_predict(params)
+    assert (result["num_files"], result["num_predicted"], result["num_unreadable"]) == (3, 1, 2)
+    saved = json.load(open(tmp_path / "run" / "predictions.json"))
+    reasons = {u["file"]: u["error"] for u in saved["unreadable"]}
+    assert reasons["pipe.png"] == "not a regular file (FIFO)"
+    assert reasons["large.jpg"].startswith(
+        "too many pixels (48x40 = 1,920 > --max_image_pixels 1,000)"
+    )

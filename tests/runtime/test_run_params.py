@@ -3,12 +3,10 @@
 import json
 import os
 
-import pytest
-
 import main
 from runtime import flags, run_params
 from runtime.components import write_json
-from tests.tiny_run import save_random_checkpoint, tiny_args, tiny_params
+from tests.helpers.tiny_run import save_random_checkpoint, tiny_args, tiny_params
 
 
 def trained_run(tmp_path, *extra):
@@ -18,12 +16,6 @@ def trained_run(tmp_path, *extra):
     )
     write_json(str(tmp_path / flags.PARAMS_FILE), params)
     return params
-
-
-def error_of(capsys, argv):
-    with pytest.raises(SystemExit) as exc:
-        main.main(argv)
-    return exc.value.code, capsys.readouterr().err
 
 
 def test_eval_needs_only_model_dir(tmp_path):
@@ -67,10 +59,9 @@ def test_command_line_overrides_the_saved_run(tmp_path):
     )
 
 
-def test_architecture_override_is_refused_in_one_line(tmp_path, capsys):
+def test_architecture_override_is_refused_in_one_line(tmp_path, main_exit):
     trained_run(tmp_path)
-    code, err = error_of(
-        capsys,
+    code, err = main_exit(
         ["--mode", "eval", "--model_dir", str(tmp_path), "--mparams", "width_coefficient=0.2"],
     )
     assert code == 2 and err.count("\n") == 1
@@ -79,8 +70,7 @@ def test_architecture_override_is_refused_in_one_line(tmp_path, capsys):
         f"trained in {tmp_path} (width_coefficient: 0.1 -> 0.2); leave them out to "
         "use the run's params.json, or use another --model_dir\n"
     )
-    code, err = error_of(
-        capsys,
+    code, err = main_exit(
         [
             "--mode",
             "predict",
@@ -95,8 +85,8 @@ def test_architecture_override_is_refused_in_one_line(tmp_path, capsys):
     assert code == 2 and "--cfg would change the architecture" in err and "name: " in err
 
 
-def test_cfg_required_without_params_json(tmp_path, capsys):
-    code, err = error_of(capsys, ["--mode", "eval", "--model_dir", str(tmp_path / "empty")])
+def test_cfg_required_without_params_json(tmp_path, main_exit):
+    code, err = main_exit(["--mode", "eval", "--model_dir", str(tmp_path / "empty")])
     assert code == 2 and err.count("\n") == 1
     assert (
         "the following arguments are required: --cfg (or, for --mode eval/predict/export/"
@@ -118,9 +108,9 @@ def test_training_modes_do_not_read_params_json(tmp_path):
     }
 
 
-def test_broken_params_json_is_one_line(tmp_path, capsys):
+def test_broken_params_json_is_one_line(tmp_path, main_exit):
     (tmp_path / "params.json").write_text("{not json")
-    code, err = error_of(capsys, ["--mode", "eval", "--model_dir", str(tmp_path)])
+    code, err = main_exit(["--mode", "eval", "--model_dir", str(tmp_path)])
     assert code == 2 and err.startswith(f"main.py: error: cannot read {tmp_path}/params.json")
 
 

@@ -1,17 +1,12 @@
-import os
-import textwrap
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from runtime.train import stage_for_epoch, stage_schedule
-from tests import replica_worker
-from tests.train_fixtures import batch, build_trainer, tiny_model
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
+from tests.helpers import replica_worker
+from tests.helpers.programs import train_checks
+from tests.helpers.train_fixtures import batch, build_trainer, tiny_model
 
 # --- stages ---------------------------------------------------------------------------------
 
@@ -139,45 +134,7 @@ def test_mirrored_strategy_equals_no_strategy():
     scaling; float16 all-reduce) give the same weights, EMA and metrics as one replica with
     batch 8. In the replica worker:
     logical devices must be set up before TensorFlow initializes."""
-    script = textwrap.dedent("""
-        import numpy as np, tensorflow as tf
-        from runtime.distribute import create_strategy
-        from tests.train_fixtures import batch, build_trainer
-        dist = create_strategy(num_gpus=0, cpu_replicas=2)
-        strategy = dist.strategy
-        assert strategy.num_replicas_in_sync == 2
-        images, labels = batch(8)
-        for accum, scaling in ((1, False), (2, False), (1, True)):
-            single = build_trainer(clip=0.05, loss_scaling=scaling, ema_decay=0.9)
-            single[3]((images, labels))
-            mirrored = build_trainer(dist, accum=accum, clip=0.05, loss_scaling=scaling,
-                                     ema_decay=0.9)
-            def shard(ctx, data):
-                part = data[4 * ctx.replica_id_in_sync_group: 4 * ctx.replica_id_in_sync_group + 4]
-                return part.reshape((accum, 4 // accum) + part.shape[1:]) if accum > 1 else part
-            x = strategy.experimental_distribute_values_from_function(lambda c: shard(c, images))
-            y = strategy.experimental_distribute_values_from_function(lambda c: shard(c, labels))
-            mirrored[3]((x, y))
-            pairs = list(zip(single[0].trainable_variables, mirrored[0].trainable_variables))
-            pairs += list(zip(single[4].shadows, mirrored[4].shadows))
-            for a, b in pairs:
-                np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
-            assert int(mirrored[1].iterations.numpy()) == 1
-            assert abs(single[2].result()["loss"] - mirrored[2].result()["loss"]) < 1e-5
-        # float16 all-reduce: the same update up to float16 rounding of the gradients.
-        compressed_dist = create_strategy(num_gpus=0, cpu_replicas=2, fp16_compression=True)
-        compressed = compressed_dist.strategy
-        single = build_trainer(clip=0.05)
-        single[3]((images, labels))
-        mirrored = build_trainer(compressed_dist, clip=0.05)
-        x = compressed.experimental_distribute_values_from_function(lambda c: images[4 * c.replica_id_in_sync_group:][:4])
-        y = compressed.experimental_distribute_values_from_function(lambda c: labels[4 * c.replica_id_in_sync_group:][:4])
-        mirrored[3]((x, y))
-        for a, b in zip(single[0].trainable_variables, mirrored[0].trainable_variables):
-            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-4)
-        print("MIRRORED_OK")
-    """)
-    proc = replica_worker.run(script)
+    proc = replica_worker.run(train_checks.mirrored_step_equals_one_device)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "MIRRORED_OK" in proc.stdout
 
@@ -249,7 +206,7 @@ def test_params_json_gets_the_derived_values_once_the_strategy_exists(tmp_path):
     import json
 
     from runtime import train
-    from tests.tiny_run import tiny_params
+    from tests.helpers.tiny_run import tiny_params
 
     params = tiny_params(
         tmp_path,

@@ -1,5 +1,6 @@
 """End to end through main.py on the bundled digits with a tiny model: resume after a crash or
-kill -9 (step, LR, stage), NaN handling. train_and_eval + predict: tests/test_quickstart.py."""
+kill -9 (step, LR, stage), NaN handling. train_and_eval + predict:
+tests/scripts/test_quickstart.py."""
 
 import os
 import signal
@@ -12,10 +13,10 @@ import pytest
 import tensorflow as tf
 
 import main
+from tests.helpers import ROOT
 from utils.dllogger import read_log
 from utils.schedules import build_schedule
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = os.path.join(ROOT, "config", "efficientnet_v1", "b0_cfg.py")
 STEPS = 3
 BATCH = 16
@@ -116,7 +117,7 @@ def test_resume_after_a_crash_continues_step_lr_and_stage(tmp_path, monkeypatch)
     """The run dies right after its 2nd checkpoint (end of stage 1); the rerun resumes at
     epoch 3, in stage 2, with the global step and learning rate where they were. In-process:
     the SIGKILL variant below needs a second TensorFlow process (slow); a checkpoint that a
-    SIGKILL interrupts is tested in tests/test_checkpoint.py."""
+    SIGKILL interrupts is tested in tests/runtime/test_checkpoint.py."""
     from runtime.checkpoint import TrainingCheckpoint
 
     args = resume_run_args(tmp_path)

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-SCRIPT = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "bench_input.py"
-)
+from tests.helpers import ROOT
+
+SCRIPT = os.path.join(ROOT, "scripts", "bench_input.py")
 
 
 @pytest.mark.slow

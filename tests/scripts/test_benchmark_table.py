@@ -11,7 +11,7 @@ import pytest
 import main
 from scripts import benchmark_table as bt
 from scripts.scaling_model import allreduce_seconds, predict
-from tests.tiny_run import TINY_MPARAMS
+from tests.helpers.tiny_run import TINY_MPARAMS
 
 TINY = [
     "--mparams",

@@ -11,9 +11,9 @@ import pytest
 
 from dataloader import DataConfig, build_dataset, dataset_info
 from scripts import build_tfrecords
-from tests import data_fixtures as fx
+from tests.helpers import ROOT
+from tests.helpers import data_fixtures as fx
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "build_tfrecords.py")
 CLASSES = ["cat", "dog", "emu"]
 

@@ -12,53 +12,25 @@ import subprocess
 import pytest
 
 from runtime.flags import build_parser
+from tests.helpers import ROOT
+from tests.helpers.launch_scripts import dry_run, main_py_args
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHELL_SCRIPTS = sorted(
-    glob.glob(os.path.join(REPO, "scripts", "**", "*.sh"), recursive=True)
-    + glob.glob(os.path.join(REPO, "efficientnet_v*", "**", "*.sh"), recursive=True)
-    + glob.glob(os.path.join(REPO, "*.sub"))
+    glob.glob(os.path.join(ROOT, "scripts", "**", "*.sh"), recursive=True)
+    + glob.glob(os.path.join(ROOT, "efficientnet_v*", "**", "*.sh"), recursive=True)
+    + glob.glob(os.path.join(ROOT, "*.sub"))
 )
 RECIPES = sorted(
     p
-    for p in glob.glob(os.path.join(REPO, "efficientnet_v*", "**", "*.sh"), recursive=True)
+    for p in glob.glob(os.path.join(ROOT, "efficientnet_v*", "**", "*.sh"), recursive=True)
     if os.path.basename(p) != "recipe.sh"
 )
-SUBMISSIONS = sorted(glob.glob(os.path.join(REPO, "*.sub")))
-LAUNCH = os.path.join(REPO, "scripts", "launch.sh")
+SUBMISSIONS = sorted(glob.glob(os.path.join(ROOT, "*.sub")))
+LAUNCH = os.path.join(ROOT, "scripts", "launch.sh")
 
 
 def rel(path: str) -> str:
-    return os.path.relpath(path, REPO)
-
-
-def dry_run(argv: list[str], **env: str) -> subprocess.CompletedProcess:
-    # The scripts' settings come from the environment: start from none of them.
-    settings = (
-        "SLURM_",
-        "DRY_RUN",
-        "DATA_DIR",
-        "MODEL_DIR",
-        "RESULTS_DIR",
-        "PYTHON",
-        "CONTAINER",
-        "PRECISION",
-        "BATCH",
-        "MASTER_PORT",
-    )
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(settings)}
-    full_env.update({"DRY_RUN": "1", **env})
-    return subprocess.run(
-        ["bash", *argv], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=30
-    )
-
-
-def main_py_args(stdout: str) -> list[str]:
-    """The flags of the one printed `... main.py ...` command line."""
-    lines = [line for line in stdout.splitlines() if re.search(r"(^|/)main\.py ", line)]
-    assert len(lines) == 1, stdout
-    words = shlex.split(lines[0])
-    return words[next(i for i, w in enumerate(words) if w.endswith("main.py")) + 1 :]
+    return os.path.relpath(path, ROOT)
 
 
 def parse(args: list[str]):
@@ -87,7 +59,7 @@ def test_recipe_dry_run_parses(script):
     result = dry_run([script])
     assert result.returncode == 0, result.stderr
     args = parse(main_py_args(result.stdout))
-    assert os.path.isfile(os.path.join(REPO, args.cfg))
+    assert os.path.isfile(os.path.join(ROOT, args.cfg))
     path = rel(script)
     precision = re.search(r"(AMP|TF32|FP32)", path).group(1)
     assert args.use_amp == (precision == "AMP")
@@ -142,7 +114,7 @@ def test_launcher_environment_and_dry_run_flag():
     env = {k: v for k, v in os.environ.items() if k != "DRY_RUN"}
     result = subprocess.run(
         ["bash", LAUNCH, "--dry_run", "TF32", "2", "config/efficientnet_v1/b4_cfg.py", "eval"],
-        cwd=REPO,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         env={**env, "DATA_DIR": "/d", "MODEL_DIR": "/m", "PYTHON": "py"},
@@ -186,7 +158,7 @@ def test_multinode_submission_dry_run(sub):
     # As sbatch runs it: a spooled copy, SLURM_SUBMIT_DIR = where `sbatch` was called.
     result = dry_run(
         [sub],
-        SLURM_SUBMIT_DIR=REPO,
+        SLURM_SUBMIT_DIR=ROOT,
         SLURM_JOB_ID="1000",
         CONTAINER="img:1",
         DATA_DIR="/lustre/imagenet",
@@ -195,7 +167,7 @@ def test_multinode_submission_dry_run(sub):
     srun = shlex.split(result.stdout.splitlines()[0])
     assert srun[:2] == ["srun", "--kill-on-bad-exit=1"]
     assert "--container-image=img:1" in srun
-    assert "--container-mounts=/lustre/imagenet:/data," + os.path.join(REPO, "results") in " ".join(
+    assert "--container-mounts=/lustre/imagenet:/data," + os.path.join(ROOT, "results") in " ".join(
         srun
     )
     launch = srun.index("scripts/launch.sh")
@@ -207,14 +179,14 @@ def test_multinode_submission_dry_run(sub):
 def test_multinode_without_container_runs_from_checkout():
     result = dry_run(
         ["run_S_multinode.sub"],
-        SLURM_SUBMIT_DIR=REPO,
+        SLURM_SUBMIT_DIR=ROOT,
         CONTAINER="",
         PRECISION="TF32",
         BATCH="230",
         RESULTS_DIR="/shared/r",
     )
     assert result.returncode == 0, result.stderr
-    assert f"--chdir={REPO}" in result.stdout and "MODEL_DIR=/shared/r" in result.stdout
+    assert f"--chdir={ROOT}" in result.stdout and "MODEL_DIR=/shared/r" in result.stdout
     args = parse(main_py_args(result.stdout))
     assert (args.model_dir, args.train_batch_size, args.use_amp) == ("/shared/r", 230, False)
 
@@ -226,7 +198,7 @@ def test_docker_scripts():
         "build",
         "--tag",
         "effnet",
-        REPO,
+        ROOT,
     ]
     launch = dry_run(
         ["scripts/docker/launch.sh", "effnet"], DATA_DIR="/imagenet", RESULTS_DIR="/out"
@@ -242,18 +214,18 @@ def test_docker_scripts():
 
 
 def test_dockerfile_uses_official_base_and_keeps_its_gpu_tensorflow():
-    with open(os.path.join(REPO, "Dockerfile")) as f:
+    with open(os.path.join(ROOT, "Dockerfile")) as f:
         text = f.read()
     assert re.search(r"^FROM tensorflow/tensorflow:2\.21\.\d+-gpu$", text, re.M)
     # The image keeps its GPU TensorFlow: it installs everything but TensorFlow.
     installed = re.findall(r"pip install -r (\S+)", text)
     assert installed == ["requirements-base.txt"]
-    with open(os.path.join(REPO, "requirements-base.txt")) as f:
+    with open(os.path.join(ROOT, "requirements-base.txt")) as f:
         requirements = f.read()
     assert not re.search(r"^tensorflow(-cpu)?\s*[<>=;\[]", requirements, re.M)
     assert "tensorflow-datasets" in requirements and "keras" in requirements
     for name in ("requirements.txt", "requirements-gpu.txt"):
-        with open(os.path.join(REPO, name)) as f:
+        with open(os.path.join(ROOT, name)) as f:
             assert "-r requirements-base.txt" in f.read()
 
 
@@ -266,17 +238,17 @@ def test_dockerfile_uses_official_base_and_keeps_its_gpu_tensorflow():
     ],
 )
 def test_submissions_are_thin_settings_over_one_job(sub, name, batch):
-    with open(os.path.join(REPO, sub)) as f:
+    with open(os.path.join(ROOT, sub)) as f:
         lines = f.read().splitlines()
     assert len(lines) <= 20 and lines[-1].endswith('/scripts/multinode.sh"')
-    result = dry_run([sub], SLURM_SUBMIT_DIR=REPO, CONTAINER="", BATCH="")
+    result = dry_run([sub], SLURM_SUBMIT_DIR=ROOT, CONTAINER="", BATCH="")
     assert result.returncode == 0, result.stderr
-    assert f"MODEL_DIR={os.path.join(REPO, 'results', name)}" in result.stdout
+    assert f"MODEL_DIR={os.path.join(ROOT, 'results', name)}" in result.stdout
     assert parse(main_py_args(result.stdout)).train_batch_size == int(batch)
 
 
 def test_multinode_job_needs_a_recipe():
-    result = dry_run(["scripts/multinode.sh"], SLURM_SUBMIT_DIR=REPO)
+    result = dry_run(["scripts/multinode.sh"], SLURM_SUBMIT_DIR=ROOT)
     assert result.returncode != 0 and "RECIPE: set by the .sub file" in result.stderr
 
 

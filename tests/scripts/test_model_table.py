@@ -10,9 +10,9 @@ import subprocess
 import sys
 
 import pytest
-from model_zoo import ROOT, cfg_path, profiled, variant_params
 
 from scripts.model_table import format_rows, main
+from tests.helpers.model_zoo import ROOT, cfg_path, profiled, variant_params
 
 PAPER_GMACS = {
     "b0": 0.39,

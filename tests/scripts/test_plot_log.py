@@ -6,9 +6,8 @@ import sys
 import pytest
 
 from scripts.plot_log import collect_series, main
+from tests.helpers import ROOT
 from utils.dllogger import create_metrics_logger, read_log
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _training_log(path, global_steps):

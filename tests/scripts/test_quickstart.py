@@ -1,6 +1,6 @@
 """The README quick start (scripts/quickstart.sh), shortened: 2 epochs of 3 steps, plus a
 SavedModel export; checks train_and_eval with EMA, the exports, the DLLogger log and predict's
-output files. (Stages end to end: tests/test_train_e2e.py.)"""
+output files. (Stages end to end: tests/runtime/test_train_e2e.py.)"""
 
 import csv
 import json
@@ -11,9 +11,9 @@ import sys
 import tensorflow as tf
 
 from runtime.checkpoint import checkpoint_dir
+from tests.helpers import ROOT
 from utils.dllogger import read_log
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3
 
 

@@ -1,11 +1,11 @@
 import errno
 import os
 import subprocess
-import sys
-import textwrap
 
 import pytest
 
+from tests.helpers import ROOT
+from tests.helpers.processes import program
 from utils import fileio
 from utils.fileio import (
     WriteError,
@@ -76,15 +76,7 @@ def test_atomic_dir_replaces_old_folder_only_when_complete(tmp_path):
 def test_sigkill_during_write_leaves_old_file_and_a_stale_temp_that_is_cleaned(tmp_path):
     path = tmp_path / "model.weights.h5"
     path.write_bytes(b"complete old weights")
-    script = textwrap.dedent(f"""
-        import os, signal
-        from utils.fileio import atomic_write
-        with atomic_write({str(path)!r}, "wb") as f:
-            f.write(b"half")
-            f.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
-    """)
-    proc = subprocess.run([sys.executable, "-c", script], cwd=os.getcwd())
+    proc = subprocess.run(program("killed_atomic_write", path), cwd=ROOT)
     assert proc.returncode == -9
     assert path.read_bytes() == b"complete old weights"
     stale = [n for n in os.listdir(tmp_path) if n.startswith(fileio.TEMP_PREFIX)]

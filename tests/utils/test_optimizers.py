@@ -72,7 +72,7 @@ def test_l2_penalty_is_keras_l2_on_kernels_and_biases():
 def test_l2_penalty_of_a_tiny_efficientnet_covers_exactly_nvidias_variables():
     from config.loader import load_config
     from model import build_model
-    from tests.tiny_run import TINY_MPARAMS
+    from tests.helpers.tiny_run import TINY_MPARAMS
 
     model = build_model(
         load_config("config/efficientnet_v1/b0_cfg.py", TINY_MPARAMS), num_classes=3

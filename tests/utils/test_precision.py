@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.train_fixtures import batch, build_trainer
+from tests.helpers.train_fixtures import batch, build_trainer
 from utils.precision import configure_precision, needs_loss_scaling, precision_policy
 
 

@@ -1,11 +1,11 @@
-"""One training process for tests/test_distribute_multiworker.py (not a test module).
+"""One training process for tests/runtime/test_distribute_multiworker.py.
 
-    python -m tests.multiworker_driver OUT.npz STEPS [SLEEP_S]
+    python -m tests.helpers.programs.multiworker_driver OUT.npz STEPS [SLEEP_S]
 
 Builds the strategy from the environment (TF_CONFIG or nothing), trains the tiny BN-free model
-of tests/train_fixtures with runtime.train's step on `batch(8)` split over the replicas, prints
-`step N` after each step and saves the final weights. A distribution failure is reported like
-main.py does: one line on stderr, exit status 1.
+of tests/helpers/train_fixtures.py with runtime.train's step on `batch(8)` split over the
+replicas, prints `step N` after each step and saves the final weights. A distribution failure is
+reported like main.py does: one line on stderr, exit status 1.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from runtime import distribute
 def main(out: str, steps: int, sleep_s: float) -> int:
     dist = distribute.create_strategy(num_gpus=0)
     strategy = dist.strategy
-    from tests.train_fixtures import batch, build_trainer
+    from tests.helpers.train_fixtures import batch, build_trainer
 
     model, _, _, step, _ = build_trainer(dist)
     images, labels = batch(8)

@@ -1,0 +1,40 @@
+"""A small model with BatchNorm, a loss-scaled RMSprop and an EMA: the training state that
+runtime.checkpoint saves and restores (tests/runtime/test_checkpoint.py and the checkpoint
+writer it kills, tests/helpers/programs/checkpoint_writer.py)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from utils.ema import ExponentialMovingAverage
+from utils.optimizers import OptimizerConfig, build_optimizer
+
+
+def bn_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((4, 4, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(3, name="head")(x))
+
+
+def training_state(seed=0, ema_decay=0.9):
+    model = bn_model(seed)
+    opt = build_optimizer(
+        OptimizerConfig(name="rmsprop"), 0.01, model.trainable_variables, loss_scaling=True
+    )
+    opt.build(model.trainable_variables)
+    ema = ExponentialMovingAverage(model, ema_decay) if ema_decay else None
+    return model, opt, ema
+
+
+def one_step(model, opt, ema):
+    x = np.random.default_rng(0).normal(size=(4, 4, 4, 3)).astype("float32")
+    with tf.GradientTape() as tape:
+        loss = opt.scale_loss(tf.reduce_mean(model(x, training=True) ** 2))
+    opt.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+    if ema is not None:
+        ema.update(opt.iterations)
