@@ -241,9 +241,8 @@ def test_bad_recipe_flags_exit_2_with_one_line(argv, message, capsys):
     assert message in err and err.count("\n") == 1
 
 
-def test_flag_choices_agree_with_the_dataloader():
-    assert flags.RESIZE_METHODS == data_config_module.RESIZE_METHODS
-    assert flags.EVAL_CROPS == data_config_module.EVAL_CROPS == preprocessing.EVAL_CROPS
+def test_eval_crop_names_of_the_data_config_and_the_preprocessing_agree():
+    assert data_config_module.EVAL_CROPS == preprocessing.EVAL_CROPS
 
 
 # --- labels and classes of ImageNet-format shards --------------------------------------------

@@ -47,7 +47,6 @@ def imagenet_cfg(data_dir, **kw) -> DataConfig:
 
 
 def test_public_api_is_exported():
-    assert dataloader.build_dataset is build_dataset
     assert callable(dataloader.mixing.mix_batch)
     assert callable(dataloader.preprocessing.preprocess_for_eval)
 
