@@ -247,7 +247,10 @@ def test_every_mode_resolves_to_a_function():
 
 def test_flags_load_without_tensorflow():
     """A typo on the command line fails at once: the flag module loads neither TF nor Keras."""
-    assert subprocess.run(program("flags_without_tensorflow"), cwd=ROOT).returncode == 0
+    assert (
+        subprocess.run(program("imports_without_tensorflow", "runtime.flags"), cwd=ROOT).returncode
+        == 0
+    )
 
 
 def test_runtime_data_error_is_one_line_exit_1(capsys, tmp_path):

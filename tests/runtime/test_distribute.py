@@ -1,4 +1,4 @@
-"""Cluster discovery (TF_CONFIG / SLURM / MPI env dicts) and strategy helpers of runtime.distribute.
+"""Cluster discovery (runtime.cluster: TF_CONFIG / SLURM / MPI env dicts) and runtime.distribute.
 
 `resolve_cluster` is a pure function of an environment dict, so every launcher layout and every
 bad value is checked here without starting TensorFlow servers.
@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from runtime.distribute import (
+from runtime.cluster import (
     ClusterError,
     ClusterSpec,
     expand_hostlist,
@@ -96,6 +96,16 @@ def test_local_when_no_launcher():
     spec = resolve_cluster({"HOME": "/root", "TF_CONFIG": "  "})
     assert spec == ClusterSpec()
     assert (spec.num_workers, spec.is_multi_worker, spec.is_chief, spec.rank) == (1, False, True, 0)
+
+
+def test_cluster_parsing_imports_no_tensorflow():
+    """main.py and runtime.lock ask "am I the chief?" before TensorFlow starts."""
+    assert (
+        subprocess.run(
+            program("imports_without_tensorflow", "runtime.cluster"), cwd=ROOT
+        ).returncode
+        == 0
+    )
 
 
 # --- TF_CONFIG --------------------------------------------------------------------------------
@@ -459,6 +469,27 @@ def test_missing_worker_fails_at_startup_instead_of_hanging():
     )
     assert f"peers 127.0.0.1:{ports[0]}, 127.0.0.1:{ports[1]}" in result.stderr
     assert time.monotonic() - started < 90
+
+
+def test_watchdog_kills_its_parent_with_one_line_and_leaves_when_the_parent_is_gone(
+    capsys, monkeypatch
+):
+    from runtime import watchdog
+
+    started = time.monotonic()
+    result = subprocess.run(
+        program("watched_sleeper"), cwd=ROOT, capture_output=True, text=True, timeout=90
+    )
+    assert result.returncode == -9 and result.stdout == ""
+    assert result.stderr == "main.py: error: too slow\n"
+    assert time.monotonic() - started < 30
+    # The watched process is no longer its parent (it ended): it returns at once, silently.
+    kills = []
+    monkeypatch.setattr(os, "kill", lambda *args: kills.append(args))
+    started = time.monotonic()
+    watchdog.watch(os.getpid(), 60.0, "never written")
+    assert time.monotonic() - started < 5
+    assert kills == [] and capsys.readouterr().err == ""
 
 
 def test_fp16_all_reduce_is_scale_aware_in_both_precisions():

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from runtime import distribute as d
+from runtime.cluster import ClusterError
 from tests.helpers.train_fixtures import batch, build_trainer
 
 
@@ -85,7 +86,7 @@ def create_strategy_on_cpu() -> None:
     ):
         try:
             d.create_strategy(**bad)
-        except d.ClusterError as err:
+        except ClusterError as err:
             out[str(bad)] = str(err)
     print(json.dumps(out))
 
@@ -138,7 +139,7 @@ def create_strategy_from_environment() -> None:
     """Prints `ERR <message>` when the environment's cluster is refused."""
     try:
         d.create_strategy()
-    except d.ClusterError as err:
+    except ClusterError as err:
         print("ERR", err)
 
 
