@@ -11,7 +11,7 @@ numbers as the uninterrupted one.
 Atomicity: TensorFlow writes a checkpoint's data files under temporary names, renames them
 when complete, and only then rewrites the `checkpoint` index with
 `atomic_write_string_to_file`; old checkpoints are deleted after that. So a process killed at
-any moment leaves the index pointing at a complete checkpoint (tests/test_checkpoint.py
+any moment leaves the index pointing at a complete checkpoint (tests/runtime/test_checkpoint.py
 kills a writer with SIGKILL to check it).
 
 What that leaves behind, and what this module cleans: a save that fails (disk full, read-only)

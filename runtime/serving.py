@@ -31,7 +31,7 @@ class EvalTransform(keras.layers.Layer):
     """Batched eval transform in the graph: uint8 [B, H, W, 3] -> float32 [B, S, S, 3] 0..255.
 
     The same center crop and resize as `dataloader.preprocessing.preprocess_for_eval` on a
-    decoded image (tests/test_export.py checks they agree). The crop is cast to float32 before
+    decoded image (tests/runtime/test_export.py checks they agree). The crop is cast to float32 before
     the resize: TF resizes uint8 in float32 anyway, and ONNX's Resize would keep uint8.
 
     Args:
