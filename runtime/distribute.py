@@ -57,6 +57,8 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from utils.errors import UserError
+
 if TYPE_CHECKING:  # TensorFlow is imported lazily (see "Strategies" below)
     import tensorflow as tf
 
@@ -78,7 +80,7 @@ DEFAULT_STARTUP_TIMEOUT_S = 300
 DEFAULT_SHUTDOWN_BARRIER_TIMEOUT_S = 10
 
 
-class ClusterError(ValueError):
+class ClusterError(UserError, ValueError):
     """The launcher environment does not describe a usable cluster; the message is one line."""
 
 

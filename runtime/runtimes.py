@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from utils.errors import UserError
+
 FORMATS = ("saved_model", "onnx", "tflite")
 QUANTIZATIONS = ("none", "float16", "dynamic_int8")
 EXPORT_SUBDIR = "export"
@@ -78,7 +80,7 @@ def runtime_artifact(params: Mapping[str, Any]) -> str:
     return os.path.join(export_dir(params), artifact_name(fmt, params["export_quantize"]))
 
 
-class RuntimeUnavailable(ImportError):
+class RuntimeUnavailable(UserError, ImportError):
     """An optional runtime or exporter is not installed; the message is one line."""
 
 
