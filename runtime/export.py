@@ -5,7 +5,8 @@ SavedModel, `Model.export(format="onnx")` which wraps tf2onnx, `Model.export(for
 which wraps `tf.lite.TFLiteConverter`), is written under a temporary name and renamed when
 complete, and then verifies itself: the exported file is run by its runtime (runtime.runtimes)
 on a few validation images and compared with the Keras model. The max abs difference is
-printed and logged; above the tolerance of its precision the export is an error.
+printed (one line per artifact on stdout, the export's result), written to the DLLogger log and
+to export.json; above the tolerance of its precision the export is an error.
 
 The exported signature (docs/deployment.md):
   input  `images`: float32 [B, S, S, 3], RGB 0..255, the eval transform (center crop of
@@ -37,6 +38,7 @@ from runtime import components, runtimes
 from runtime.checkpoint import restore_for_inference
 from runtime.errors import RunError
 from runtime.runtimes import artifact_name, export_dir, planned_artifacts
+from utils.dllogger import print_result
 
 logger = logging.getLogger(__name__)
 
@@ -423,10 +425,12 @@ def run_export(params: Mapping[str, Any]) -> dict[str, Any]:
         if not is_chief:
             break
         quantize = params["export_quantize"] if fmt == "tflite" else "none"
-        print(
-            f"exporting {fmt} ({quantize}{', with preprocessing' if preprocessing else ''}) "
-            f"to {path} ...",
-            flush=True,
+        logger.info(
+            "exporting %s (%s%s) to %s ...",
+            fmt,
+            quantize,
+            ", with preprocessing" if preprocessing else "",
+            path,
         )
         start = time.perf_counter()
         bytes_endpoint = None
@@ -463,8 +467,7 @@ def run_export(params: Mapping[str, Any]) -> dict[str, Any]:
             f"{check['checked']} tolerance {check['tolerance']:g}: "
             f"{'ok' if record['passed'] else 'FAILED'} ({seconds:.1f} s)"
         )
-        print(line, flush=True)
-        logger.info("%s", line)
+        print_result(line)
         if not record["passed"]:
             checked = check["checked"]
             failures.append(
