@@ -15,9 +15,13 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from runtime import flags
 from utils.errors import UserError, before_run
+
+if TYPE_CHECKING:
+    from runtime.lock import ModelDirLock
 
 PROG = "main.py"
 
@@ -45,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _check_and_claim(params: dict):
+def _check_and_claim(params: dict) -> ModelDirLock | None:
     """Before anything is written: check the data settings; for training, lock model_dir.
 
     Returns:
