@@ -100,7 +100,7 @@ def test_every_error_of_the_project_is_a_user_error(module, name):
         ("utils.errors", "ConfigError", ValueError),
         ("dataloader.config", "DataError", ValueError),
         ("runtime.flags", "FlagError", ValueError),
-        ("runtime.distribute", "ClusterError", ValueError),
+        ("runtime.cluster", "ClusterError", ValueError),
         ("utils.fileio", "WriteError", OSError),
         ("runtime.errors", "RunError", RuntimeError),
         ("runtime.lock", "LockError", RuntimeError),
