@@ -6,15 +6,14 @@ from __future__ import annotations
 import ast
 import os
 import subprocess
-import sys
 
 import pytest
 
 from config.loader import load_config
 from model.schema import MODEL_KEYS, RULES, validate_model_config
+from tests.helpers import ROOT
+from tests.helpers.processes import program
 from utils.errors import ConfigError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def imported_modules(path: str, package: str) -> set[str]:
@@ -43,11 +42,8 @@ def test_model_imports_nothing_from_config_runtime_or_dataloader():
 
 
 def test_the_schema_and_the_loader_import_without_keras():
-    code = (
-        "import sys, model, model.schema, config.loader; "
-        "sys.exit(any(m.split('.')[0] in ('tensorflow', 'keras') for m in sys.modules))"
-    )
-    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+    command = program("imports_without_tensorflow", "model", "model.schema", "config.loader")
+    assert subprocess.run(command, cwd=ROOT).returncode == 0
 
 
 # One bad value per rule, and the words of its message.

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from tests.helpers import ROOT
 from utils.dllogger import (
     ProgressBar,
     Verbosity,
@@ -15,8 +16,6 @@ from utils.dllogger import (
     print_result,
     read_log,
 )
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _write_run(path, **kwargs):

@@ -13,9 +13,9 @@ import pytest
 import main
 import runtime
 from runtime import components, distribute
+from tests.helpers import ROOT
 from utils.errors import BAD_INPUT, RUN_FAILED, UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("config", "model", "dataloader", "runtime", "utils", "scripts")
 CFG = os.path.join(ROOT, "config", "efficientnet_v1", "b0_cfg.py")
 TINY = "width_coefficient=0.1,depth_coefficient=0.1,train_img_size=32,eval_img_size=32"
