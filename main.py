@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from runtime import flags
+from runtime import flags, run_params
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,7 +70,7 @@ def _write_params_and_run(params: dict, prog: str) -> int:
 
     try:
         components.write_json(
-            os.path.join(params["model_dir"], flags.params_filename(params["mode"])), params
+            os.path.join(params["model_dir"], run_params.params_filename(params["mode"])), params
         )
     except OSError as err:
         sys.stderr.write(

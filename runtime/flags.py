@@ -42,8 +42,6 @@ DATASET_SOURCES = SOURCES
 DATASETS_NEEDING_DIR = ("imagenet", "folder")
 OPTIMIZER_NAMES = OPTIMIZERS
 LR_DECAYS = SCHEDULES
-PARAMS_FILE = run_params.PARAMS_FILE
-TRAINING_MODES = ("train", "train_and_eval")
 
 # The dataclass field defaults the data and optimizer flags take (the one place each is written).
 _DATA = MappingProxyType({f.name: f.default for f in dataclasses.fields(DataConfig)})
@@ -532,12 +530,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def params_filename(mode: str) -> str:
-    """Where the resolved params of `mode` go in model_dir: params.json for training, and
-    params_<mode>.json for the other modes so they never overwrite the training record."""
-    return PARAMS_FILE if mode in TRAINING_MODES else f"params_{mode}.json"
-
-
 def flag_names(parser: argparse.ArgumentParser) -> list[str]:
     """Every `--flag` the parser knows (both spellings of booleans)."""
     return sorted(s for a in parser._actions for s in a.option_strings if s.startswith("--"))
@@ -704,7 +696,7 @@ _FREEZE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 def _validate_finetune(params: dict[str, Any]) -> None:
     """--pretrained, --freeze_until, --unfreeze_epoch (training modes only)."""
-    if params["mode"] not in TRAINING_MODES:
+    if params["mode"] not in run_params.TRAINING_MODES:
         return
     path = params["pretrained"]
     if path is not None and not (os.path.exists(path) or os.path.isfile(path + ".index")):
@@ -762,7 +754,7 @@ def resolve(
         raise FlagError(
             "the following arguments are required: --cfg (or, for --mode "
             f"{'/'.join(run_params.RUN_READING_MODES)}, a --model_dir holding a "
-            f"training run's {PARAMS_FILE})"
+            f"training run's {run_params.PARAMS_FILE})"
         )
     else:
         params["model"] = load_config(args.cfg, args.mparams)

@@ -80,7 +80,7 @@ def test_parsed_flags_give_the_dataclass_defaults():
 
 
 def test_step_config_defaults_are_the_flag_defaults():
-    from runtime.train import StepConfig
+    from runtime.step import StepConfig
 
     defaults = flags.flag_defaults()
     # advprop: the flag is the switch, the field the attack built from it (None = off).

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import main
-from runtime import MODES, flags
+from runtime import MODES, flags, run_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = os.path.join(ROOT, "config", "efficientnet_v1", "b0_cfg.py")
@@ -226,16 +226,18 @@ def test_params_json_holds_every_flag_and_the_model(tmp_path):
     from runtime.components import write_json
 
     params = parse("--mparams", TINY, "--model_dir", str(tmp_path))
-    path = write_json(str(tmp_path / flags.PARAMS_FILE), params)
+    path = write_json(str(tmp_path / run_params.PARAMS_FILE), params)
     saved = json.load(open(path))
     parser = flags.build_parser()
     assert {a.dest for a in parser._actions if a.dest != "help"} <= set(saved)
     assert saved["model"]["width_coefficient"] == 0.1 and saved["cfg"] == CFG
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
     assert (
-        flags.params_filename("train") == flags.params_filename("train_and_eval") == "params.json"
+        run_params.params_filename("train")
+        == run_params.params_filename("train_and_eval")
+        == "params.json"
     )
-    assert flags.params_filename("eval") == "params_eval.json"
+    assert run_params.params_filename("eval") == "params_eval.json"
 
 
 def test_every_mode_resolves_to_a_function():
