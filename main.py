@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("absl").setLevel(logging.WARNING)  # TF's per-save sharding INFO lines
     from dataloader.config import DataError
-    from runtime import components, distribute
+    from runtime import cluster, components
     from runtime.errors import RunError
     from runtime.lock import LockError, claim_model_dir
     from utils.precision import default_use_xla
@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # Training: lock model_dir and refuse a resume that cannot fit, before writing there.
         lock = claim_model_dir(params)
-    except (LockError, RunError, DataError, distribute.ClusterError) as err:
+    except (LockError, RunError, DataError, cluster.ClusterError) as err:
         sys.stderr.write(f"{prog}: error: {err}\n")
         return 2
     except OSError as err:
@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _write_params_and_run(params: dict, prog: str) -> int:
     from config.loader import ConfigError
     from dataloader.config import DataError
-    from runtime import components, distribute, run
+    from runtime import cluster, components, distribute, run
     from runtime.errors import RunError
     from utils.fileio import WriteError
 
@@ -79,7 +79,7 @@ def _write_params_and_run(params: dict, prog: str) -> int:
         return 2
     try:
         run(params["mode"], params)
-    except (RunError, ConfigError, DataError, distribute.ClusterError, WriteError) as err:
+    except (RunError, ConfigError, DataError, cluster.ClusterError, WriteError) as err:
         sys.stderr.write(f"{prog}: error: {err}\n")
         return 1
     except Exception as err:

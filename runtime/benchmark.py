@@ -29,7 +29,7 @@ import keras
 import tensorflow as tf
 
 from dataloader import dataset_info
-from runtime import components, distribute, train
+from runtime import components, distribute, runtimes, train
 from runtime.checkpoint import restore_for_inference
 from runtime.evaluate import PERCENTILES, evaluate, latency_stats
 from runtime.step import make_train_step
@@ -280,9 +280,7 @@ def run_inference_benchmark(params: Mapping[str, Any]) -> dict[str, Any]:
       latency_mean_ms and latency_p{50,90,95,99}_ms per batch; or "error" (out of memory).
     """
     if params["runtime"] != "keras":
-        from runtime import export
-
-        return export.run_runtime_benchmark(params)
+        return run_runtime_benchmark(params)
     dist = components.setup_run(params)
     strategy, is_chief = dist.strategy, dist.is_chief
     info = dataset_info(components.data_config(params, training=False))
@@ -326,4 +324,58 @@ def run_inference_benchmark(params: Mapping[str, Any]) -> dict[str, Any]:
             )
         document = _header(params, dist, "inference_benchmark", params["eval_img_size"])
         document["results"] = rows
+        return _report(params, document, "latency", log, is_chief)
+
+
+def run_runtime_benchmark(params: Mapping[str, Any]) -> dict[str, Any]:
+    """`--mode inference_benchmark --runtime R` for an exported model (R != keras).
+
+    One batch of the eval input (`--dataset synthetic`: random images) is run
+    `--benchmark_warmup_steps` + `--benchmark_steps` times per batch size: latency is the
+    runtime's call on host memory, images/s = batch / mean latency (input pipeline excluded).
+
+    Returns:
+      The benchmark document as `run_inference_benchmark` (plus "runtime" and "artifact").
+    """
+    dist = components.setup_run(params)
+    is_chief = dist.is_chief
+    info = dataset_info(components.data_config(params, training=False))
+    runtime, loaded = runtimes.open_exported(params, info.num_classes)
+    rows = []
+    with components.open_metrics_log(params, is_chief, append=True) as log:
+        log.log_params(params)
+        for batch_size in _batch_sizes(params, params["eval_batch_size"]):
+            images, _ = next(
+                iter(
+                    components.eval_dataset(
+                        params, dist.strategy, repeat=True, batch_size=batch_size
+                    )
+                )
+            )
+            images = images.numpy()
+            times = time_steps(
+                lambda images=images: runtime(images),
+                params["benchmark_warmup_steps"],
+                params["benchmark_steps"],
+                desc=f"{params['runtime']} batch {batch_size}",
+                progress=is_chief,
+            )
+            images_per_sec = batch_size * len(times) / sum(times)
+            rows.append(
+                {
+                    "batch_size": batch_size,
+                    "global_batch_size": batch_size,
+                    "timed_steps": len(times),
+                    "images_per_sec": images_per_sec,
+                    "images_per_sec_per_device": images_per_sec,
+                    **latency_stats(times),
+                }
+            )
+        document = _header(params, dist, "inference_benchmark", params["eval_img_size"])
+        document.update(
+            runtime=params["runtime"],
+            artifact=loaded["path"],
+            runtime_batch=runtime.micro_batch,
+            results=rows,
+        )
         return _report(params, document, "latency", log, is_chief)

@@ -162,11 +162,11 @@ def claim_model_dir(params: dict[str, Any]) -> ModelDirLock | None:
       LockError: another training run holds the lock.
       RunError: the checkpoint in model_dir does not fit this run (see check_resume_fits).
     """
-    from runtime import distribute
+    from runtime.cluster import resolve_cluster
 
     if params["mode"] not in ("train", "train_and_eval"):
         return None
-    if not distribute.resolve_cluster(os.environ).is_chief:
+    if not resolve_cluster(os.environ).is_chief:
         return None
     lock = ModelDirLock(params["model_dir"]).acquire()
     try:

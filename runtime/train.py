@@ -29,12 +29,12 @@ import tensorflow as tf
 from dataloader import DatasetInfo, build_dataset, dataset_info
 from runtime import advprop, distribute, finetune
 from runtime.checkpoint import TrainingCheckpoint, checkpoint_dir, save_weights_atomically
+from runtime.class_names import save_class_names
 from runtime.components import (
     create_model,
     data_config,
     eval_dataset,
     open_metrics_log,
-    save_class_names,
     setup_run,
     small_data_bn_momentum,
     write_json,

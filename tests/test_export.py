@@ -14,7 +14,7 @@ import tensorflow as tf
 
 import main
 from dataloader.preprocessing import preprocess_for_eval
-from runtime import export, runtimes
+from runtime import export, runtimes, serving
 from runtime.errors import RunError
 from tests import tiny_run
 from tests.tiny_run import save_random_checkpoint
@@ -78,7 +78,7 @@ def exported(tmp_path_factory):
 
 
 def _manifest(model_dir):
-    with open(os.path.join(model_dir, "export", export.MANIFEST), encoding="utf-8") as f:
+    with open(os.path.join(model_dir, "export", runtimes.MANIFEST), encoding="utf-8") as f:
         return json.load(f)
 
 
@@ -223,7 +223,7 @@ def test_eval_transform_matches_preprocess_for_eval():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (2, 41, 57, 3), dtype=np.uint8)
     for method in ("bilinear", "bicubic"):
-        layer = export.EvalTransform(24, 0.8, method)
+        layer = serving.EvalTransform(24, 0.8, method)
         batched = layer(images).numpy()
         single = np.stack(
             [preprocess_for_eval(tf.constant(img), 24, 0.8, method).numpy() for img in images]
@@ -346,7 +346,7 @@ def test_runtime_rejects_an_export_of_another_size(exported):
         match=r"takes 32 px images, --eval_img_size is 48; "
         r"pass --eval_img_size 32 or export again",
     ):
-        export.open_exported(params, 10)
+        runtimes.open_exported(params, 10)
 
 
 def _error(capsys, argv):
