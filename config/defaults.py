@@ -2,8 +2,9 @@
 
 MODEL_DEFAULTS are the model defaults shared by every EfficientNet config module; the family
 modules (`config/efficientnet_v1/__init__.py`, `config/efficientnet_v2/__init__.py`) add what
-differs per family and each `*_cfg.py` names only what differs per variant. STEP_DEFAULTS are
-the training-step defaults that the command line and the runtime share.
+differs per family and each `*_cfg.py` names only what differs per variant. The keys the model
+reads and the values each may take are the model's (model/schema.py, MODEL_KEYS).
+STEP_DEFAULTS are the training-step defaults that the command line and the runtime share.
 """
 
 from __future__ import annotations
@@ -27,28 +28,6 @@ MODEL_DEFAULTS = MappingProxyType(
         # "scale128" = (x - 128) / 128 of v2, "none" = input already normalized).
         "input_normalization": "imagenet",
     }
-)
-
-# Keys model.build_model reads; everything else in a config (training hyper-parameters) is
-# ignored. Here rather than in model/ so that runtime.run_params reads them without TensorFlow.
-MODEL_KEYS = (
-    "name",
-    "blocks",
-    "width_coefficient",
-    "depth_coefficient",
-    "dropout_rate",
-    "drop_connect_rate",
-    "activation",
-    "bn_momentum",
-    "bn_epsilon",
-    "depth_divisor",
-    "min_depth",
-    "round_down_guard",
-    "stem_filters",
-    "head_filters",
-    "num_classes",
-    "include_top",
-    "input_normalization",
 )
 
 # Training-step defaults: the flags of the same names (runtime/flags.py) and the fields of

@@ -33,7 +33,7 @@ from runtime import components, distribute, runtimes, train
 from runtime.checkpoint import restore_for_inference
 from runtime.evaluate import PERCENTILES, evaluate, latency_stats
 from runtime.step import make_train_step
-from utils.dllogger import MetricsLogger, ProgressBar, Verbosity
+from utils.dllogger import MetricsLogger, ProgressBar, Verbosity, print_result
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def _report(
     log: MetricsLogger,
     is_chief: bool,
 ) -> dict[str, Any]:
-    """Log rows, write the JSON file and print the table (chief only)."""
+    """Log rows, write the JSON file and show the table (chief only)."""
     metric = "train" if document["mode"] == "training_benchmark" else "infer"
     for row in document["results"]:
         # File only (VERBOSE): the console gets the table below instead.
@@ -166,13 +166,14 @@ def _report(
     path = components.write_json(
         os.path.join(params["model_dir"], RESULT_FILES[document["mode"]]), document
     )
-    print(
+    header = (
         f"{document['mode']}: {document['model']} at {document['image_size']} px, "
         f"{document['precision']}, XLA {'on' if document['use_xla'] else 'off'}, "
         f"{document['num_replicas']} replica(s) on {document['device']}"
     )
-    print(format_table(document["results"], prefix))
-    print(f"results written to {path}")
+    print_result(
+        f"{header}\n{format_table(document['results'], prefix)}\nresults written to {path}"
+    )
     return {**document, "path": path}
 
 

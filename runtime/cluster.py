@@ -29,10 +29,12 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from utils.errors import UserError
+
 DEFAULT_PORT = 12345
 
 
-class ClusterError(ValueError):
+class ClusterError(UserError, ValueError):
     """The launcher environment does not describe a usable cluster; the message is one line."""
 
 

@@ -5,8 +5,9 @@ Owns the export driver: every artifact goes through Keras 3's own exporters
 tf2onnx, `Model.export(format="litert")` which wraps `tf.lite.TFLiteConverter`), is written
 under a temporary name and renamed when complete, and then verifies itself: the exported file
 is run by its runtime (runtime.runtimes) on a few validation images and compared with the Keras
-model. The max abs difference is printed and logged; above the tolerance of its precision the
-export is an error. export.json records every artifact.
+model. The max abs difference is printed (one line per artifact on stdout, the export's
+result) and written to the DLLogger log and to export.json, which records every artifact; above
+the tolerance of its precision the export is an error.
 
 What is exported (the serving model, its signature and the eval transform in the graph) is
 runtime.serving's; opening an artifact for predict / inference_benchmark is runtime.runtimes'.
@@ -34,6 +35,7 @@ from runtime.class_names import trained_classes
 from runtime.errors import RunError
 from runtime.runtimes import artifact_name, export_dir, planned_artifacts
 from runtime.serving import serving_model, signature, write_saved_model
+from utils.dllogger import print_result
 
 logger = logging.getLogger(__name__)
 
@@ -256,10 +258,12 @@ def run_export(params: Mapping[str, Any]) -> dict[str, Any]:
         if not is_chief:
             break
         quantize = params["export_quantize"] if fmt == "tflite" else "none"
-        print(
-            f"exporting {fmt} ({quantize}{', with preprocessing' if preprocessing else ''}) "
-            f"to {path} ...",
-            flush=True,
+        logger.info(
+            "exporting %s (%s%s) to %s ...",
+            fmt,
+            quantize,
+            ", with preprocessing" if preprocessing else "",
+            path,
         )
         start = time.perf_counter()
         bytes_endpoint = None
@@ -296,8 +300,7 @@ def run_export(params: Mapping[str, Any]) -> dict[str, Any]:
             f"{check['checked']} tolerance {check['tolerance']:g}: "
             f"{'ok' if record['passed'] else 'FAILED'} ({seconds:.1f} s)"
         )
-        print(line, flush=True)
-        logger.info("%s", line)
+        print_result(line)
         if not record["passed"]:
             checked = check["checked"]
             failures.append(

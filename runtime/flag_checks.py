@@ -22,12 +22,15 @@ from typing import Any
 from config.loader import load_config
 from dataloader.config import SOURCES
 from runtime import run_params, runtimes
+from utils.errors import BAD_INPUT, UserError
 
 DATASETS_NEEDING_DIR = ("imagenet", "folder")
 
 
-class FlagError(ValueError):
+class FlagError(UserError, ValueError):
     """An invalid command line; the message is one line."""
+
+    exit_code = BAD_INPUT
 
 
 def dataset_name(text: str) -> str:

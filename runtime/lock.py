@@ -23,6 +23,7 @@ import os
 import time
 from typing import Any
 
+from utils.errors import BAD_INPUT, UserError
 from utils.fileio import atomic_write_text, host_name, pid_alive, temp_path
 
 logger = logging.getLogger(__name__)
@@ -30,8 +31,10 @@ logger = logging.getLogger(__name__)
 LOCK_FILE = "train.lock"
 
 
-class LockError(RuntimeError):
+class LockError(UserError, RuntimeError):
     """model_dir is locked by another training run; the message is one line."""
+
+    exit_code = BAD_INPUT
 
 
 def lock_path(model_dir: str) -> str:

@@ -29,7 +29,7 @@ from runtime import components, runtimes
 from runtime.checkpoint import restore_for_inference
 from runtime.class_names import trained_classes
 from runtime.errors import RunError
-from utils.dllogger import ProgressBar
+from utils.dllogger import ProgressBar, print_result
 from utils.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -399,8 +399,10 @@ def run_predict(params: Mapping[str, Any]) -> dict[str, Any]:
             },
         )
         result.update(csv=csv_path, json=json_path)
-        print(format_summary(predictions, unreadable))
-        print(f"predictions written to {csv_path} and {json_path}")
+        print_result(
+            f"{format_summary(predictions, unreadable)}\n"
+            f"predictions written to {csv_path} and {json_path}"
+        )
         with components.open_metrics_log(params, is_chief, append=True) as log:
             log.log_params(params)
             log.log([], {f"predict.{k}": v for k, v in result.items()})

@@ -24,8 +24,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from config.defaults import MODEL_KEYS
 from config.loader import ConfigError, apply_overrides, load_config, parse_mparams
+from model.schema import MODEL_KEYS
 
 PARAMS_FILE = "params.json"
 # The modes that train (and write PARAMS_FILE); every other mode writes params_<mode>.json.

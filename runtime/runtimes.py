@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import RunError
+from utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def runtime_artifact(params: Mapping[str, Any]) -> str:
     return os.path.join(export_dir(params), artifact_name(fmt, params["export_quantize"]))
 
 
-class RuntimeUnavailable(ImportError):
+class RuntimeUnavailable(UserError, ImportError):
     """An optional runtime or exporter is not installed; the message is one line."""
 
 

@@ -285,12 +285,20 @@ def test_quantized_litert_export_has_its_own_tolerance(tmp_path, quantize):
     assert 0.0 <= artifact["top1_agreement"] <= 1.0
 
 
-def test_self_check_above_tolerance_is_an_error(tmp_path, monkeypatch, capsys):
+def test_self_check_above_tolerance_is_an_error(tmp_path, monkeypatch, capsys, caplog):
     save_random_checkpoint(tiny_params(tmp_path, "export"))
     # Every real export differs from Keras by rounding at most; a negative tolerance fails it.
     monkeypatch.setattr(export, "LOGIT_TOLERANCE", -1.0)
+    caplog.set_level("INFO", logger="runtime.export")
     assert main.main(tiny_args(tmp_path, "export", "--export_format", "saved_model")) == 1
-    err = capsys.readouterr().err.strip().splitlines()[-1]
+    captured = capsys.readouterr()
+    # One path per line: the self-check result on stdout only, the progress note in the log only.
+    check = "saved_model: max abs diff vs Keras"
+    assert captured.out.count(check) == 1 and check not in captured.err
+    assert not [m for m in caplog.messages if check in m]
+    assert [m for m in caplog.messages if m.startswith("exporting saved_model (none) to ")]
+    assert "exporting saved_model" not in captured.out
+    err = captured.err.strip().splitlines()[-1]
     assert err.startswith("main.py: error: export self-check failed: saved_model (")
     assert "max abs diff of logits" in err and "> tolerance -1" in err
     (artifact,) = _manifest(tmp_path)["artifacts"]
