@@ -64,7 +64,7 @@ def create_strategy_on_cpu() -> None:
         ],
         "write_dir": d.checkpoint_write_dir("/m/ckpt", mirrored),
     }
-    # runtime.train's step with float16 all-reduce vs one device: equal to fp16 precision.
+    # runtime.step's step with float16 all-reduce vs one device: equal to fp16 precision.
     images, labels = batch(8)
     single, compressed = build_trainer(), build_trainer(mirrored)
     single[3]((images, labels))

@@ -12,7 +12,7 @@ import sys
 
 import keras
 
-from runtime.train import save_weights_atomically
+from runtime.checkpoint import save_weights_atomically
 
 
 def main(path: str) -> None:
