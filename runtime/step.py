@@ -134,7 +134,7 @@ def _skip_optimizer_all_reduce(optimizer: keras.optimizers.Optimizer) -> None:
     context, *after* `global_clipnorm` was applied to the per-replica gradients. The step
     reduces once itself (once per accumulated step, optionally compressed) before
     unscaling/clipping, so the optimizer must not reduce a second time.
-    tests/runtime/test_train.py checks MirroredStrategy(2 replicas) == no strategy; runtime/compat.py
+    tests/runtime/test_step.py checks MirroredStrategy(2 replicas) == no strategy; runtime/compat.py
     fails in one line when Keras no longer reduces through the patched method.
     """
     compat.skip_optimizer_all_reduce(inner_optimizer(optimizer))

@@ -1,78 +1,14 @@
+"""runtime/step.py: the training step equals plain SGD on the mean loss plus L2, gradient
+accumulation equals the large batch, loss scaling, XLA, and two replicas equal one device."""
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from runtime.stages import stage_for_epoch, stage_schedule
 from tests.helpers import replica_worker
-from tests.helpers.programs import train_checks
+from tests.helpers.programs import step_checks
 from tests.helpers.train_fixtures import batch, build_trainer, tiny_model
-
-# --- stages ---------------------------------------------------------------------------------
-
-
-def test_stage_schedule_interpolates_from_base_to_final():
-    stages = stage_schedule(
-        10,
-        4,
-        image_size=(128, 300),
-        raug_magnitude=(5.0, 15.0),
-        mixup_alpha=(0.0, 0.3),
-        cutmix_alpha=(0.1, 0.4),
-    )
-    assert [(s.first_epoch, s.end_epoch) for s in stages] == [(0, 2), (2, 4), (4, 6), (6, 10)]
-    assert [s.image_size for s in stages] == [128, 185, 243, 300]
-    assert [s.raug_magnitude for s in stages] == pytest.approx(
-        [5.0, 8.3333, 11.6667, 15.0], abs=1e-4
-    )
-    assert [s.mixup_alpha for s in stages] == pytest.approx([0.0, 0.1, 0.2, 0.3])
-    assert [s.cutmix_alpha for s in stages] == pytest.approx([0.1, 0.2, 0.3, 0.4])
-    assert [stage_for_epoch(stages, e).index for e in range(11)] == [
-        0,
-        0,
-        1,
-        1,
-        2,
-        2,
-        3,
-        3,
-        3,
-        3,
-        3,
-    ]
-
-
-def test_single_stage_uses_final_values():
-    (stage,) = stage_schedule(
-        3,
-        1,
-        image_size=(128, 224),
-        raug_magnitude=(5, 10),
-        mixup_alpha=(0, 0.2),
-        cutmix_alpha=(0, 0),
-    )
-    assert (stage.first_epoch, stage.end_epoch, stage.image_size, stage.mixup_alpha) == (
-        0,
-        3,
-        224,
-        0.2,
-    )
-
-
-@pytest.mark.parametrize("n_stages", [0, 4])
-def test_stage_count_must_fit_epochs(n_stages):
-    with pytest.raises(ValueError, match="n_stages must be in 1..max_epochs=3"):
-        stage_schedule(
-            3,
-            n_stages,
-            image_size=(1, 2),
-            raug_magnitude=(0, 0),
-            mixup_alpha=(0, 0),
-            cutmix_alpha=(0, 0),
-        )
-
-
-# --- the training step ----------------------------------------------------------------------
 
 
 def test_step_is_sgd_on_the_mean_loss_plus_l2():
@@ -134,7 +70,7 @@ def test_mirrored_strategy_equals_no_strategy():
     scaling; float16 all-reduce) give the same weights, EMA and metrics as one replica with
     batch 8. In the replica worker:
     logical devices must be set up before TensorFlow initializes."""
-    proc = replica_worker.run(train_checks.mirrored_step_equals_one_device)
+    proc = replica_worker.run(step_checks.mirrored_step_equals_one_device)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "MIRRORED_OK" in proc.stdout
 
@@ -171,65 +107,3 @@ def test_xla_step_matches_plain_step(accum, scaling):
         weights.append([v.numpy() for v in model.trainable_variables])
     for a, b in zip(*weights, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-
-
-def test_stage_line_names_only_the_settings_in_effect():
-    from runtime.stages import Stage, describe_stage
-
-    stage = Stage(
-        index=0,
-        first_epoch=0,
-        end_epoch=300,
-        image_size=224,
-        raug_magnitude=10.0,
-        mixup_alpha=0.0,
-        cutmix_alpha=0.0,
-    )
-    assert describe_stage(stage, 1, "none", False) == "stage 1/1: epochs 1-300, image size 224"
-    assert describe_stage(stage, 1, "none", False, with_epochs=False) == "stage 1/1: image size 224"
-    mixed = Stage(
-        index=1,
-        first_epoch=3,
-        end_epoch=6,
-        image_size=128,
-        raug_magnitude=5.0,
-        mixup_alpha=0.2,
-        cutmix_alpha=0.0,
-    )
-    assert describe_stage(mixed, 2, "randaugment", True) == (
-        "stage 2/2: epochs 4-6, image size 128, RandAugment magnitude 5.00, mixup 0.200 (in the step)"
-    )
-    assert "autoaugment" in describe_stage(stage, 1, "autoaugment", False)
-
-
-def test_params_json_gets_the_derived_values_once_the_strategy_exists(tmp_path):
-    import json
-
-    from runtime import train
-    from tests.helpers.tiny_run import tiny_params
-
-    params = tiny_params(
-        tmp_path,
-        "train",
-        "--max_epochs",
-        "4",
-        "--train_batch_size",
-        "16",
-        "--lr_warmup_epochs",
-        "1",
-        "--n_stages",
-        "2",
-        "--base_img_size",
-        "24",
-    )
-    run = train.build_run(params)
-    run.log.close()
-    with open(tmp_path / "params.json") as f:
-        derived = json.load(f)["derived"]
-    assert derived["num_replicas"] == 1 and derived["num_workers"] == 1
-    assert derived["global_batch_size"] == 16
-    assert derived["steps_per_epoch"] == run.steps_per_epoch > 1
-    assert derived["total_steps"] == 4 * run.steps_per_epoch
-    assert derived["peak_lr"] == pytest.approx(params["lr_init"] * 16 / 128)
-    assert [s["epochs"] for s in derived["stages"]] == [[1, 2], [3, 4]]
-    assert [s["image_size"] for s in derived["stages"]] == [24, 32]

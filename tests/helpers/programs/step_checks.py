@@ -1,5 +1,5 @@
 """runtime.step's training step under two logical CPU replicas equals the step on one device;
-run in the replica worker (tests/helpers/replica_worker.py) by tests/runtime/test_train.py."""
+run in the replica worker (tests/helpers/replica_worker.py) by tests/runtime/test_step.py."""
 
 from __future__ import annotations
 
