@@ -1,5 +1,5 @@
 """Import each MODULE and exit 1 if that loaded TensorFlow or Keras. Run by tests/test_main.py
-(runtime.flags: a typo on the command line must fail at once), tests/runtime/test_distribute.py
+(runtime.flags: a typo on the command line must fail at once), tests/runtime/test_cluster.py
 (runtime.cluster: main.py and runtime.lock ask "am I the chief?" before TensorFlow starts) and
 tests/model/test_schema.py (model, model.schema and config.loader validate without Keras).
 

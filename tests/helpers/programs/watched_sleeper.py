@@ -1,5 +1,5 @@
 """Start runtime.watchdog on this process with a 0.5 s limit, then sleep 60 s and print NOT
-KILLED; tests/runtime/test_distribute.py checks that the watchdog killed it first, after its
+KILLED; tests/runtime/test_watchdog.py checks that the watchdog killed it first, after its
 one line on stderr.
 
     python -m tests.helpers.programs.watched_sleeper
