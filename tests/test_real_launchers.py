@@ -21,6 +21,7 @@ tests/test_launch_scripts.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -70,7 +71,10 @@ def slurm():
 @pytest.fixture(scope="module")
 def mpirun():
     if shutil.which("mpirun") is None:
-        pytest.skip(f"mpirun not found: {SLURM_HELP}")
+        pytest.skip(
+            "mpirun not found: install Open MPI (`sudo scripts/dev/local_slurm.sh` installs "
+            "openmpi-bin; docs/development.md)"
+        )
 
 
 def free_port_pair() -> int:
@@ -176,25 +180,17 @@ class Job:
         return f"job {self.id}, {self.log_path}:\n{self.log()[-6000:]}"
 
 
-def wait_for(ready: Callable[[], bool], what: str, timeout: float, alive: Callable[[], bool]):
-    deadline = time.monotonic() + timeout
-    while not ready():
-        assert alive(), f"ended before {what}"
-        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
-        time.sleep(0.2)
-
-
-def checkpoint_written(results_dir, number: int) -> Callable[[], bool]:
+def wait_for_first_checkpoint(results_dir, alive: Callable[[], bool], timeout: float = 600):
+    """Wait until the run in `results_dir` has saved its epoch-1 checkpoint (while `alive()`)."""
     index = os.path.join(results_dir, "checkpoints", "checkpoint")  # rewritten after each save
-
-    def ready() -> bool:
-        try:
-            with open(index) as f:
-                return f'"ckpt-{number}"' in f.read()
-        except FileNotFoundError:
-            return False
-
-    return ready
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(FileNotFoundError), open(index) as f:
+            if '"ckpt-1"' in f.read():
+                return
+        assert alive(), "the run ended before its epoch-1 checkpoint"
+        assert time.monotonic() < deadline, f"no epoch-1 checkpoint after {timeout} s"
+        time.sleep(0.2)
 
 
 def final_state(results_dir) -> dict[str, np.ndarray]:
@@ -290,12 +286,7 @@ def test_scancel_then_resubmit_ends_with_the_uninterrupted_weights(tmp_path, slu
     env = job_env(results)
     first = Job(env, tmp_path / "first.out")
     try:
-        wait_for(
-            checkpoint_written(results, 1),
-            "epoch 1 checkpoint",
-            timeout=600,
-            alive=lambda: first.state() in ACTIVE,
-        )
+        wait_for_first_checkpoint(results, alive=lambda: first.state() in ACTIVE)
         first.cancel()
         cancelled_at = time.monotonic()
         info = first.wait_done(timeout=120)
@@ -323,12 +314,7 @@ def test_requeued_job_resumes_and_keeps_its_log(tmp_path, slurm_reference):
     results = tmp_path / "run"
     job = Job(job_env(results), tmp_path / "job.out")
     try:
-        wait_for(
-            checkpoint_written(results, 1),
-            "epoch 1 checkpoint",
-            timeout=600,
-            alive=lambda: job.state() in ACTIVE,
-        )
+        wait_for_first_checkpoint(results, alive=lambda: job.state() in ACTIVE)
         requeued = subprocess.run(
             ["scontrol", "requeue", job.id], capture_output=True, text=True, timeout=30
         )
@@ -398,12 +384,7 @@ def test_warning_signal_checkpoints_and_the_job_requeues_itself(tmp_path, slurm_
     results = tmp_path / "run"
     job = Job(job_env(results), tmp_path / "job.out")
     try:
-        wait_for(
-            checkpoint_written(results, 1),
-            "epoch 1 checkpoint",
-            timeout=600,
-            alive=lambda: job.state() in ACTIVE,
-        )
+        wait_for_first_checkpoint(results, alive=lambda: job.state() in ACTIVE)
         job.cancel("--signal=USR1")  # to the job steps (the training tasks), as --signal does
         release_requeued(job, timeout=120)
         info = job.wait_done(timeout=600)
@@ -501,12 +482,7 @@ def test_mpirun_stopped_then_rerun_ends_with_the_uninterrupted_weights(tmp_path,
     env = job_env(results)
     proc = start_mpirun(env, tmp_path / "first.log")
     try:
-        wait_for(
-            checkpoint_written(results, 1),
-            "epoch 1 checkpoint",
-            timeout=600,
-            alive=lambda: proc.poll() is None,
-        )
+        wait_for_first_checkpoint(results, alive=lambda: proc.poll() is None)
         proc.send_signal(signal.SIGTERM)  # what `kill <mpirun pid>` or a batch system does
         stopped_at = time.monotonic()
         rc, log = finish_mpirun(proc, timeout=120)

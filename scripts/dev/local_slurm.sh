@@ -59,7 +59,7 @@ start_munge() {
   fi
   install -d -o munge -g munge -m 0755 /run/munge
   if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
-    runuser -u munge -- /usr/sbin/munged
+    runuser -u munge -- /usr/sbin/munged && echo "started munged"
     for _ in $(seq 50); do
       munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break
       sleep 0.1
