@@ -8,8 +8,8 @@ Every weight of our model must find a source of the same shape and every source 
 used; the only tolerated gap is the classifier when the class counts differ (fine-tuning to
 another dataset), which is logged. No file is downloaded.
 
-Input normalization: keras.applications EfficientNetB* normalize in-graph with the ImageNet
-mean/std and EfficientNetV2S/M/L with (x - 128) / 128; our configs use the matching
+Input normalization: keras.applications EfficientNetB* and EfficientNetV2B0..B3 normalize
+in-graph with the ImageNet mean/std and EfficientNetV2S/M/L with (x - 128) / 128; our configs use the matching
 `input_normalization` ("imagenet" / "scale128"), so on raw 0..255 input the imported model gives
 the reference outputs (logits here; keras.applications applies a softmax on top).
 """
@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 _REFERENCES = {
     **{f"efficientnet-b{i}": (f"EfficientNetB{i}", "imagenet") for i in range(8)},
     **{f"efficientnetv2-{v}": (f"EfficientNetV2{v.upper()}", "scale128") for v in "sml"},
+    # keras.applications gives V2-B0..B3 the v1 ImageNet mean/std input, as automl trained them.
+    **{f"efficientnetv2-b{i}": (f"EfficientNetV2B{i}", "imagenet") for i in range(4)},
 }
 _TOP_LEVEL = {
     "stem_conv": "stem_conv",
@@ -59,7 +61,8 @@ def load_keras_applications_weights(
     """Copy weights from a keras.applications EfficientNet(V2) model or weights file.
 
     Args:
-      model: a model from `model.build_model` (B0-B7 or V2-S/M/L for a file source).
+      model: a model from `model.build_model` (B0-B7, V2-B0..B3 or V2-S/M/L for a file
+        source).
       source: a keras.applications model, or the path of its weights (`.h5` as published by
         keras-applications, with or without top, or a Keras 3 `.weights.h5`).
 

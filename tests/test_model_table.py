@@ -1,7 +1,8 @@
 """scripts/model_table.py: MACs/FLOPs against the papers, output formats, bad input.
 
 Papers' "FLOPs" are multiply-adds (MACs): EfficientNet table 2 (B0-B7 at their resolution) and
-EfficientNetV2 table 7 / automl README (S 384, M 480, L 480, XL 512).
+EfficientNetV2 table 7 / automl README (S 384, M 480, L 480, XL 512; B0..B3 at 224, 240, 260,
+300 from the automl README's V2-B table).
 """
 
 import json
@@ -27,6 +28,10 @@ PAPER_GMACS = {
     "m": 24.0,
     "l": 53.0,
     "xl": 94.0,
+    "v2-b0": 0.72,
+    "v2-b1": 1.2,
+    "v2-b2": 1.7,
+    "v2-b3": 3.0,
 }
 PAPER_PARAMS_M = {
     "b0": 5.3,
@@ -41,6 +46,10 @@ PAPER_PARAMS_M = {
     "m": 54.0,
     "l": 120.0,
     "xl": 208.0,
+    "v2-b0": 7.1,
+    "v2-b1": 8.1,
+    "v2-b2": 10.1,
+    "v2-b3": 14.4,
 }
 # V2-L: the conv/dense MAC count of this exact architecture (params equal automl's and
 # keras.applications') is 56.08 G at 480, 5.8% above the paper's rounded "53B"; the paper's
