@@ -117,15 +117,27 @@ def resize(image: tf.Tensor, image_size: int, method: str = "bilinear") -> tf.Te
     """Resize to a square float32 image in 0..255 (bicubic overshoot is clipped).
 
     Args:
-      image: [H, W, 3] image of any real dtype in 0..255.
+      image: [H, W, 3] or [B, H, W, 3] image of any real dtype in 0..255.
       image_size: output side in pixels.
-      method: "bilinear" or "bicubic".
+      method: "bilinear", "bicubic" (TF2 `tf.image.resize`: half-pixel centers, Keys a = -0.5)
+        or "bicubic_tf1" (TF1 `tf.image.resize_bicubic`: no half-pixel centers, a = -0.75).
 
     Returns:
-      float32 [image_size, image_size, 3].
+      float32 [image_size, image_size, 3] (or batched).
     """
-    # uint8 in, float32 out: resizing before casting reads 4x fewer bytes.
-    out = tf.image.resize(image, [image_size, image_size], method=method)
+    size = [image_size, image_size]
+    if method == "bicubic_tf1":
+        # NOTE: the resize of Google's EfficientNet v1/Lite pipelines (tensorflow/tpu
+        # efficientnet/preprocessing.py, automl preprocess_legacy.py), behind the published
+        # accuracies and the keras.applications and Lite weights; TF2 keeps it in compat.v1.
+        batched = image if image.shape.rank == 4 else image[None]
+        out = tf.compat.v1.image.resize_bicubic(
+            batched, size, align_corners=False, half_pixel_centers=False
+        )
+        out = out if image.shape.rank == 4 else out[0]
+    else:
+        # uint8 in, float32 out: resizing before casting reads 4x fewer bytes.
+        out = tf.image.resize(image, size, method=method)
     if method == "bilinear":  # convex combinations of inputs: already within 0..255
         return tf.cast(out, tf.float32)
     return tf.clip_by_value(tf.cast(out, tf.float32), 0.0, 255.0)
@@ -148,7 +160,7 @@ def preprocess_for_train(
       seed: int32/int64 [2] stateless seed (one per example).
       area_min: smallest crop area as a fraction of the image.
       aspect_range: (min, max) crop aspect ratio, width / height.
-      resize_method: "bilinear" or "bicubic".
+      resize_method: "bilinear", "bicubic" or "bicubic_tf1" (see `resize`).
       min_object_covered: `tf.image.sample_distorted_bounding_box`'s minimum fraction of the
         whole-image box the crop must cover (0.1 in automl v1 and NVIDIA, 0 in automl v2).
 
@@ -182,7 +194,7 @@ def preprocess_for_eval(
       image_size: output side in pixels.
       crop_fraction: "crop" mode: fraction of the shorter side kept; None means
         image_size / (image_size + 32). Ignored by "squash".
-      resize_method: "bilinear" or "bicubic".
+      resize_method: "bilinear", "bicubic" or "bicubic_tf1" (see `resize`).
       eval_crop: "crop" (square center crop, then resize) or "squash" (resize the whole image
         to the square, aspect ratio not kept, as automl v2 evaluates at >= 320 px).
 
