@@ -2,19 +2,28 @@
 
     python main.py --cfg config/efficientnet_v2/s_cfg.py --mode train_and_eval --data_dir /data
 
-Bad flags, configs and paths fail with one line and exit status 2 before anything is written;
-a run that fails for a reason the user can fix (NaN loss, missing checkpoint, bad data) exits
-with status 1 and one line. `python main.py --help` lists every flag.
+Every error the user can fix is a `utils.errors.UserError`, caught once here and printed as one
+line: bad flags, configs and paths exit with status 2 before anything is written; a run that
+fails for a reason the user can fix (NaN loss, missing checkpoint, bad data) exits with status
+1. `python main.py --help` lists every flag.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from runtime import flags
+from utils.errors import UserError, before_run
+
+if TYPE_CHECKING:
+    from runtime.lock import ModelDirLock
+
+PROG = "main.py"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,69 +36,73 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("absl").setLevel(logging.WARNING)  # TF's per-save sharding INFO lines
-    from dataloader.config import DataError
-    from runtime import components, distribute
-    from runtime.errors import RunError
-    from runtime.lock import LockError, claim_model_dir
+    try:
+        lock = _check_and_claim(params)
+        try:
+            _write_params_and_run(params)
+        finally:
+            if lock is not None:
+                lock.release()
+    except UserError as err:
+        sys.stderr.write(f"{PROG}: error: {err}\n")
+        return err.exit_code
+    return 0
+
+
+def _check_and_claim(params: dict) -> ModelDirLock | None:
+    """Before anything is written: check the data settings; for training, lock model_dir.
+
+    Returns:
+      The held model_dir lock, or None when the mode needs none.
+
+    Raises:
+      UserError: with exit status 2 (bad input).
+    """
+    from runtime import components
+    from runtime.lock import claim_model_dir
     from utils.precision import default_use_xla
 
-    prog = "main.py"
-    try:
+    with before_run():
         # Build the data configs now so that a bad data setting fails before anything is written.
         components.data_config(params, training=True)
         components.data_config(params, training=False)
-    except DataError as err:
-        sys.stderr.write(f"{prog}: error: {err}\n")
-        return 2
-    if params["use_xla"] is None:
-        params["use_xla"] = default_use_xla()
-    try:
+        if params["use_xla"] is None:
+            params["use_xla"] = default_use_xla()
         # Training: lock model_dir and refuse a resume that cannot fit, before writing there.
-        lock = claim_model_dir(params)
-    except (LockError, RunError, DataError, distribute.ClusterError) as err:
-        sys.stderr.write(f"{prog}: error: {err}\n")
-        return 2
-    except OSError as err:
-        sys.stderr.write(
-            f"{prog}: error: cannot write to --model_dir {params['model_dir']}: {err}\n"
-        )
-        return 2
-    try:
-        return _write_params_and_run(params, prog)
-    finally:
-        if lock is not None:
-            lock.release()
+        with _writing_model_dir(params):
+            return claim_model_dir(params)
 
 
-def _write_params_and_run(params: dict, prog: str) -> int:
-    from config.loader import ConfigError
-    from dataloader.config import DataError
+def _write_params_and_run(params: dict) -> None:
+    """Write the params file (a failure is bad input, exit 2), then run the mode.
+
+    Raises:
+      UserError: the run failed for a reason the user can fix (a dead peer worker included).
+    """
     from runtime import components, distribute, run
     from runtime.errors import RunError
-    from utils.fileio import WriteError
 
-    try:
+    with before_run(), _writing_model_dir(params):
         components.write_json(
             os.path.join(params["model_dir"], flags.params_filename(params["mode"])), params
         )
-    except OSError as err:
-        sys.stderr.write(
-            f"{prog}: error: cannot write to --model_dir {params['model_dir']}: {err}\n"
-        )
-        return 2
     try:
         run(params["mode"], params)
-    except (RunError, ConfigError, DataError, distribute.ClusterError, WriteError) as err:
-        sys.stderr.write(f"{prog}: error: {err}\n")
-        return 1
     except Exception as err:
         # A peer worker died or stopped responding: one line instead of a collective traceback.
-        message = distribute.describe_worker_failure(err)
+        message = None if isinstance(err, UserError) else distribute.describe_worker_failure(err)
         if message is None:
             raise
-        sys.stderr.write(f"{prog}: error: {message}\n")
-        return 1
-    return 0
+        raise RunError(message) from err
+
+
+@contextlib.contextmanager
+def _writing_model_dir(params: dict) -> Iterator[None]:
+    """An OSError inside is a --model_dir that cannot be written: one line naming it."""
+    try:
+        yield
+    except OSError as err:
+        raise UserError(f"cannot write to --model_dir {params['model_dir']}: {err}") from err
 
 
 if __name__ == "__main__":

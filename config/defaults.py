@@ -1,7 +1,8 @@
 """Model defaults shared by every EfficientNet config module (the one place they live).
 
 Family modules (`config/efficientnet_v1/__init__.py`, `config/efficientnet_v2/__init__.py`)
-add what differs per family; each `*_cfg.py` names only what differs per variant.
+add what differs per family; each `*_cfg.py` names only what differs per variant. The keys the
+model reads and the values each may take are the model's (model/schema.py, MODEL_KEYS).
 """
 
 from __future__ import annotations
@@ -25,26 +26,4 @@ MODEL_DEFAULTS = MappingProxyType(
         # "scale128" = (x - 128) / 128 of v2, "none" = input already normalized).
         "input_normalization": "imagenet",
     }
-)
-
-# Keys model.build_model reads; everything else in a config (training hyper-parameters) is
-# ignored. Here rather than in model/ so that runtime.run_params reads them without TensorFlow.
-MODEL_KEYS = (
-    "name",
-    "blocks",
-    "width_coefficient",
-    "depth_coefficient",
-    "dropout_rate",
-    "drop_connect_rate",
-    "activation",
-    "bn_momentum",
-    "bn_epsilon",
-    "depth_divisor",
-    "min_depth",
-    "round_down_guard",
-    "stem_filters",
-    "head_filters",
-    "num_classes",
-    "include_top",
-    "input_normalization",
 )

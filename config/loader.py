@@ -3,9 +3,9 @@
 A config module is a Python file that defines a module-level dict named `config`. Overrides
 may only name keys that the module already defines: an unknown key is an error with a
 close-match suggestion, so a typo never silently trains the wrong model. Values are checked
-here too (`validate_values`: the type of an override must match the module's value, and known
-keys have ranges), so a bad value fails at start-up with exit status 2 instead of later in the
-model builder, after files were written.
+here too (`validate_values`: the type of an override must match the module's value, and the
+model's schema, model/schema.py, checks the value of every key it knows), so a bad value fails
+at start-up with exit status 2 instead of later in the model builder, after files were written.
 
 Security: `--cfg` *executes* the named Python file, like any Python config (big_vision, NVIDIA
 DeepLearningExamples); only pass config files you trust.
@@ -16,14 +16,12 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
-import math
 import os
 from collections.abc import Mapping
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A config file, key or value that cannot be used; the message is one line."""
+from model.schema import RULES, check_activation, is_int, is_number, validate_model_config
+from utils.errors import ConfigError
 
 
 def parse_mparams(text: str | None) -> dict[str, Any]:
@@ -115,25 +113,6 @@ def load_module_config(path: str) -> dict[str, Any]:
     return dict(config)
 
 
-# NOTE: mirrors model.efficientnet.INPUT_NORMALIZATIONS (importing the model loads Keras, and
-# a typo must fail at once); tests/test_config_loader.py checks that the copies agree.
-INPUT_NORMALIZATION_NAMES = ("imagenet", "scale128", "none")
-
-_POSITIVE_NUMBERS = ("width_coefficient", "depth_coefficient", "bn_epsilon")
-_UNIT_INTERVAL = ("dropout_rate", "drop_connect_rate", "bn_momentum")  # [0, 1)
-_POSITIVE_INTS = (
-    "depth_divisor",
-    "stem_filters",
-    "head_filters",
-    "num_classes",
-    "train_img_size",
-    "eval_img_size",
-)
-_OPTIONAL_POSITIVE_INTS = ("min_depth",)
-_BOOLS = ("include_top", "round_down_guard")
-_STRINGS = ("name", "activation")
-
-
 def _type_name(value: Any) -> str:
     if isinstance(value, bool):
         return "true/false"
@@ -148,24 +127,16 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _check_type(key: str, value: Any, like: Any, what: str) -> None:
     """An override must have the type of the module's value (an int is fine for a float)."""
-    if like is None or value is None and key in _OPTIONAL_POSITIVE_INTS:
+    if like is None or value is None and key in RULES and RULES[key].none_ok:
         return
     if isinstance(like, bool):
         ok = isinstance(value, bool)
     elif isinstance(like, int):
-        ok = _is_int(value)
+        ok = is_int(value)
     elif isinstance(like, float):
-        ok = _is_number(value)
+        ok = is_number(value)
     elif isinstance(like, str):
         ok = isinstance(value, str)
     elif isinstance(like, tuple | list):
@@ -184,7 +155,10 @@ def validate_values(
     base: Mapping[str, Any] | None = None,
     what: str = "--mparams",
 ) -> None:
-    """Check the values of a model config without importing the model (pure Python).
+    """Check the types of the overrides and the values of the config (without Keras).
+
+    The values are checked by the model's schema (model/schema.py, the one validator); Keras
+    is asked about an activation name only when an override sets one.
 
     Args:
       config: the config after overrides.
@@ -198,56 +172,9 @@ def validate_values(
     overrides, base = overrides or {}, base or {}
     for key, value in overrides.items():
         _check_type(key, value, base.get(key), what)
-    for key in _POSITIVE_NUMBERS:
-        if key in config and not (_is_number(config[key]) and config[key] > 0):
-            raise ConfigError(f"{key} must be a positive number, got {config[key]!r}")
-    for key in _UNIT_INTERVAL:
-        if key in config and not (_is_number(config[key]) and 0 <= config[key] < 1):
-            raise ConfigError(f"{key} must be in [0, 1), got {config[key]!r}")
-    for key in _POSITIVE_INTS:
-        if key in config and not (_is_int(config[key]) and config[key] >= 1):
-            raise ConfigError(f"{key} must be a positive int, got {config[key]!r}")
-    for key in _OPTIONAL_POSITIVE_INTS:
-        if (
-            key in config
-            and config[key] is not None
-            and not (_is_int(config[key]) and config[key] >= 1)
-        ):
-            raise ConfigError(f"{key} must be None or a positive int, got {config[key]!r}")
-    for key in _BOOLS:
-        if key in config and not isinstance(config[key], bool):
-            raise ConfigError(f"{key} must be true or false, got {config[key]!r}")
-    for key in _STRINGS:
-        if key in config and not (isinstance(config[key], str) and config[key]):
-            raise ConfigError(f"{key} must be a non-empty string, got {config[key]!r}")
-    if (
-        "input_normalization" in config
-        and config["input_normalization"] not in INPUT_NORMALIZATION_NAMES
-    ):
-        raise ConfigError(
-            f"unknown input_normalization {config['input_normalization']!r}; "
-            f"choose from {', '.join(INPUT_NORMALIZATION_NAMES)}"
-        )
-    if "blocks" in config:
-        blocks = config["blocks"]
-        if not (
-            isinstance(blocks, tuple | list) and blocks and all(isinstance(b, str) for b in blocks)
-        ):
-            raise ConfigError(f"blocks must be a non-empty list of block strings, got {blocks!r}")
-        if "blocks" in overrides:
-            # Parsing a block string needs model.specs (which imports Keras): only for overrides.
-            from model.specs import parse_blocks
-
-            parse_blocks(blocks)
+    validate_model_config(config)
     if "activation" in overrides:
-        import keras
-
-        try:
-            keras.activations.get(config["activation"])
-        except ValueError:
-            raise ConfigError(
-                f"unknown activation {config['activation']!r} (e.g. 'swish', 'silu', 'relu')"
-            ) from None
+        check_activation(config["activation"])
 
 
 def load_config(path: str, mparams: str | Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from dataloader.files import DEFAULT_MAX_IMAGE_PIXELS
+from utils.errors import UserError
 
 AUGMENTERS = ("none", "autoaugment", "randaugment")
 RESIZE_METHODS = ("bilinear", "bicubic", "bicubic_tf1")
@@ -13,7 +14,7 @@ EVAL_CROPS = ("crop", "squash")
 SOURCES = ("imagenet", "folder", "digits", "synthetic")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A dataset name, path or setting that cannot be used; the message is one line."""
 
 

@@ -21,30 +21,12 @@ from typing import Any
 import keras
 from keras import layers
 
-from config.defaults import MODEL_KEYS
-from config.loader import ConfigError
 from model.blocks import DENSE_KERNEL_INITIALIZER, FusedMBConvBlock, MBConvBlock, batch_norm, conv2d
+from model.schema import INPUT_NORMALIZATIONS, check_activation, validate_model_config
 from model.specs import PlacedBlock, expand_blocks, parse_blocks, round_filters
+from utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
-
-
-# (scale, offset) per channel such that normalized = raw_0_255 * scale + offset.
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-INPUT_NORMALIZATIONS = {
-    # keras.applications EfficientNetB0-B7 (Rescaling(1/255) + Normalization with the ImageNet
-    # mean/std) and automl v1: (x / 255 - mean) / std.
-    "imagenet": (
-        tuple(1.0 / (255.0 * s) for s in _IMAGENET_STD),
-        tuple(-m / s for m, s in zip(_IMAGENET_MEAN, _IMAGENET_STD, strict=True)),
-    ),
-    # keras.applications EfficientNetV2S/M/L: Rescaling(scale=1/128, offset=-1), i.e.
-    # (x - 128) / 128, as automl effnetv2 preprocessing for the S/M/L/XL models.
-    "scale128": ((1.0 / 128.0,) * 3, (-1.0,) * 3),
-    # Input is already normalized by the data pipeline.
-    "none": None,
-}
 
 
 @keras.saving.register_keras_serializable(package="efficientnet")
@@ -52,7 +34,7 @@ class InputNormalization(layers.Layer):
     """Map raw 0..255 RGB to the network's input range in-graph (no weights).
 
     Args:
-      mode: a key of INPUT_NORMALIZATIONS other than "none".
+      mode: a key of INPUT_NORMALIZATIONS (model/schema.py) other than "none".
     """
 
     def __init__(self, mode: str = "imagenet", **kwargs):
@@ -74,44 +56,6 @@ class InputNormalization(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
-
-
-def validate_model_config(config: Mapping[str, Any]) -> None:
-    """Check the keys the builder reads; raise ConfigError with a one-line message if bad."""
-    missing = [k for k in MODEL_KEYS if k not in config]
-    if missing:
-        raise ConfigError(f"model config lacks key(s): {', '.join(missing)}")
-    activation = config["activation"]
-    try:
-        if not isinstance(activation, str):
-            raise ValueError
-        keras.activations.get(activation)
-    except ValueError:
-        raise ConfigError(
-            f"unknown activation {activation!r} (e.g. 'swish', 'silu', 'relu')"
-        ) from None
-    if config["input_normalization"] not in INPUT_NORMALIZATIONS:
-        raise ConfigError(
-            f"unknown input_normalization {config['input_normalization']!r}; "
-            f"choose from {', '.join(INPUT_NORMALIZATIONS)}"
-        )
-    for key in ("width_coefficient", "depth_coefficient"):
-        if not isinstance(config[key], int | float) or config[key] <= 0:
-            raise ConfigError(f"{key} must be a positive number, got {config[key]!r}")
-    for key in ("dropout_rate", "drop_connect_rate"):
-        if not isinstance(config[key], int | float) or not 0 <= config[key] < 1:
-            raise ConfigError(f"{key} must be in [0, 1), got {config[key]!r}")
-    if not isinstance(config["bn_momentum"], int | float) or not 0 <= config["bn_momentum"] < 1:
-        raise ConfigError(f"bn_momentum must be in [0, 1), got {config['bn_momentum']!r}")
-    if not isinstance(config["bn_epsilon"], int | float) or config["bn_epsilon"] <= 0:
-        raise ConfigError(f"bn_epsilon must be a positive number, got {config['bn_epsilon']!r}")
-    for key in ("include_top", "round_down_guard"):
-        if not isinstance(config[key], bool):
-            raise ConfigError(f"{key} must be true or false, got {config[key]!r}")
-    for key in ("depth_divisor", "stem_filters", "head_filters", "num_classes"):
-        value = config[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{key} must be a positive int, got {value!r}")
 
 
 def placed_blocks(config: Mapping[str, Any]) -> list[PlacedBlock]:
@@ -181,7 +125,8 @@ def build_model(
     """
     if num_classes is not None:
         config = {**config, "num_classes": num_classes}
-    validate_model_config(config)
+    validate_model_config(config, complete=True)
+    check_activation(config["activation"])
     blocks = placed_blocks(config)
     activation = config["activation"]
 

@@ -22,7 +22,7 @@ import math
 import re
 from collections.abc import Sequence
 
-from config.loader import ConfigError
+from utils.errors import ConfigError
 
 _TOKEN = re.compile(r"^([a-z]+)(\d+(?:\.\d+)?)$")
 _KEYS = {

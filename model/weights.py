@@ -22,8 +22,8 @@ import warnings
 
 import keras
 
-from config.loader import ConfigError
 from model.efficientnet import InputNormalization
+from utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

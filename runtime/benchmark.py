@@ -29,10 +29,10 @@ import keras
 import tensorflow as tf
 
 from dataloader import dataset_info
-from runtime import components, distribute, train
+from runtime import components, distribute, runtimes, train
 from runtime.checkpoint import restore_for_inference
 from runtime.evaluate import PERCENTILES, evaluate, latency_stats
-from utils.dllogger import MetricsLogger, ProgressBar, Verbosity
+from utils.dllogger import MetricsLogger, ProgressBar, Verbosity, print_result
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def _report(
     log: MetricsLogger,
     is_chief: bool,
 ) -> dict[str, Any]:
-    """Log rows, write the JSON file and print the table (chief only)."""
+    """Log rows, write the JSON file and show the table (chief only)."""
     metric = "train" if document["mode"] == "training_benchmark" else "infer"
     for row in document["results"]:
         # File only (VERBOSE): the console gets the table below instead.
@@ -165,13 +165,14 @@ def _report(
     path = components.write_json(
         os.path.join(params["model_dir"], RESULT_FILES[document["mode"]]), document
     )
-    print(
+    header = (
         f"{document['mode']}: {document['model']} at {document['image_size']} px, "
         f"{document['precision']}, XLA {'on' if document['use_xla'] else 'off'}, "
         f"{document['num_replicas']} replica(s) on {document['device']}"
     )
-    print(format_table(document["results"], prefix))
-    print(f"results written to {path}")
+    print_result(
+        f"{header}\n{format_table(document['results'], prefix)}\nresults written to {path}"
+    )
     return {**document, "path": path}
 
 
@@ -294,9 +295,7 @@ def run_inference_benchmark(params: Mapping[str, Any]) -> dict[str, Any]:
       latency_mean_ms and latency_p{50,90,95,99}_ms per batch; or "error" (out of memory).
     """
     if params["runtime"] != "keras":
-        from runtime import export
-
-        return export.run_runtime_benchmark(params)
+        return run_runtime_benchmark(params)
     dist = components.setup_run(params)
     strategy, is_chief = dist.strategy, dist.is_chief
     info = dataset_info(components.data_config(params, training=False))
@@ -340,4 +339,58 @@ def run_inference_benchmark(params: Mapping[str, Any]) -> dict[str, Any]:
             )
         document = _header(params, dist, "inference_benchmark", params["eval_img_size"])
         document["results"] = rows
+        return _report(params, document, "latency", log, is_chief)
+
+
+def run_runtime_benchmark(params: Mapping[str, Any]) -> dict[str, Any]:
+    """`--mode inference_benchmark --runtime R` for an exported model (R != keras).
+
+    One batch of the eval input (`--dataset synthetic`: random images) is run
+    `--benchmark_warmup_steps` + `--benchmark_steps` times per batch size: latency is the
+    runtime's call on host memory, images/s = batch / mean latency (input pipeline excluded).
+
+    Returns:
+      The benchmark document as `run_inference_benchmark` (plus "runtime" and "artifact").
+    """
+    dist = components.setup_run(params)
+    is_chief = dist.is_chief
+    info = dataset_info(components.data_config(params, training=False))
+    runtime, loaded = runtimes.open_exported(params, info.num_classes)
+    rows = []
+    with components.open_metrics_log(params, is_chief, append=True) as log:
+        log.log_params(params)
+        for batch_size in _batch_sizes(params, params["eval_batch_size"]):
+            images, _ = next(
+                iter(
+                    components.eval_dataset(
+                        params, dist.strategy, repeat=True, batch_size=batch_size
+                    )
+                )
+            )
+            images = images.numpy()
+            times = time_steps(
+                lambda images=images: runtime(images),
+                params["benchmark_warmup_steps"],
+                params["benchmark_steps"],
+                desc=f"{params['runtime']} batch {batch_size}",
+                progress=is_chief,
+            )
+            images_per_sec = batch_size * len(times) / sum(times)
+            rows.append(
+                {
+                    "batch_size": batch_size,
+                    "global_batch_size": batch_size,
+                    "timed_steps": len(times),
+                    "images_per_sec": images_per_sec,
+                    "images_per_sec_per_device": images_per_sec,
+                    **latency_stats(times),
+                }
+            )
+        document = _header(params, dist, "inference_benchmark", params["eval_img_size"])
+        document.update(
+            runtime=params["runtime"],
+            artifact=loaded["path"],
+            runtime_batch=runtime.micro_batch,
+            results=rows,
+        )
         return _report(params, document, "latency", log, is_chief)

@@ -28,7 +28,6 @@ run writes anything into model_dir.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import re
@@ -38,6 +37,7 @@ import keras
 import tensorflow as tf
 
 from runtime import distribute
+from runtime.class_names import load_class_names
 from runtime.errors import RunError
 from utils.ema import ExponentialMovingAverage
 from utils.fileio import free_space, remove_stale_temps
@@ -256,7 +256,10 @@ def check_resume_fits(
             f"(--moving_average_decay 0), this run asks for "
             f"{params['moving_average_decay']}; {hint}"
         )
-    saved_classes = _saved_classes(params["model_dir"])
+    try:
+        saved_classes = load_class_names(params["model_dir"])
+    except (OSError, ValueError, KeyError, TypeError):  # unreadable: nothing to compare with
+        saved_classes = None
     if saved_classes is None or num_classes is None:
         return
     old_count, old_names = saved_classes
@@ -274,19 +277,6 @@ def check_resume_fits(
             f"of this run's data set {class_names[first]!r} (labels would be mixed "
             f"up); {hint}"
         )
-
-
-def _saved_classes(model_dir: str) -> tuple[int, tuple[str, ...] | None] | None:
-    from runtime.components import CLASS_NAMES_FILE
-
-    path = os.path.join(model_dir, CLASS_NAMES_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
-        names = saved.get("class_names")
-        return int(saved["num_classes"]), tuple(names) if names else None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 class _UnrestoredValuesFilter(logging.Filter):

@@ -13,11 +13,13 @@ import inspect
 import os
 from types import ModuleType
 
+from utils.errors import UserError
+
 TESTED = {"keras": "3.15.", "tensorflow": "2.21."}
 ALLOW_UNTESTED_ENV = "EFFICIENTNET_ALLOW_UNTESTED"
 
 
-class CompatError(RuntimeError):
+class CompatError(UserError, RuntimeError):
     """A private Keras/TF attribute we rely on is missing, or the version is untested."""
 
 

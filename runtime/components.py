@@ -11,7 +11,7 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import keras
@@ -28,7 +28,6 @@ from utils.precision import configure_precision
 
 logger = logging.getLogger(__name__)
 
-CLASS_NAMES_FILE = "class_names.json"
 TENSORBOARD_SUBDIR = "tensorboard"
 
 
@@ -253,25 +252,3 @@ def write_json(path: str, data: Any) -> str:
     """Write `data` as JSON atomically (utils.fileio), creating the folder if needed."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     return atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True, default=str))
-
-
-def save_class_names(model_dir: str, num_classes: int, class_names: Sequence[str] | None) -> str:
-    """Write model_dir/class_names.json ({"num_classes", "class_names"})."""
-    return write_json(
-        os.path.join(model_dir, CLASS_NAMES_FILE),
-        {
-            "num_classes": int(num_classes),
-            "class_names": list(class_names) if class_names else None,
-        },
-    )
-
-
-def load_class_names(model_dir: str) -> tuple[int, tuple[str, ...] | None] | None:
-    """(num_classes, class names or None) saved by training, or None when absent."""
-    path = os.path.join(model_dir, CLASS_NAMES_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
-    names = saved.get("class_names")
-    return int(saved["num_classes"]), tuple(names) if names else None

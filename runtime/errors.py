@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from utils.errors import UserError
 
-class RunError(RuntimeError):
+
+class RunError(UserError, RuntimeError):
     """A run that cannot go on for a reason the user can fix; the message is one line."""
 
 

@@ -24,7 +24,7 @@ import tensorflow as tf
 from dataloader import dataset_info
 from runtime import components
 from runtime.checkpoint import restore_for_inference
-from runtime.class_names import class_names_for
+from runtime.class_names import class_names_for, load_class_names
 from runtime.eval_report import write_eval_report
 from utils.dllogger import ProgressBar
 
@@ -393,7 +393,7 @@ def run_eval(params: Mapping[str, Any]) -> dict[str, Any]:
 def _write_report(params: Mapping[str, Any], matrix: np.ndarray, info) -> dict[str, Any]:
     """Per-class accuracy and confusion matrix files (runtime.eval_report), class names from
     training's class_names.json, the data set, or the ImageNet-1k names."""
-    saved = components.load_class_names(params["model_dir"])
+    saved = load_class_names(params["model_dir"])
     names = saved[1] if saved is not None and saved[0] == info.num_classes else None
     names = class_names_for(info.num_classes, names or info.class_names)
     report = write_eval_report(params["model_dir"], matrix, names)

@@ -1,24 +1,20 @@
 """`--mode export`: the trained model as a TF SavedModel, an ONNX file and/or a LiteRT (TFLite) file.
 
-Every artifact goes through Keras 3's own exporters (`keras.export.ExportArchive` for the
-SavedModel, `Model.export(format="onnx")` which wraps tf2onnx, `Model.export(format="litert")`
-which wraps `tf.lite.TFLiteConverter`), is written under a temporary name and renamed when
-complete, and then verifies itself: the exported file is run by its runtime (runtime.runtimes)
-on a few validation images and compared with the Keras model. The max abs difference is
-printed and logged; above the tolerance of its precision the export is an error.
+Owns the export driver: every artifact goes through Keras 3's own exporters
+(`keras.export.ExportArchive` for the SavedModel, `Model.export(format="onnx")` which wraps
+tf2onnx, `Model.export(format="litert")` which wraps `tf.lite.TFLiteConverter`), is written
+under a temporary name and renamed when complete, and then verifies itself: the exported file
+is run by its runtime (runtime.runtimes) on a few validation images and compared with the Keras
+model. The max abs difference is printed (one line per artifact on stdout, the export's
+result) and written to the DLLogger log and to export.json, which records every artifact; above
+the tolerance of its precision the export is an error.
 
-The exported signature (docs/deployment.md):
-  input  `images`: float32 [B, S, S, 3], RGB 0..255, the eval transform (center crop of
-         `crop_fraction` of the shorter side, resize to S) already applied; normalization is
-         part of the graph. With `--export_preprocessing`: uint8 [B, H, W, 3] of any size, the
-         center crop and resize in the graph; the SavedModel also gets `serve_bytes`, a
-         string [B] of encoded JPEG/PNG files.
-  outputs `logits` and `probabilities` (softmax): float32 [B, num_classes].
+What is exported (the serving model, its signature and the eval transform in the graph) is
+runtime.serving's; opening an artifact for predict / inference_benchmark is runtime.runtimes'.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -31,16 +27,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dataloader import DataError, build_dataset, dataset_info
-from dataloader.preprocessing import preprocess_for_eval, resize
+from dataloader import DataError, build_dataset
+from dataloader.preprocessing import preprocess_for_eval
 from runtime import components, runtimes
 from runtime.checkpoint import restore_for_inference
+from runtime.class_names import trained_classes
 from runtime.errors import RunError
 from runtime.runtimes import artifact_name, export_dir, planned_artifacts
+from runtime.serving import serving_model, signature, write_saved_model
+from utils.dllogger import print_result
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "export.json"
 ONNX_OPSET = 17
 VERIFY_IMAGES = 32
 # Max abs difference allowed between the exported model and Keras: on logits for float32
@@ -52,138 +50,6 @@ PROBABILITY_TOLERANCE = {"float16": 0.02, "dynamic_int8": 0.15}
 
 class ExportError(RunError):
     """An export that failed or did not pass its self-check; the message is one line."""
-
-
-@keras.saving.register_keras_serializable(package="efficientnet_export")
-class EvalTransform(keras.layers.Layer):
-    """Batched eval transform in the graph: uint8 [B, H, W, 3] -> float32 [B, S, S, 3] 0..255.
-
-    The same center crop and resize as `dataloader.preprocessing.preprocess_for_eval` on a
-    decoded image (tests/test_export.py checks they agree). The crop is cast to float32 before
-    the resize: TF resizes uint8 in float32 anyway, and ONNX's Resize would keep uint8.
-
-    Args:
-      image_size: output side S.
-      crop_fraction: fraction of the shorter side kept.
-      resize_method: "bilinear" or "bicubic".
-    """
-
-    def __init__(
-        self, image_size: int, crop_fraction: float, resize_method: str = "bilinear", **kwargs
-    ):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-        self.image_size = int(image_size)
-        self.crop_fraction = float(crop_fraction)
-        self.resize_method = resize_method
-
-    def call(self, images):
-        shape = tf.shape(images)
-        height, width = shape[1], shape[2]
-        side = tf.cast(
-            self.crop_fraction * tf.cast(tf.minimum(height, width), tf.float32), tf.int32
-        )
-        side = tf.maximum(side, 1)
-        top, left = (height - side + 1) // 2, (width - side + 1) // 2
-        cropped = tf.cast(images[:, top : top + side, left : left + side, :], tf.float32)
-        return resize(cropped, self.image_size, self.resize_method)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.image_size, self.image_size, 3)
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "image_size": self.image_size,
-            "crop_fraction": self.crop_fraction,
-            "resize_method": self.resize_method,
-        }
-
-
-def serving_model(
-    model: keras.Model,
-    image_size: int,
-    crop_fraction: float,
-    resize_method: str = "bilinear",
-    preprocessing: bool = False,
-) -> keras.Model:
-    """The model as exported: `images` in, {"logits", "probabilities"} out (see module doc).
-
-    Args:
-      model: the trained model (logits out, raw 0..255 images in).
-      image_size: the eval size S (a fixed input side lets the runtimes plan ahead).
-      crop_fraction: eval center-crop fraction (for `preprocessing`).
-      resize_method: eval resize method (for `preprocessing`).
-      preprocessing: uint8 images of any size in; crop and resize in the graph.
-    """
-    if preprocessing:
-        inputs = keras.Input((None, None, 3), dtype="uint8", name="images")
-        images = EvalTransform(image_size, crop_fraction, resize_method, name="eval_transform")(
-            inputs
-        )
-    else:
-        inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="images")
-        images = inputs
-    logits = model(images, training=False)
-    probabilities = keras.layers.Softmax(dtype="float32", name="probabilities")(logits)
-    serving = keras.Model(
-        inputs, {"logits": logits, "probabilities": probabilities}, name=f"{model.name}_serving"
-    )
-    # Keras' ONNX exporter refuses a model that was never called ("has never called").
-    serving(
-        np.zeros((1, image_size, image_size, 3), "uint8" if preprocessing else "float32"),
-        training=False,
-    )
-    return serving
-
-
-def _input_spec(serving: keras.Model) -> tf.TensorSpec:
-    spec = serving.inputs[0]
-    return tf.TensorSpec(spec.shape, spec.dtype, name="images")
-
-
-def write_saved_model(
-    serving: keras.Model,
-    path: str,
-    model: keras.Model | None = None,
-    image_size: int | None = None,
-    crop_fraction: float | None = None,
-    resize_method: str = "bilinear",
-) -> None:
-    """A SavedModel with `serve` (= serving_default) and, given `model`, `serve_bytes`.
-
-    Args:
-      serving: from `serving_model`.
-      path: destination folder.
-      model: the inner model; when given, adds `serve_bytes` (string [B] of encoded images,
-        decoded and transformed by `preprocess_for_eval`, as predict does).
-      image_size, crop_fraction, resize_method: the eval transform of `serve_bytes`.
-    """
-    archive = keras.export.ExportArchive()
-    archive.track(serving)
-    archive.add_endpoint(
-        "serve",
-        functools.partial(serving.__call__, training=False),
-        input_signature=[_input_spec(serving)],
-    )
-    if model is not None:
-        archive.track(model)
-
-        def serve_bytes(images):
-            decoded = tf.map_fn(
-                lambda b: preprocess_for_eval(b, image_size, crop_fraction, resize_method),
-                images,
-                fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
-            )
-            logits = model(decoded, training=False)
-            return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
-
-        archive.add_endpoint(
-            "serve_bytes",
-            serve_bytes,
-            input_signature=[tf.TensorSpec([None], tf.string, name="images")],
-        )
-    archive.write_out(path, verbose=False)
 
 
 def litert_options(quantize: str) -> dict[str, Any]:
@@ -350,37 +216,6 @@ def verify_serve_bytes(
     return compare(reference, logits, "none")
 
 
-def signature(
-    serving: keras.Model, num_classes: int, preprocessing: bool, fmt: str
-) -> dict[str, Any]:
-    """The documented input/output signature of an artifact (written to export.json)."""
-    spec = serving.inputs[0]
-    shape = ["batch" if d is None else int(d) for d in spec.shape]
-    if preprocessing:
-        shape = ["batch", "height", "width", 3]
-    out = {
-        "input": {
-            "name": "images",
-            "dtype": str(spec.dtype),
-            "shape": shape,
-            "range": "0..255 RGB"
-            + ("" if preprocessing else ", eval center crop and resize already applied"),
-        },
-        "outputs": {
-            name: {"dtype": "float32", "shape": ["batch", int(num_classes)]}
-            for name in ("logits", "probabilities")
-        },
-    }
-    if preprocessing and fmt == "saved_model":
-        out["serve_bytes"] = {
-            "name": "images",
-            "dtype": "string",
-            "shape": ["batch"],
-            "range": "encoded JPEG/PNG files",
-        }
-    return out
-
-
 def run_export(params: Mapping[str, Any]) -> dict[str, Any]:
     """`--mode export`: write `--export_format` artifacts of the trained model and self-check them.
 
@@ -406,7 +241,7 @@ def run_export(params: Mapping[str, Any]) -> dict[str, Any]:
             "files with --export_quantize)"
         )
     is_chief = components.setup_run({**params, "use_amp": False}).is_chief
-    num_classes, class_names = _classes(params)
+    num_classes, class_names = trained_classes(params)
     model = components.create_model(params, num_classes)
     loaded = restore_for_inference(model, params["model_dir"], params["predict_ckpt"])
     cfg = components.data_config(params, training=False)
@@ -423,10 +258,12 @@ def run_export(params: Mapping[str, Any]) -> dict[str, Any]:
         if not is_chief:
             break
         quantize = params["export_quantize"] if fmt == "tflite" else "none"
-        print(
-            f"exporting {fmt} ({quantize}{', with preprocessing' if preprocessing else ''}) "
-            f"to {path} ...",
-            flush=True,
+        logger.info(
+            "exporting %s (%s%s) to %s ...",
+            fmt,
+            quantize,
+            ", with preprocessing" if preprocessing else "",
+            path,
         )
         start = time.perf_counter()
         bytes_endpoint = None
@@ -463,8 +300,7 @@ def run_export(params: Mapping[str, Any]) -> dict[str, Any]:
             f"{check['checked']} tolerance {check['tolerance']:g}: "
             f"{'ok' if record['passed'] else 'FAILED'} ({seconds:.1f} s)"
         )
-        print(line, flush=True)
-        logger.info("%s", line)
+        print_result(line)
         if not record["passed"]:
             checked = check["checked"]
             failures.append(
@@ -502,13 +338,6 @@ def run_export(params: Mapping[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _classes(params: Mapping[str, Any]) -> tuple[int, tuple[str, ...] | None]:
-    """Class count and names as predict finds them (training's class_names.json first)."""
-    from runtime.predict import _classes_for_predict
-
-    return _classes_for_predict(params)
-
-
 def write_manifest(
     out_dir: str,
     params: Mapping[str, Any],
@@ -521,7 +350,7 @@ def write_manifest(
     records: Sequence[Mapping[str, Any]],
 ) -> str:
     """Write (or update) out_dir/export.json: one entry per artifact, newest kept per path."""
-    path = os.path.join(out_dir, MANIFEST)
+    path = os.path.join(out_dir, runtimes.MANIFEST)
     previous: list[dict[str, Any]] = []
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
@@ -544,100 +373,3 @@ def write_manifest(
         "artifacts": artifacts,
     }
     return components.write_json(path, document)
-
-
-def open_exported(
-    params: Mapping[str, Any], num_classes: int
-) -> tuple[runtimes.Runtime, dict[str, str]]:
-    """The `--runtime` artifact of the export folder, checked against the run's classes and size.
-
-    Returns:
-      (the runtime, {"path": artifact, "weights": "ema" | "raw" | "unknown"} as in
-      restore_for_inference).
-
-    Raises:
-      RunError: the runtime package is missing, or the artifact was exported for another
-        class count or image size.
-    """
-    path = runtimes.runtime_artifact(params)
-    try:
-        runtime = runtimes.load_runtime(
-            params["runtime"], path, params["runtime_threads"], params["runtime_batch"]
-        )
-    except runtimes.RuntimeUnavailable as err:
-        raise RunError(str(err)) from err
-    if int(runtime.output_shape[-1]) != num_classes:
-        raise RunError(
-            f"{path} has {runtime.output_shape[-1]} classes, this run "
-            f"{num_classes}; export this run's model with --mode export"
-        )
-    size = int(params["eval_img_size"])
-    if runtime.image_size is not None and runtime.image_size != size:
-        raise RunError(
-            f"{path} takes {runtime.image_size} px images, --eval_img_size is {size}; "
-            f"pass --eval_img_size {runtime.image_size} or export again"
-        )
-    weights = "unknown"
-    manifest = os.path.join(os.path.dirname(path), MANIFEST)
-    if os.path.isfile(manifest):
-        with open(manifest, encoding="utf-8") as f:
-            weights = json.load(f).get("weights", weights)
-    logger.info("running %s with %s", path, params["runtime"])
-    return runtime, {"path": path, "weights": weights}
-
-
-def run_runtime_benchmark(params: Mapping[str, Any]) -> dict[str, Any]:
-    """`--mode inference_benchmark --runtime R` for an exported model (R != keras).
-
-    One batch of the eval input (`--dataset synthetic`: random images) is run
-    `--benchmark_warmup_steps` + `--benchmark_steps` times per batch size: latency is the
-    runtime's call on host memory, images/s = batch / mean latency (input pipeline excluded).
-
-    Returns:
-      The benchmark document as `run_inference_benchmark` (plus "runtime" and "artifact").
-    """
-    from runtime import benchmark
-    from runtime.evaluate import latency_stats
-
-    dist = components.setup_run(params)
-    is_chief = dist.is_chief
-    info = dataset_info(components.data_config(params, training=False))
-    runtime, loaded = open_exported(params, info.num_classes)
-    rows = []
-    with components.open_metrics_log(params, is_chief, append=True) as log:
-        log.log_params(params)
-        for batch_size in benchmark._batch_sizes(params, params["eval_batch_size"]):
-            images, _ = next(
-                iter(
-                    components.eval_dataset(
-                        params, dist.strategy, repeat=True, batch_size=batch_size
-                    )
-                )
-            )
-            images = images.numpy()
-            times = benchmark.time_steps(
-                lambda images=images: runtime(images),
-                params["benchmark_warmup_steps"],
-                params["benchmark_steps"],
-                desc=f"{params['runtime']} batch {batch_size}",
-                progress=is_chief,
-            )
-            images_per_sec = batch_size * len(times) / sum(times)
-            rows.append(
-                {
-                    "batch_size": batch_size,
-                    "global_batch_size": batch_size,
-                    "timed_steps": len(times),
-                    "images_per_sec": images_per_sec,
-                    "images_per_sec_per_device": images_per_sec,
-                    **latency_stats(times),
-                }
-            )
-        document = benchmark._header(params, dist, "inference_benchmark", params["eval_img_size"])
-        document.update(
-            runtime=params["runtime"],
-            artifact=loaded["path"],
-            runtime_batch=runtime.micro_batch,
-            results=rows,
-        )
-        return benchmark._report(params, document, "latency", log, is_chief)

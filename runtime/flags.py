@@ -27,12 +27,13 @@ from typing import Any, NoReturn
 
 from config.efficientnet_v1 import V1_DATA_RECIPE as _V1
 from config.efficientnet_v2 import V2_DATA_RECIPE as _V2
-from config.loader import ConfigError, load_config
+from config.loader import load_config
 from dataloader.config import AUGMENTERS, EVAL_CROPS, RESIZE_METHODS, SOURCES, DataConfig
 from dataloader.files import DEFAULT_MAX_IMAGE_PIXELS  # noqa: F401 (re-exported)
 from runtime import MODES, run_params, runtimes
 from runtime.distribute import ALL_REDUCE_CHOICES
 from utils.choices import AMP_DTYPES, OPTIMIZERS, SCHEDULE_ORIGINS, SCHEDULES
+from utils.errors import BAD_INPUT, UserError
 from utils.optimizer_config import OptimizerConfig
 
 # The choice lists come from their implementing packages' TensorFlow-free modules, so a typo on
@@ -50,8 +51,10 @@ _DATA = MappingProxyType({f.name: f.default for f in dataclasses.fields(DataConf
 _OPT = MappingProxyType({f.name: f.default for f in dataclasses.fields(OptimizerConfig)})
 
 
-class FlagError(ValueError):
+class FlagError(UserError, ValueError):
     """An invalid command line; the message is one line."""
+
+    exit_code = BAD_INPUT
 
 
 class _Parser(argparse.ArgumentParser):
@@ -817,5 +820,5 @@ def parse(argv: Sequence[str] | None = None) -> dict[str, Any]:
             explicit = _explicit_flags(argv)
             args = argparse.Namespace(**run_params.merge(_defaults(parser), saved, explicit))
         return resolve(args, saved, explicit)
-    except (ConfigError, FlagError) as err:
+    except UserError as err:  # FlagError, ConfigError, ...: bad input, exit status 2
         parser.error(str(err))

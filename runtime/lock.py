@@ -23,6 +23,7 @@ import os
 import time
 from typing import Any
 
+from utils.errors import BAD_INPUT, UserError
 from utils.fileio import atomic_write_text, host_name, pid_alive, temp_path
 
 logger = logging.getLogger(__name__)
@@ -30,8 +31,10 @@ logger = logging.getLogger(__name__)
 LOCK_FILE = "train.lock"
 
 
-class LockError(RuntimeError):
+class LockError(UserError, RuntimeError):
     """model_dir is locked by another training run; the message is one line."""
+
+    exit_code = BAD_INPUT
 
 
 def lock_path(model_dir: str) -> str:
@@ -162,11 +165,11 @@ def claim_model_dir(params: dict[str, Any]) -> ModelDirLock | None:
       LockError: another training run holds the lock.
       RunError: the checkpoint in model_dir does not fit this run (see check_resume_fits).
     """
-    from runtime import distribute
+    from runtime.cluster import resolve_cluster
 
     if params["mode"] not in ("train", "train_and_eval"):
         return None
-    if not distribute.resolve_cluster(os.environ).is_chief:
+    if not resolve_cluster(os.environ).is_chief:
         return None
     lock = ModelDirLock(params["model_dir"]).acquire()
     try:

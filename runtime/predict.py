@@ -23,14 +23,13 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from dataloader import DataError, dataset_info
 from dataloader.files import FilePolicy, skip_reason
 from dataloader.preprocessing import preprocess_for_eval
-from runtime import components
+from runtime import components, runtimes
 from runtime.checkpoint import restore_for_inference
-from runtime.class_names import class_names_for
+from runtime.class_names import trained_classes
 from runtime.errors import RunError
-from utils.dllogger import ProgressBar
+from utils.dllogger import ProgressBar, print_result
 from utils.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -325,34 +324,6 @@ def format_summary(
     return "\n".join(lines)
 
 
-def _classes_for_predict(params: Mapping[str, Any]) -> tuple[int, tuple[str, ...] | None]:
-    """Class count and names of the trained model: model_dir/class_names.json written by
-    training, else the dataset named by the flags, else the model config (names = indices)."""
-    saved = components.load_class_names(params["model_dir"])
-    if saved is not None:
-        return saved[0], class_names_for(*saved)
-    try:
-        info = dataset_info(components.data_config(params, training=False))
-        logger.warning(
-            "%s has no %s: class names taken from --dataset %s",
-            params["model_dir"],
-            components.CLASS_NAMES_FILE,
-            params["dataset"],
-        )
-        return info.num_classes, class_names_for(info.num_classes, info.class_names)
-    except (DataError, OSError) as err:
-        num_classes = int(params["model"]["num_classes"])
-        logger.warning(
-            "%s has no %s and the dataset gives no classes (%s): reporting class "
-            "indices of the config's %d classes",
-            params["model_dir"],
-            components.CLASS_NAMES_FILE,
-            err,
-            num_classes,
-        )
-        return num_classes, class_names_for(num_classes, None)
-
-
 def run_predict(params: Mapping[str, Any]) -> dict[str, Any]:
     """`--mode predict`: classify `--predict_img_dir` (a folder, any depth, or one image).
 
@@ -377,15 +348,13 @@ def run_predict(params: Mapping[str, Any]) -> dict[str, Any]:
     )
     dist = components.setup_run(params)
     is_chief = dist.is_chief
-    num_classes, class_names = _classes_for_predict(params)
+    num_classes, class_names = trained_classes(params)
     if params["runtime"] == "keras":
         with dist.strategy.scope():
             model = components.create_model(params, num_classes)
         loaded = restore_for_inference(model, params["model_dir"], params["predict_ckpt"])
     else:
-        from runtime import export
-
-        model, loaded = export.open_exported(params, num_classes)
+        model, loaded = runtimes.open_exported(params, num_classes)
     folder = params["predict_img_dir"] if os.path.isdir(params["predict_img_dir"]) else None
     # The evaluation data config fixes size, crop and resize method: a file is seen as the
     # validation pipeline would see it.
@@ -430,8 +399,10 @@ def run_predict(params: Mapping[str, Any]) -> dict[str, Any]:
             },
         )
         result.update(csv=csv_path, json=json_path)
-        print(format_summary(predictions, unreadable))
-        print(f"predictions written to {csv_path} and {json_path}")
+        print_result(
+            f"{format_summary(predictions, unreadable)}\n"
+            f"predictions written to {csv_path} and {json_path}"
+        )
         with components.open_metrics_log(params, is_chief, append=True) as log:
             log.log_params(params)
             log.log([], {f"predict.{k}": v for k, v in result.items()})

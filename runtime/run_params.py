@@ -22,8 +22,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from config.defaults import MODEL_KEYS
 from config.loader import ConfigError, apply_overrides, load_config, parse_mparams
+from model.schema import MODEL_KEYS
 
 PARAMS_FILE = "params.json"
 # The modes that read a training run's params.json (main.py's export mode included).

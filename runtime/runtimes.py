@@ -1,9 +1,11 @@
 """Inference runtimes behind one call: the Keras model, or an exported SavedModel, ONNX or LiteRT file.
 
+Owns where exports live (the export folder, artifact names, export.json) and how they are run.
 `predict` and `inference_benchmark` take `--runtime {keras,saved_model,onnxruntime,litert}` and
-run the file `--mode export` wrote (runtime.export), so a user measures and uses the exported
-model with the same command. Every runtime is a callable `images -> logits` on numpy arrays
-(float32 [B, S, S, 3] in 0..255, the eval transform already applied), with `output_shape`.
+run the file `--mode export` wrote (runtime.export) through `open_exported`, so a user measures
+and uses the exported model with the same command. Every runtime is a callable
+`images -> logits` on numpy arrays (float32 [B, S, S, 3] in 0..255, the eval transform already
+applied), with `output_shape`.
 
 ONNX Runtime and LiteRT are optional dependencies (requirements-export.txt); `require` turns a
 missing one into a one-line error naming the file to install. This module imports neither
@@ -13,17 +15,25 @@ TensorFlow nor a runtime until one is opened: runtime.flags checks export paths 
 from __future__ import annotations
 
 import importlib
+import json
+import logging
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
+from runtime.errors import RunError
+from utils.errors import UserError
+
+logger = logging.getLogger(__name__)
+
 FORMATS = ("saved_model", "onnx", "tflite")
 QUANTIZATIONS = ("none", "float16", "dynamic_int8")
 EXPORT_SUBDIR = "export"
+MANIFEST = "export.json"
 RUNTIMES = ("keras", "saved_model", "onnxruntime", "litert")
-# The export format each runtime reads (runtime.export.FORMATS).
+# The export format each runtime reads (one of FORMATS).
 RUNTIME_FORMATS = {"saved_model": "saved_model", "onnxruntime": "onnx", "litert": "tflite"}
 # The Python module each optional runtime (or exporter) needs, and the pip package that has it.
 OPTIONAL_MODULES = {
@@ -78,7 +88,7 @@ def runtime_artifact(params: Mapping[str, Any]) -> str:
     return os.path.join(export_dir(params), artifact_name(fmt, params["export_quantize"]))
 
 
-class RuntimeUnavailable(ImportError):
+class RuntimeUnavailable(UserError, ImportError):
     """An optional runtime or exporter is not installed; the message is one line."""
 
 
@@ -264,3 +274,41 @@ def load_runtime(
     runtime = openers[name]()
     runtime.micro_batch = micro_batch
     return runtime
+
+
+def open_exported(params: Mapping[str, Any], num_classes: int) -> tuple[Runtime, dict[str, str]]:
+    """The `--runtime` artifact of the export folder, checked against the run's classes and size.
+
+    Returns:
+      (the runtime, {"path": artifact, "weights": "ema" | "raw" | "unknown"} as in
+      restore_for_inference).
+
+    Raises:
+      RunError: the runtime package is missing, or the artifact was exported for another
+        class count or image size.
+    """
+    path = runtime_artifact(params)
+    try:
+        runtime = load_runtime(
+            params["runtime"], path, params["runtime_threads"], params["runtime_batch"]
+        )
+    except RuntimeUnavailable as err:
+        raise RunError(str(err)) from err
+    if int(runtime.output_shape[-1]) != num_classes:
+        raise RunError(
+            f"{path} has {runtime.output_shape[-1]} classes, this run "
+            f"{num_classes}; export this run's model with --mode export"
+        )
+    size = int(params["eval_img_size"])
+    if runtime.image_size is not None and runtime.image_size != size:
+        raise RunError(
+            f"{path} takes {runtime.image_size} px images, --eval_img_size is {size}; "
+            f"pass --eval_img_size {runtime.image_size} or export again"
+        )
+    weights = "unknown"
+    manifest = os.path.join(os.path.dirname(path), MANIFEST)
+    if os.path.isfile(manifest):
+        with open(manifest, encoding="utf-8") as f:
+            weights = json.load(f).get("weights", weights)
+    logger.info("running %s with %s", path, params["runtime"])
+    return runtime, {"path": path, "weights": weights}

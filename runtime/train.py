@@ -44,12 +44,12 @@ from dataloader import DatasetInfo, build_dataset, dataset_info
 from dataloader.mixing import mix_batch
 from runtime import advprop, compat, distribute, finetune
 from runtime.checkpoint import TrainingCheckpoint, checkpoint_dir
+from runtime.class_names import save_class_names
 from runtime.components import (
     create_model,
     data_config,
     eval_dataset,
     open_metrics_log,
-    save_class_names,
     setup_run,
     small_data_bn_momentum,
     write_json,

@@ -131,12 +131,13 @@ def build_runners(
     from config.loader import load_config
     from model import build_model
     from runtime import export, runtimes
+    from runtime.serving import serving_model
 
     cfg_path, size, app_name, timm_name = MODELS[key]
     config = load_config(cfg_path, None)
     keras.utils.set_random_seed(0)
     ours = build_model(config, num_classes=1000)
-    serving = export.serving_model(ours, size, size / (size + 32))
+    serving = serving_model(ours, size, size / (size + 32))
     runners = {
         BASELINE: tf_runner(
             getattr(keras.applications, app_name)(weights=None, input_shape=(size, size, 3))

@@ -40,6 +40,8 @@ import sys
 # flag and path errors come back in a fraction of a second.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from utils.errors import BAD_INPUT, UserError  # noqa: E402 (TF-free)
+
 logger = logging.getLogger("build_tfrecords")
 
 MANIFEST_FILE = "build_manifest.json"
@@ -48,8 +50,10 @@ JPEG_QUALITY = 95
 _VAL_DIRS = ("val", "validation")
 
 
-class ConvertError(ValueError):
+class ConvertError(UserError, ValueError):
     """Unusable input or output directory; the message is one line."""
+
+    exit_code = BAD_INPUT
 
 
 class BadImage(ValueError):
@@ -380,7 +384,7 @@ def main(argv=None) -> int:
         summary = convert(args)
     except ConvertError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     print(
         f"{summary['num_classes']} classes, {summary['train']} train and "
         f"{summary['validation']} validation images in {args.output_dir} "

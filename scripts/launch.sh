@@ -6,7 +6,7 @@
 #   PRECISION  AMP (mixed float16 + XLA), TF32 (float32 with TF32 math + XLA) or FP32 (strict
 #              float32 + XLA)
 #   NUM_GPUS   GPUs of this process: N > 1 on one host = MirroredStrategy over N GPUs; under
-#              srun / mpirun every task passes 1 (runtime/distribute.py builds the cluster)
+#              srun / mpirun every task passes 1 (runtime/cluster.py builds the cluster)
 #   CONFIG     model config, e.g. config/efficientnet_v2/s_cfg.py (relative to the repo root)
 #   MODE       train | train_and_eval | eval | predict | training_benchmark | inference_benchmark
 #

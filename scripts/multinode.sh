@@ -2,9 +2,10 @@
 # The SLURM multi-node job shared by run_{S,B0,B4}_multinode.sub (sourced by them after they set
 # RECIPE, NAME and DEFAULT_BATCH; not run on its own).
 #
-# Every task runs main.py with one GPU; runtime/distribute.py reads srun's SLURM_* variables
-# (SLURM_PROCID, SLURM_STEP_NODELIST, SLURM_STEP_TASKS_PER_NODE, SLURM_LOCALID) and builds a
-# MultiWorkerMirroredStrategy with NCCL all-reduce; task l of a node listens on MASTER_PORT + l.
+# Every task runs main.py with one GPU; runtime/cluster.py reads srun's SLURM_* variables
+# (SLURM_PROCID, SLURM_STEP_NODELIST, SLURM_STEP_TASKS_PER_NODE, SLURM_LOCALID), and
+# runtime/distribute.py builds a MultiWorkerMirroredStrategy with NCCL all-reduce; task l of a
+# node listens on MASTER_PORT + l.
 # Global batch = BATCH x nodes x tasks per node. Resubmitting the same job resumes from the last
 # checkpoint in RESULTS_DIR, which every node must see (a shared filesystem).
 # Settings (environment variables at submission, e.g. `DATA_DIR=/lustre/imagenet sbatch ...`):

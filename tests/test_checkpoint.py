@@ -172,3 +172,20 @@ def test_the_seed_fixes_the_global_generator_saved_in_checkpoints(tmp_path):
     np.testing.assert_array_equal(
         checkpoint.generator.state.numpy(), tf.random.Generator.from_seed(7).state.numpy()
     )
+
+
+def test_resume_check_skips_an_unreadable_class_names_file(tmp_path):
+    from runtime.checkpoint import check_resume_fits
+    from runtime.class_names import CLASS_NAMES_FILE, load_class_names
+
+    (tmp_path / CLASS_NAMES_FILE).write_text("{not json", encoding="utf-8")
+    with pytest.raises(ValueError):  # eval / predict / export: a broken file is an error
+        load_class_names(str(tmp_path))
+    params = {
+        "model": {},
+        "model_dir": str(tmp_path),
+        "optimizer": "rmsprop",
+        "moving_average_decay": 0.0,
+    }
+    # A resume has nothing to compare this run's classes with: it goes on.
+    assert check_resume_fits(params, {"optimizer": "rmsprop"}, 7, ("a",) * 7) is None

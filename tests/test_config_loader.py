@@ -94,7 +94,13 @@ def test_good_overrides_of_every_type_pass():
 
 
 def test_input_normalization_names_agree_with_the_model():
-    from config.loader import INPUT_NORMALIZATION_NAMES
+    """The loader keeps no copy of the list: it takes every normalization the model's layer
+    implements and refuses any other, naming exactly those."""
     from model.efficientnet import INPUT_NORMALIZATIONS
 
-    assert set(INPUT_NORMALIZATION_NAMES) == set(INPUT_NORMALIZATIONS)
+    path = "config/efficientnet_v2/s_cfg.py"
+    for name in INPUT_NORMALIZATIONS:
+        assert load_config(path, f"input_normalization={name!r}")["input_normalization"] == name
+    with pytest.raises(ConfigError) as info:
+        load_config(path, "input_normalization=zscore")
+    assert str(info.value).endswith("choose from " + ", ".join(INPUT_NORMALIZATIONS))

@@ -1,4 +1,4 @@
-"""Cluster discovery (TF_CONFIG / SLURM / MPI env dicts) and strategy helpers of runtime.distribute.
+"""Cluster discovery (runtime.cluster: TF_CONFIG / SLURM / MPI env dicts) and runtime.distribute.
 
 `resolve_cluster` is a pure function of an environment dict, so every launcher layout and every
 bad value is checked here without starting TensorFlow servers.
@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from runtime.distribute import (
+from runtime.cluster import (
     ClusterError,
     ClusterSpec,
     expand_hostlist,
@@ -98,6 +98,15 @@ def test_local_when_no_launcher():
     spec = resolve_cluster({"HOME": "/root", "TF_CONFIG": "  "})
     assert spec == ClusterSpec()
     assert (spec.num_workers, spec.is_multi_worker, spec.is_chief, spec.rank) == (1, False, True, 0)
+
+
+def test_cluster_parsing_imports_no_tensorflow():
+    """main.py and runtime.lock ask "am I the chief?" before TensorFlow starts."""
+    code = (
+        "import sys, runtime.cluster; "
+        "sys.exit(any(m.split('.')[0] in ('tensorflow', 'keras') for m in sys.modules))"
+    )
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
 
 
 # --- TF_CONFIG --------------------------------------------------------------------------------
@@ -431,6 +440,7 @@ def test_create_strategy_on_cpu():
         import json
         import tensorflow as tf
         from runtime import distribute as d
+        from runtime.cluster import ClusterError
         default = d.create_strategy()
         mirrored = d.create_strategy(cpu_replicas=2, fp16_compression=True)
         grads = [tf.ones([2]), None, tf.ones([1], tf.int32)]
@@ -464,7 +474,7 @@ def test_create_strategy_on_cpu():
                     {"cpu_replicas": 0}, {"cpu_replicas": 3}):
             try:
                 d.create_strategy(**bad)
-            except d.ClusterError as err:
+            except ClusterError as err:
                 out[str(bad)] = str(err)
         print(json.dumps(out))
     """)
@@ -488,9 +498,10 @@ def test_create_strategy_rejects_bad_environment():
     result = run_python(
         """
         from runtime import distribute as d
+        from runtime.cluster import ClusterError
         try:
             d.create_strategy()
-        except d.ClusterError as err:
+        except ClusterError as err:
             print("ERR", err)
     """,
         env={
@@ -525,6 +536,34 @@ def test_missing_worker_fails_at_startup_instead_of_hanging():
     )
     assert f"peers 127.0.0.1:{ports[0]}, 127.0.0.1:{ports[1]}" in result.stderr
     assert time.monotonic() - started < 90
+
+
+def test_watchdog_kills_its_parent_with_one_line_and_leaves_when_the_parent_is_gone(
+    tmp_path, capsys, monkeypatch
+):
+    from runtime import watchdog
+
+    parent = (
+        "import os, subprocess, sys, time\n"
+        "subprocess.Popen([sys.executable, '-m', 'runtime.watchdog', str(os.getpid()), '0.5',"
+        f" 'main.py: error: too slow'], cwd={REPO!r})\n"
+        "time.sleep(60)\n"
+        "print('NOT KILLED')\n"
+    )
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", parent], cwd=tmp_path, capture_output=True, text=True, timeout=90
+    )
+    assert result.returncode == -9 and result.stdout == ""
+    assert result.stderr == "main.py: error: too slow\n"
+    assert time.monotonic() - started < 30
+    # The watched process is no longer its parent (it ended): it returns at once, silently.
+    kills = []
+    monkeypatch.setattr(os, "kill", lambda *args: kills.append(args))
+    started = time.monotonic()
+    watchdog.watch(os.getpid(), 60.0, "never written")
+    assert time.monotonic() - started < 5
+    assert kills == [] and capsys.readouterr().err == ""
 
 
 def test_fp16_all_reduce_is_scale_aware_in_both_precisions():

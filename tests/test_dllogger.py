@@ -1,3 +1,4 @@
+import ast
 import io
 import json
 import math
@@ -11,8 +12,11 @@ from utils.dllogger import (
     Verbosity,
     create_metrics_logger,
     format_step,
+    print_result,
     read_log,
 )
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _write_run(path, **kwargs):
@@ -185,3 +189,23 @@ def test_progress_bar_eta_is_the_median_of_recent_steps_without_the_first(monkey
     clock[0] += 2.0
     bar.update(2)  # 1 s per step over a 2-step update
     assert bar.eta_seconds() == pytest.approx(3 * 1.0)
+
+
+def test_print_result_writes_the_block_once_to_stdout(capsys):
+    print_result("table\nresults written to x.json")
+    assert capsys.readouterr() == ("table\nresults written to x.json\n", "")
+
+
+def test_the_application_prints_only_through_print_result():
+    """One path per console line: no bare print() next to the logger, the bar and the sinks."""
+    files = [os.path.join(ROOT, "main.py")]
+    for package in ("config", "model", "dataloader", "runtime", "utils"):
+        for folder, _, names in os.walk(os.path.join(ROOT, package)):
+            files += [os.path.join(folder, n) for n in names if n.endswith(".py")]
+    printing = [
+        f"{os.path.relpath(path, ROOT)}:{node.lineno}"
+        for path in files
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read()))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print"
+    ]
+    assert len(files) > 40 and not printing, printing

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 import main
 from dataloader.preprocessing import preprocess_for_eval
-from runtime import export, runtimes
+from runtime import export, runtimes, serving
 from runtime.errors import RunError
 from tests import tiny_run
 from tests.tiny_run import save_random_checkpoint
@@ -78,7 +78,7 @@ def exported(tmp_path_factory):
 
 
 def _manifest(model_dir):
-    with open(os.path.join(model_dir, "export", export.MANIFEST), encoding="utf-8") as f:
+    with open(os.path.join(model_dir, "export", runtimes.MANIFEST), encoding="utf-8") as f:
         return json.load(f)
 
 
@@ -223,7 +223,7 @@ def test_eval_transform_matches_preprocess_for_eval():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (2, 41, 57, 3), dtype=np.uint8)
     for method in ("bilinear", "bicubic"):
-        layer = export.EvalTransform(24, 0.8, method)
+        layer = serving.EvalTransform(24, 0.8, method)
         batched = layer(images).numpy()
         single = np.stack(
             [preprocess_for_eval(tf.constant(img), 24, 0.8, method).numpy() for img in images]
@@ -285,12 +285,20 @@ def test_quantized_litert_export_has_its_own_tolerance(tmp_path, quantize):
     assert 0.0 <= artifact["top1_agreement"] <= 1.0
 
 
-def test_self_check_above_tolerance_is_an_error(tmp_path, monkeypatch, capsys):
+def test_self_check_above_tolerance_is_an_error(tmp_path, monkeypatch, capsys, caplog):
     save_random_checkpoint(tiny_params(tmp_path, "export"))
     # Every real export differs from Keras by rounding at most; a negative tolerance fails it.
     monkeypatch.setattr(export, "LOGIT_TOLERANCE", -1.0)
+    caplog.set_level("INFO", logger="runtime.export")
     assert main.main(tiny_args(tmp_path, "export", "--export_format", "saved_model")) == 1
-    err = capsys.readouterr().err.strip().splitlines()[-1]
+    captured = capsys.readouterr()
+    # One path per line: the self-check result on stdout only, the progress note in the log only.
+    check = "saved_model: max abs diff vs Keras"
+    assert captured.out.count(check) == 1 and check not in captured.err
+    assert not [m for m in caplog.messages if check in m]
+    assert [m for m in caplog.messages if m.startswith("exporting saved_model (none) to ")]
+    assert "exporting saved_model" not in captured.out
+    err = captured.err.strip().splitlines()[-1]
     assert err.startswith("main.py: error: export self-check failed: saved_model (")
     assert "max abs diff of logits" in err and "> tolerance -1" in err
     (artifact,) = _manifest(tmp_path)["artifacts"]
@@ -346,7 +354,7 @@ def test_runtime_rejects_an_export_of_another_size(exported):
         match=r"takes 32 px images, --eval_img_size is 48; "
         r"pass --eval_img_size 32 or export again",
     ):
-        export.open_exported(params, 10)
+        runtimes.open_exported(params, 10)
 
 
 def _error(capsys, argv):

@@ -147,7 +147,7 @@ def test_class_names_must_match_model(tmp_path):
 
 
 def test_run_predict_end_to_end(tmp_path, capsys):
-    from runtime.components import save_class_names
+    from runtime.class_names import save_class_names
     from runtime.predict import run_predict
     from tests.tiny_run import save_random_checkpoint, tiny_params
 
@@ -251,9 +251,7 @@ def test_output_paths_take_the_next_free_number(tmp_path):
 
 
 def test_imagenet_models_get_human_readable_names(tmp_path):
-    from runtime.class_names import class_names_for
-    from runtime.components import save_class_names
-    from runtime.predict import _classes_for_predict
+    from runtime.class_names import class_names_for, save_class_names, trained_classes
     from tests.tiny_run import tiny_params
 
     names = class_names_for(1000, None)
@@ -267,22 +265,21 @@ def test_imagenet_models_get_human_readable_names(tmp_path):
     )
     save_class_names(str(tmp_path), 1000, None)  # e.g. imported weights, TFRecords without names
     params = tiny_params(tmp_path, "predict", "--predict_img_dir", str(tmp_path))
-    assert _classes_for_predict(params)[1][1] == "goldfish"
+    assert trained_classes(params)[1][1] == "goldfish"
 
 
 def test_class_names_fallbacks_without_class_names_json(tmp_path):
-    from runtime.components import save_class_names
-    from runtime.predict import _classes_for_predict
+    from runtime.class_names import save_class_names, trained_classes
     from tests.tiny_run import tiny_params
 
     images = tmp_path / "images"
     _write_images(images)
     digits = tiny_params(tmp_path, "predict", "--predict_img_dir", str(images))
-    num_classes, names = _classes_for_predict(digits)  # from --dataset digits
+    num_classes, names = trained_classes(digits)  # from --dataset digits
     assert num_classes == 10 and (names is None or len(names) == 10)
     imagenet = tiny_params(
         tmp_path, "predict", "--predict_img_dir", str(images), "--dataset", "imagenet"
     )
-    assert _classes_for_predict(imagenet) == (10, None)  # no data_dir: the config's count
+    assert trained_classes(imagenet) == (10, None)  # no data_dir: the config's count
     save_class_names(str(tmp_path), 3, ["a", "b", "c"])
-    assert _classes_for_predict(imagenet) == (3, ("a", "b", "c"))  # what training saved wins
+    assert trained_classes(imagenet) == (3, ("a", "b", "c"))  # what training saved wins

@@ -350,7 +350,8 @@ def test_resume_with_another_architecture_is_refused_before_writing(capsys, tmp_
     model_dir = tmp_path / "run"
     params = tiny_params(model_dir, "train")
     save_random_checkpoint(params)
-    from runtime.components import save_class_names, write_json
+    from runtime.class_names import save_class_names
+    from runtime.components import write_json
 
     write_json(str(model_dir / "params.json"), params)
     save_class_names(str(model_dir), 10, [str(i) for i in range(10)])
@@ -369,7 +370,7 @@ def test_resume_with_another_architecture_is_refused_before_writing(capsys, tmp_
 
 def test_check_resume_fits_classes_optimizer_and_ema(tmp_path):
     from runtime.checkpoint import check_resume_fits
-    from runtime.components import save_class_names
+    from runtime.class_names import save_class_names
     from runtime.errors import RunError
 
     params = tiny_params(tmp_path, "train")

@@ -125,7 +125,7 @@ def test_broken_params_json_is_one_line(tmp_path, capsys):
 
 
 def test_architecture_keys_are_the_model_keys_that_matter():
-    from config.defaults import MODEL_KEYS
+    from model.schema import MODEL_KEYS
 
     assert set(run_params.ARCHITECTURE_KEYS) == set(MODEL_KEYS) - {
         "dropout_rate",

@@ -15,7 +15,12 @@ metric's unit and print format.
 There is one logging path for metrics: a `MetricsLogger` fans each record out to its sinks (the
 JSON file, a stdout sink filtered by verbosity, optional TensorBoard). `create_metrics_logger`
 builds it for the chief only: other workers get a logger with no sinks, so they write nothing.
-Human messages still go through `logging.getLogger(__name__)`.
+
+Every console line takes exactly one of four paths: messages (progress notes, warnings,
+one-line results) go through `logging.getLogger(__name__)` to main.py's stderr handler, metric
+records through a `MetricsLogger` (the `DLL` lines on stdout), progress through a `ProgressBar`
+(stderr), and a mode's result block (a table or summary and where its files went) through
+`print_result` (stdout, for the reader or a pipe); the runtime has no other `print`.
 """
 
 from __future__ import annotations
@@ -421,6 +426,18 @@ def read_log(path: str) -> list[dict[str, Any]]:
                 continue
             raise ValueError(f"{path}:{number}: not a DLLogger JSON line ({err})") from err
     return records
+
+
+def print_result(text: str, stream: IO[str] | None = None) -> None:
+    """Show a mode's result block on stdout, once (the chief calls it; the log gets records).
+
+    Args:
+      text: the block: a table or summary and where its files went; lines joined by newlines.
+      stream: where to write (default sys.stdout at call time).
+    """
+    stream = stream or sys.stdout
+    stream.write(text + "\n")
+    stream.flush()
 
 
 def _format_duration(seconds: float) -> str:

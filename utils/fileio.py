@@ -24,13 +24,15 @@ import socket
 from collections.abc import Iterator
 from typing import IO, Any
 
+from utils.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".tmp-"
 _TEMP_RE = re.compile(r"^\.tmp-(\d+)-")
 
 
-class WriteError(OSError):
+class WriteError(UserError, OSError):
     """A file could not be written (disk full, read-only, no permission); the message is one
     line with the path and the free space. The previous file at that path is untouched."""
 
