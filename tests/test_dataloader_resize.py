@@ -52,9 +52,13 @@ def test_bicubic_tf1_is_tf1_resize_bicubic(shape, size):
     got = resize(tf.constant(image), size, "bicubic_tf1").numpy()
     assert got.dtype == np.float32 and got.shape == (size, size, 3)
     np.testing.assert_allclose(got, tf1_bicubic(image, size), atol=1e-3)
-    batched = resize(tf.constant(np.stack([image, image[::-1]])), size, "bicubic_tf1").numpy()
+    batch = tf.constant(np.stack([image, image[::-1]]))
+    batched = resize(batch, size, "bicubic_tf1").numpy()
     np.testing.assert_allclose(batched[0], got, atol=1e-4)
     np.testing.assert_allclose(batched[1], tf1_bicubic(image[::-1], size), atol=1e-3)
+    # the exported graphs' form (matrix products) is the same transform
+    portable = resize(batch, size, "bicubic_tf1", portable=True).numpy()
+    np.testing.assert_allclose(portable, batched, atol=1e-3)
 
 
 def test_eval_crop_of_a_photo_differs_from_tf2_bicubic():

@@ -1,8 +1,9 @@
 """EfficientNet-Lite exports to LiteRT like the rest (--mode export's self-check passes).
 
 A tiny Lite (two stages at 32 px; stem and head stay at 32 / 1280 channels) through the same
-export path as tests/test_export.py: ReLU6, the mean/std input normalization and the fixed
-stem/head convert and agree with Keras within the export's tolerance.
+export path as tests/test_export.py, with the eval transform in the graph: ReLU6, the mean/std
+input normalization, the fixed stem/head and Lite's TF1 bicubic resize (as matrix products:
+LiteRT has no bicubic op) convert and agree with Keras within the export's tolerance.
 """
 
 import importlib.util
@@ -31,7 +32,8 @@ def test_lite_exports_to_litert_and_passes_the_self_check(tmp_path):
         pytest.skip("needs ai-edge-litert (pip install -r requirements-export.txt)")
     model = save_random_checkpoint(tiny_run.flags.parse(lite_args(tmp_path, "export")))
     assert {layer.name for layer in model.layers} >= {"input_normalization", "stem_conv"}
-    assert main.main(lite_args(tmp_path, "export", "--export_format", "tflite")) == 0
+    argv = lite_args(tmp_path, "export", "--export_format", "tflite", "--export_preprocessing")
+    assert main.main(argv) == 0
     with open(tmp_path / "export" / "export.json") as f:
         (artifact,) = json.load(f)["artifacts"]
-    assert artifact["format"] == "tflite" and artifact["passed"]
+    assert artifact["format"] == "tflite" and artifact["passed"] and artifact["preprocessing"]
