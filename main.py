@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from runtime import flags
+from runtime import flags, run_params
 from utils.errors import UserError, before_run
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def _write_params_and_run(params: dict) -> None:
 
     with before_run(), _writing_model_dir(params):
         components.write_json(
-            os.path.join(params["model_dir"], flags.params_filename(params["mode"])), params
+            os.path.join(params["model_dir"], run_params.params_filename(params["mode"])), params
         )
     try:
         run(params["mode"], params)

@@ -1,8 +1,10 @@
-"""Model defaults shared by every EfficientNet config module (the one place they live).
+"""Defaults that live in one place, importable without TensorFlow.
 
-Family modules (`config/efficientnet_v1/__init__.py`, `config/efficientnet_v2/__init__.py`)
-add what differs per family; each `*_cfg.py` names only what differs per variant. The keys the
-model reads and the values each may take are the model's (model/schema.py, MODEL_KEYS).
+MODEL_DEFAULTS are the model defaults shared by every EfficientNet config module; the family
+modules (`config/efficientnet_v1/__init__.py`, `config/efficientnet_v2/__init__.py`) add what
+differs per family and each `*_cfg.py` names only what differs per variant. The keys the model
+reads and the values each may take are the model's (model/schema.py, MODEL_KEYS).
+STEP_DEFAULTS are the training-step defaults that the command line and the runtime share.
 """
 
 from __future__ import annotations
@@ -32,3 +34,7 @@ MODEL_DEFAULTS = MappingProxyType(
         "fix_head_stem": False,
     }
 )
+
+# Training-step defaults: the flags of the same names (runtime/flags.py) and the fields of
+# runtime.step.StepConfig both take them from here (tests/test_flag_defaults.py checks).
+STEP_DEFAULTS = MappingProxyType({"grad_accum_steps": 1, "label_smoothing": 0.1})

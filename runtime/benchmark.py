@@ -1,6 +1,6 @@
 """Training and inference benchmarks: images/s and step-time percentiles over a batch-size sweep.
 
-`--mode training_benchmark` times the real training step (`runtime.train.make_train_step`,
+`--mode training_benchmark` times the real training step (`runtime.step.make_train_step`,
 the same one training runs: accumulation, loss scaling, EMA, XLA as configured);
 `--mode inference_benchmark` times the evaluation forward pass (`runtime.evaluate.evaluate`).
 Both run on `--dataset synthetic` (one batch repeated: measures the model, not the input
@@ -32,6 +32,7 @@ from dataloader import dataset_info
 from runtime import components, distribute, runtimes, train
 from runtime.checkpoint import restore_for_inference
 from runtime.evaluate import PERCENTILES, evaluate, latency_stats
+from runtime.step import make_train_step
 from utils.dllogger import MetricsLogger, ProgressBar, Verbosity, print_result
 
 logger = logging.getLogger(__name__)
@@ -176,21 +177,6 @@ def _report(
     return {**document, "path": path}
 
 
-def synthetic_training_run(
-    cfg: str, mparams: str | None, batch_size: int, image_size: int, model_dir: str
-) -> train.TrainRun:
-    """The TrainRun that `--mode training_benchmark` builds for `cfg` on synthetic data, XLA off
-    (scripts/bench_model.py and scripts/bench_step.py time its step against bare steps)."""
-    from runtime import flags
-
-    params = flags.parse([
-        "--cfg", cfg, *(["--mparams", mparams] if mparams else []), "--mode",
-        "training_benchmark", "--dataset", "synthetic", "--model_dir", model_dir,
-        "--train_batch_size", str(batch_size), "--train_img_size", str(image_size),
-        "--no-use_xla", "--log_steps", "1000000"])  # fmt: skip
-    return train.build_run(params)
-
-
 def bare_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> Callable:
     """A bare `tf.function` training step (forward, softmax cross-entropy on logits, gradients,
     `optimizer.apply`): what the benchmark scripts compare the runtime's step with.
@@ -242,7 +228,7 @@ def run_training_benchmark(params: Mapping[str, Any]) -> dict[str, Any]:
             global_batch = run.dist.global_batch_size(batch_size, params["grad_accum_steps"])
             sized = dataclasses.replace(run, params={**params, "train_batch_size": batch_size})
             iterator = iter(train.train_dataset(sized, stage))
-            step = train.make_train_step(
+            step = make_train_step(
                 run.model, run.optimizer, dist=run.dist, config=step_config, ema=run.ema
             )
 

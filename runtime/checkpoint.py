@@ -23,6 +23,9 @@ stays the latest); `remove_stale_checkpoint_temps` removes those of killed runs 
 A resume that cannot work (another architecture, optimizer or class list than the checkpoint's)
 is refused by `check_resume_fits` from the params.json the checkpoint's run wrote, before this
 run writes anything into model_dir.
+
+The final weights of training (`model.weights.h5`) go through `save_weights_atomically`: a
+temporary file renamed when complete, after a free-space check.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from runtime import distribute
 from runtime.class_names import load_class_names
 from runtime.errors import RunError
 from utils.ema import ExponentialMovingAverage
-from utils.fileio import free_space, remove_stale_temps
+from utils.fileio import atomic_path, check_free_space, free_space, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -406,3 +409,19 @@ def restore_for_inference(
     weights = "ema" if ema is not None else "raw"
     logger.info("loaded %s weights from %s", weights, path)
     return {"path": path, "weights": weights}
+
+
+def save_weights_atomically(model: keras.Model, path: str) -> str:
+    """`model.save_weights(path)` through a temporary file and a rename (utils.fileio).
+
+    The free space is checked first (weights bytes + 10% + 1 MiB): h5py crashes the process
+    when a write fails on a full disk, so it must not start one.
+
+    Raises:
+      WriteError: not enough space, or the write failed; the previous file is unchanged.
+    """
+    needed = sum(int(v.numpy().nbytes) for v in model.weights)
+    check_free_space(path, int(needed * 1.1) + (1 << 20))
+    with atomic_path(path) as tmp:
+        model.save_weights(tmp)
+    return path

@@ -18,7 +18,9 @@ for small data sets.
 Two phases (`--unfreeze_epoch N`): epochs before N train with `--freeze_until` (default
 "head": the classifier only), from epoch N on every layer trains (BatchNorm stays frozen with
 `--freeze_bn`) and the learning rate warms up again over `--lr_warmup_epochs`, as in the
-Keras transfer-learning guide's "train the top, then fine-tune everything at a low rate".
+Keras transfer-learning guide's "train the top, then fine-tune everything at a low rate". The
+training loop splits its stage at that epoch (runtime.stages.split_at) and the schedule warms
+up again there (utils.schedules.with_rewarm).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import h5py
@@ -282,73 +284,6 @@ class FreezePlan:
     @property
     def active(self) -> bool:
         return self.freeze_until is not None or self.freeze_bn
-
-
-def split_at(stages: Sequence, epoch: int | None) -> tuple:
-    """Split the stage containing `epoch` in two (same settings), so that the training loop
-    rebuilds its step (and so the trainable set) there; stages without it are unchanged."""
-    if epoch is None:
-        return tuple(stages)
-    out = []
-    for stage in stages:
-        if stage.first_epoch < epoch < stage.end_epoch:
-            out.append(dataclasses.replace(stage, end_epoch=epoch))
-            out.append(dataclasses.replace(stage, first_epoch=epoch))
-        else:
-            out.append(stage)
-    return tuple(out)
-
-
-@keras.saving.register_keras_serializable(package="efficientnet")
-class RewarmSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """`base` learning rate, ramped linearly from 0 again over `warmup_steps` from `restart_step`.
-
-    Args:
-      base: the run's schedule.
-      restart_step: optimizer update at which the second warm-up starts (the unfreeze epoch).
-      warmup_steps: length of the second warm-up; 0 = none.
-    """
-
-    def __init__(self, base, restart_step: int, warmup_steps: int) -> None:
-        super().__init__()
-        self.base = base
-        self.restart_step = int(restart_step)
-        self.warmup_steps = int(warmup_steps)
-
-    def __call__(self, step):
-        lr = self.base(step)
-        if self.warmup_steps <= 0:
-            return lr
-        since = keras.ops.cast(step, "float32") - float(self.restart_step)
-        ramp = keras.ops.clip(since / float(self.warmup_steps), 0.0, 1.0)
-        return keras.ops.where(since < 0, lr, lr * ramp)
-
-    def get_config(self) -> dict:
-        return {
-            "base": keras.saving.serialize_keras_object(self.base),
-            "restart_step": self.restart_step,
-            "warmup_steps": self.warmup_steps,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(
-            keras.saving.deserialize_keras_object(config["base"]),
-            config["restart_step"],
-            config["warmup_steps"],
-        )
-
-
-def schedule_for(schedule, params: Mapping[str, Any], steps_per_epoch: int):
-    """The run's schedule, with a second warm-up at --unfreeze_epoch when set."""
-    unfreeze = params.get("unfreeze_epoch")
-    if unfreeze is None:
-        return schedule
-    return RewarmSchedule(
-        schedule,
-        unfreeze * steps_per_epoch,
-        int(round(params["lr_warmup_epochs"] * steps_per_epoch)),
-    )
 
 
 def describe_trainable(model: keras.Model) -> str:

@@ -1,10 +1,12 @@
-"""Command-line flags: general defaults (each written once), their checks, the resolved params.
+"""Command-line flags: the parser (every general flag with its default and help) and `parse`.
 
 Defaults follow NVIDIA's TF2 EfficientNet reference (utils/cmdline_helper.py) except where a
-NOTE says otherwise. The data and optimizer flags take their defaults from the fields of
-`DataConfig` and `OptimizerConfig` (`_DATA`, `_OPT`); runtime.train's `StepConfig` takes its
-own from here (`flag_defaults`). Model hyperparameters are not flags: they come from the
-`--cfg` module and strict `--mparams` overrides (config/loader.py).
+NOTE says otherwise. Each default is written once: the data and optimizer flags take theirs
+from the fields of `DataConfig` and `OptimizerConfig` (`_DATA`, `_OPT`), the training-step
+flags from config.defaults.STEP_DEFAULTS (which runtime.step's `StepConfig` reads too). Model
+hyperparameters are not flags: they come from the `--cfg` module and strict `--mparams`
+overrides (config/loader.py). The runtime never imports this module: it reads the resolved
+params (runtime/flag_checks.py resolves and checks them).
 
 Errors are one line (`main.py: error: ...`) and exit with status 2, before anything is written:
 unknown flags (with the closest valid flag and the full list), bad values, unknown `--mparams`
@@ -17,87 +19,77 @@ import argparse
 import dataclasses
 import difflib
 import functools
-import math
-import os
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NoReturn
 
+from config.defaults import STEP_DEFAULTS
 from config.efficientnet_v1 import V1_DATA_RECIPE as _V1
 from config.efficientnet_v2 import V2_DATA_RECIPE as _V2
-from config.loader import load_config
 from dataloader.config import AUGMENTERS, EVAL_CROPS, RESIZE_METHODS, SOURCES, DataConfig
 from dataloader.files import DEFAULT_MAX_IMAGE_PIXELS  # noqa: F401 (re-exported)
 from runtime import MODES, run_params, runtimes
 from runtime.distribute import ALL_REDUCE_CHOICES
+from runtime.flag_checks import batch_size_list, dataset_name, export_formats, resolve
 from utils.choices import AMP_DTYPES, OPTIMIZERS, SCHEDULE_ORIGINS, SCHEDULES
-from utils.errors import BAD_INPUT, UserError
+from utils.errors import UserError
 from utils.optimizer_config import OptimizerConfig
 
 # The choice lists come from their implementing packages' TensorFlow-free modules, so a typo on
 # the command line fails before TensorFlow loads (seconds).
 MODE_NAMES = tuple(MODES)
 DATASET_SOURCES = SOURCES
-DATASETS_NEEDING_DIR = ("imagenet", "folder")
 OPTIMIZER_NAMES = OPTIMIZERS
 LR_DECAYS = SCHEDULES
-PARAMS_FILE = run_params.PARAMS_FILE
-TRAINING_MODES = ("train", "train_and_eval")
 
 # The dataclass field defaults the data and optimizer flags take (the one place each is written).
 _DATA = MappingProxyType({f.name: f.default for f in dataclasses.fields(DataConfig)})
 _OPT = MappingProxyType({f.name: f.default for f in dataclasses.fields(OptimizerConfig)})
 
 
-class FlagError(UserError, ValueError):
-    """An invalid command line; the message is one line."""
+class FlagParser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block), exit status 2, and a record of its flags.
 
-    exit_code = BAD_INPUT
+    `groups` maps each argument group's title to the actions added to it, in order; flags
+    added to the parser itself (--help) are under "options", the group argparse shows them in.
+    Readers use `actions()` and `groups`, never argparse's private `_actions`.
+    """
 
+    def __init__(self, **kwargs: Any) -> None:
+        self.groups: dict[str, list[argparse.Action]] = {"options": []}  # before --help is added
+        super().__init__(**kwargs)
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage block) and exit status 2."""
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self.groups["options"].append(action)
+        return action
+
+    def add_argument_group(self, *args: Any, **kwargs: Any) -> Any:
+        """argparse's group, whose `add_argument` also records the action in `groups`."""
+        group = super().add_argument_group(*args, **kwargs)
+        record = self.groups.setdefault(group.title, [])
+        add = group.add_argument
+
+        def add_and_record(*flag_args: Any, **flag_kwargs: Any) -> argparse.Action:
+            action = add(*flag_args, **flag_kwargs)
+            record.append(action)
+            return action
+
+        group.add_argument = add_and_record
+        return group
+
+    def actions(self) -> list[argparse.Action]:
+        """Every action added (--help included), group by group."""
+        return [action for group in self.groups.values() for action in group]
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _dataset(text: str) -> str:
-    if text in DATASET_SOURCES or (text.startswith("tfds:") and len(text) > len("tfds:")):
-        return text
-    raise argparse.ArgumentTypeError(
-        f"invalid dataset {text!r} (choose from {', '.join(DATASET_SOURCES)} or tfds:NAME)"
-    )
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        values = ()
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(
-            f"invalid batch size list {text!r} (comma-separated integers >= 1, e.g. 32,64,128)"
-        )
-    return values
-
-
-def _format_list(text: str) -> tuple[str, ...]:
-    values = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
-    bad = [v for v in values if v not in runtimes.FORMATS]
-    if not values or bad:
-        raise argparse.ArgumentTypeError(
-            f"invalid export format {','.join(bad) or text!r} (comma-separated subset of "
-            f"{','.join(runtimes.FORMATS)})"
-        )
-    return values
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> FlagParser:
     """The argument parser with every general flag, grouped as in `--help`."""
-    p = _Parser(
+    p = FlagParser(
         prog="main.py",
         allow_abbrev=False,
         description="EfficientNet v1/v2 training application (TF 2.21 / Keras 3). Model "
@@ -187,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument(
         "--dataset",
-        type=_dataset,
+        type=dataset_name,
         default=_DATA["dataset"],
         help="imagenet (TFRecords), tfds:NAME, folder, digits (bundled, no download), synthetic",
     )
@@ -303,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--grad_accum_steps",
         type=int,
-        default=1,
+        default=STEP_DEFAULTS["grad_accum_steps"],
         help="micro-batches per update; global batch = batch x devices x steps",
     )
     g.add_argument(
@@ -312,7 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=_OPT["grad_clip_norm"],
         help="clip the global gradient norm; 0 = off",
     )
-    g.add_argument("--label_smoothing", type=float, default=0.1, help="of the cross-entropy loss")
+    g.add_argument(
+        "--label_smoothing",
+        type=float,
+        default=STEP_DEFAULTS["label_smoothing"],
+        help="of the cross-entropy loss",
+    )
     g.add_argument(
         "--moving_average_decay",
         type=float,
@@ -475,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--predict_top_k", type=int, default=5, help="classes reported per image")
     g.add_argument(
         "--export_format",
-        type=_format_list,
+        type=export_formats,
         default=("saved_model",),
         help="--mode export: comma-separated subset of " + ",".join(runtimes.FORMATS),
     )
@@ -521,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("benchmarks (training_benchmark, inference_benchmark)")
     g.add_argument(
         "--benchmark_batch_sizes",
-        type=_int_list,
+        type=batch_size_list,
         default=None,
         help="per-device batch sizes to sweep, e.g. 32,64,128 (default: "
         "--train_batch_size / --eval_batch_size)",
@@ -536,18 +533,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def params_filename(mode: str) -> str:
-    """Where the resolved params of `mode` go in model_dir: params.json for training, and
-    params_<mode>.json for the other modes so they never overwrite the training record."""
-    return PARAMS_FILE if mode in TRAINING_MODES else f"params_{mode}.json"
-
-
-def flag_names(parser: argparse.ArgumentParser) -> list[str]:
+def flag_names(parser: FlagParser) -> list[str]:
     """Every `--flag` the parser knows (both spellings of booleans)."""
-    return sorted(s for a in parser._actions for s in a.option_strings if s.startswith("--"))
+    return sorted(s for a in parser.actions() for s in a.option_strings if s.startswith("--"))
 
 
-def _reject_unknown(parser: argparse.ArgumentParser, extras: Sequence[str]) -> NoReturn:
+def _reject_unknown(parser: FlagParser, extras: Sequence[str]) -> NoReturn:
     names = flag_names(parser)
     first = extras[0].split("=", 1)[0]
     close = difflib.get_close_matches(first, names, n=1)
@@ -557,231 +548,9 @@ def _reject_unknown(parser: argparse.ArgumentParser, extras: Sequence[str]) -> N
     )
 
 
-_POSITIVE_INTS = (
-    "log_steps",
-    "max_epochs",
-    "train_batch_size",
-    "eval_batch_size",
-    "predict_batch_size",
-    "predict_top_k",
-    "grad_accum_steps",
-    "save_checkpoint_freq",
-    "num_epochs_between_eval",
-    "n_stages",
-    "base_img_size",
-    "benchmark_steps",
-    "max_image_pixels",
-    "cpu_replicas",
-)
-_NON_NEGATIVE = (
-    "grad_clip_norm",
-    "weight_decay",
-    "mixup_alpha",
-    "cutmix_alpha",
-    "base_mixup",
-    "base_cutmix",
-    "raug_magnitude",
-    "base_randaug_mag",
-    "lr_warmup_epochs",
-    "opt_epsilon",
-    "momentum",
-    "benchmark_warmup_steps",
-    "raug_num_layers",
-)
-
-
-def validate(params: dict[str, Any]) -> None:
-    """Check value ranges and combinations of the resolved params.
-
-    Raises:
-      FlagError: the first problem found, as one line naming the flag.
-    """
-    for name, value in params.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise FlagError(f"--{name} must be a finite number, got {value}")
-    for name in _POSITIVE_INTS:
-        if params[name] < 1:
-            raise FlagError(f"--{name} must be >= 1, got {params[name]}")
-    for name in _NON_NEGATIVE:
-        if params[name] < 0:
-            raise FlagError(f"--{name} must be >= 0, got {params[name]}")
-    for name in ("steps_per_epoch", "train_img_size", "eval_img_size"):
-        if params[name] is not None and params[name] < 1:
-            raise FlagError(f"--{name} must be >= 1, got {params[name]}")
-    if params["num_gpus"] is not None and params["num_gpus"] < 0:
-        raise FlagError(f"--num_gpus must be >= 0, got {params['num_gpus']}")
-    if params["lr_init"] <= 0:
-        raise FlagError(f"--lr_init must be > 0, got {params['lr_init']}")
-    if params["lr_decay_epochs"] <= 0:
-        raise FlagError(f"--lr_decay_epochs must be > 0, got {params['lr_decay_epochs']}")
-    for name in ("moving_average_decay", "label_smoothing"):
-        if not 0 <= params[name] < 1:
-            raise FlagError(f"--{name} must be in [0, 1), got {params[name]}")
-    for name in ("decay", "lr_decay_rate", "beta_1", "beta_2"):
-        if not 0 <= params[name] <= 1:
-            raise FlagError(f"--{name} must be in [0, 1], got {params[name]}")
-    if params["crop_fraction"] is not None and not 0 < params["crop_fraction"] <= 1:
-        raise FlagError(f"--crop_fraction must be in (0, 1], got {params['crop_fraction']}")
-    log_name = params["log_filename"]
-    if not log_name or os.path.basename(log_name) != log_name or log_name in (".", ".."):
-        raise FlagError(
-            f"--log_filename must be a file name inside --model_dir, not a path: {log_name!r}"
-        )
-    if params["crop_area_min"] is not None and not 0 < params["crop_area_min"] <= 1:
-        raise FlagError(f"--crop_area_min must be in (0, 1], got {params['crop_area_min']}")
-    if params["n_stages"] > params["max_epochs"]:
-        raise FlagError(
-            f"--n_stages={params['n_stages']} exceeds --max_epochs={params['max_epochs']}"
-        )
-    if (
-        params["dataset"] in DATASETS_NEEDING_DIR
-        and params["mode"] not in ("predict", "training_benchmark", "inference_benchmark", "export")
-        and not params["data_dir"]
-    ):
-        raise FlagError(f"--dataset {params['dataset']} needs --data_dir")
-    if (
-        params["data_dir"]
-        and params["dataset"] in DATASETS_NEEDING_DIR
-        and not os.path.isdir(params["data_dir"])
-    ):
-        raise FlagError(f"--data_dir {params['data_dir']} is not a directory")
-    _validate_finetune(params)
-    _validate_advprop(params)
-    if params["mode"] == "predict":
-        if not params["predict_img_dir"]:
-            raise FlagError("--mode predict needs --predict_img_dir (an image file or a folder)")
-        if not os.path.exists(params["predict_img_dir"]):
-            raise FlagError(f"--predict_img_dir {params['predict_img_dir']} does not exist")
-    _validate_export(params)
-
-
-def _validate_advprop(params: dict[str, Any]) -> None:
-    """--advprop_* ranges (runtime/advprop.py); pixel units need raw 0..255 model inputs."""
-    for name in ("advprop_epsilon", "advprop_step_size"):
-        if not params[name] > 0:
-            raise FlagError(f"--{name} must be > 0 (pixels), got {params[name]}")
-    if params["advprop_steps"] < 1:
-        raise FlagError(f"--advprop_steps must be >= 1, got {params['advprop_steps']}")
-    if params["advprop"] and params["model"].get("input_normalization") == "none":
-        raise FlagError(
-            "--advprop needs raw 0..255 model inputs (input_normalization imagenet "
-            "or scale128); with input_normalization=none pixel units are unknown"
-        )
-
-
-def _validate_export(params: dict[str, Any]) -> None:
-    """Export and --runtime checks: never overwrite an export, never run a missing one."""
-    if params["runtime_threads"] is not None and params["runtime_threads"] < 1:
-        raise FlagError(f"--runtime_threads must be >= 1, got {params['runtime_threads']}")
-    if params["runtime_batch"] is not None and params["runtime_batch"] < 0:
-        raise FlagError(f"--runtime_batch must be >= 0, got {params['runtime_batch']}")
-    if params["mode"] == "export":
-        if params["export_quantize"] != "none" and "tflite" not in params["export_format"]:
-            raise FlagError(
-                f"--export_quantize {params['export_quantize']} applies to LiteRT "
-                "only; add tflite to --export_format"
-            )
-        for path in runtimes.planned_artifacts(params).values():
-            if os.path.exists(path):
-                raise FlagError(f"{path} exists; remove it or pass another --export_dir")
-    if params["runtime"] != "keras":
-        if params["mode"] not in ("predict", "inference_benchmark"):
-            raise FlagError(
-                f"--runtime {params['runtime']} is for --mode predict and inference_benchmark only"
-            )
-        path = runtimes.runtime_artifact(params)
-        if not os.path.exists(path):
-            fmt = runtimes.RUNTIME_FORMATS[params["runtime"]]
-            quant = (
-                f" --export_quantize {params['export_quantize']}"
-                if params["export_quantize"] != "none"
-                else ""
-            )
-            raise FlagError(
-                f"--runtime {params['runtime']} runs {path}, which does not exist; "
-                f"write it with --mode export --export_format {fmt}{quant}"
-            )
-
-
-_FREEZE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
-def _validate_finetune(params: dict[str, Any]) -> None:
-    """--pretrained, --freeze_until, --unfreeze_epoch (training modes only)."""
-    if params["mode"] not in TRAINING_MODES:
-        return
-    path = params["pretrained"]
-    if path is not None and not (os.path.exists(path) or os.path.isfile(path + ".index")):
-        raise FlagError(
-            f"--pretrained {path} does not exist (a weights file, run directory "
-            "or checkpoint prefix)"
-        )
-    until = params["freeze_until"]
-    if until is not None:
-        stage = re.match(r"^stage(\d+)(_|$)", until)
-        stages = len(params["model"].get("blocks", ()))
-        if not _FREEZE_NAME.match(until) or (stage and not 1 <= int(stage[1]) <= stages):
-            raise FlagError(
-                f"--freeze_until {until!r}: use stem, stage1..stage{stages}, "
-                "stageN_blockM, head (train only the classifier) or a layer name"
-            )
-    epoch = params["unfreeze_epoch"]
-    if epoch is not None and not 1 <= epoch < params["max_epochs"]:
-        raise FlagError(
-            f"--unfreeze_epoch must be in 1..{params['max_epochs'] - 1} "
-            f"(--max_epochs {params['max_epochs']}), got {epoch}"
-        )
-
-
-def resolve(
-    args: argparse.Namespace,
-    saved: dict[str, Any] | None = None,
-    explicit: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Flags + model config -> the params dict every mode receives.
-
-    Derived values are filled in here, once: image sizes from the model config when not
-    given. use_xla stays None ("auto") here: main.py resolves it once TensorFlow is imported.
-
-    Args:
-      args: the parsed flags (for a run-reading mode already merged with `saved`).
-      saved: the training run's params.json (runtime.run_params), or None.
-      explicit: the flags given on the command line (with `saved`).
-
-    Raises:
-      ConfigError: bad --cfg / --mparams.
-      FlagError: bad flag values.
-    """
-    params = dict(vars(args))
-    if saved is not None:
-        explicit = explicit or {}
-        params["model"] = run_params.model_config(
-            saved, args.model_dir, explicit.get("cfg"), explicit.get("mparams")
-        )
-        # Image sizes follow an --mparams / --cfg override of the model's sizes.
-        for flag in ("train_img_size", "eval_img_size"):
-            if flag not in explicit and ("cfg" in explicit or "mparams" in explicit):
-                params[flag] = None
-    elif args.cfg is None:
-        raise FlagError(
-            "the following arguments are required: --cfg (or, for --mode "
-            f"{'/'.join(run_params.RUN_READING_MODES)}, a --model_dir holding a "
-            f"training run's {PARAMS_FILE})"
-        )
-    else:
-        params["model"] = load_config(args.cfg, args.mparams)
-    for flag, key in (("train_img_size", "train_img_size"), ("eval_img_size", "eval_img_size")):
-        if params[flag] is None:
-            if key not in params["model"]:
-                raise FlagError(f"--{flag} is not set and {args.cfg} defines no {key!r}")
-            params[flag] = int(params["model"][key])
-    validate(params)
-    return params
-
-
-def _defaults(parser: argparse.ArgumentParser) -> dict[str, Any]:
+def _defaults(parser: FlagParser) -> dict[str, Any]:
     """Every flag's default value by destination."""
-    return {a.dest: a.default for a in parser._actions if a.dest != "help"}
+    return {a.dest: a.default for a in parser.actions() if a.dest != "help"}
 
 
 @functools.cache
@@ -793,7 +562,7 @@ def flag_defaults() -> Mapping[str, Any]:
 def _explicit_flags(argv: Sequence[str]) -> dict[str, Any]:
     """The flags given in `argv` (with their parsed values), without the defaults."""
     parser = build_parser()
-    for action in parser._actions:
+    for action in parser.actions():
         action.default = argparse.SUPPRESS
     return vars(parser.parse_known_args(argv)[0])
 

@@ -1,8 +1,10 @@
 """A run remembers itself: modes after training read `model_dir/params.json`.
 
-Training writes its resolved configuration (every flag plus the model config) to
-`model_dir/params.json`. Eval, predict, export and the benchmarks (RUN_READING_MODES) start
-from it, so they need only `--model_dir` and their new input (e.g. `--predict_img_dir`):
+Training (TRAINING_MODES) writes its resolved configuration (every flag plus the model config)
+to `model_dir/params.json`; the other modes write theirs to `params_<mode>.json`
+(`params_filename`) and never overwrite the training record. Eval, predict, export and the
+benchmarks (RUN_READING_MODES) start from it, so they need only `--model_dir` and their new
+input (e.g. `--predict_img_dir`):
 
     saved params.json  <-  flags given on the command line
 
@@ -26,6 +28,8 @@ from config.loader import ConfigError, apply_overrides, load_config, parse_mpara
 from model.schema import MODEL_KEYS
 
 PARAMS_FILE = "params.json"
+# The modes that train (and write PARAMS_FILE); every other mode writes params_<mode>.json.
+TRAINING_MODES = ("train", "train_and_eval")
 # The modes that read a training run's params.json (main.py's export mode included).
 RUN_READING_MODES = ("eval", "predict", "export", "training_benchmark", "inference_benchmark")
 # Never inherited: they describe this invocation or this machine, not the trained model.
@@ -46,6 +50,12 @@ RUN_LOCAL_KEYS = (
 ARCHITECTURE_KEYS = tuple(
     k for k in MODEL_KEYS if k not in ("dropout_rate", "drop_connect_rate", "bn_momentum")
 )
+
+
+def params_filename(mode: str) -> str:
+    """Where the resolved params of `mode` go in model_dir: params.json for training, and
+    params_<mode>.json for the other modes so they never overwrite the training record."""
+    return PARAMS_FILE if mode in TRAINING_MODES else f"params_{mode}.json"
 
 
 def reads_run(mode: str) -> bool:

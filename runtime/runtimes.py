@@ -9,7 +9,7 @@ applied), with `output_shape`.
 
 ONNX Runtime and LiteRT are optional dependencies (requirements-export.txt); `require` turns a
 missing one into a one-line error naming the file to install. This module imports neither
-TensorFlow nor a runtime until one is opened: runtime.flags checks export paths with it.
+TensorFlow nor a runtime until one is opened: runtime.flag_checks checks export paths with it.
 """
 
 from __future__ import annotations

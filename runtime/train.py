@@ -1,25 +1,11 @@
-"""Training: our own `tf.function` + `strategy.run` step, stage-wise training, EMA, checkpoints.
+"""Training: build the run, then the epoch loop (stages, freezing, logging, checkpoints, eval).
 
-Why not `model.fit`: on TF 2.21 / Keras 3.15 `fit` fails under MultiWorkerMirroredStrategy
-(keras-team/keras#20585) and the optimizer's `gradient_accumulation_steps` fails under every
-tf.distribute strategy (keras-team/keras#20582, merge_call inside a cond). The step below is the
-same code with no strategy, MirroredStrategy and MultiWorkerMirroredStrategy:
-
-1. each replica runs `grad_accum_steps` micro-batches in a `tf.while_loop`, summing gradients of
-   `sum(per-example loss) / effective global batch` (plus the L2 penalty / replicas / steps), so
-   the summed gradient is the gradient of the mean loss over the effective batch;
-2. one all-reduce (SUM) per effective step, in float16 with `--fp16_compression`, scaled per
-   tensor so it neither overflows nor flushes (runtime.distribute.all_reduce_gradients);
-3. `optimizer.apply`: a LossScaleOptimizer unscales and skips non-finite steps (float16), the
-   optimizer clips the *global* norm of the reduced gradient (`global_clipnorm`) and updates;
-   its update count drives the LR schedule, so warm-up and decay see effective steps;
-4. in cross-replica context: EMA update and the running train metrics.
-
-Stage-wise training (Tan & Le 2021, "EfficientNetV2", progressive learning): the epochs are split
-into `n_stages`; image size, RandAugment magnitude, MixUp and CutMix alphas go linearly from the
-base_* values (first stage) to the final ones (last stage). The model takes any image size, so it
-is not rebuilt; each stage builds a new input pipeline and a new step function (the old ones are
-dropped, not cached).
+`build_run` makes what a run works with (Distribution, model, optimizer with its LR schedule,
+EMA, checkpoint, the stages of runtime.stages, the step configuration of runtime.step);
+`train` runs the epochs: per stage a new input pipeline and a new training step
+(runtime.step.make_train_step), a log line every `log_steps`, a checkpoint and an evaluation
+when due, and at the end the better of the raw and EMA weights exported
+(runtime.checkpoint.save_weights_atomically).
 
 Metric names (DLLogger): train.loss (label-smoothed cross-entropy, without the L2 term),
 train.top1 (against the argmax of the possibly mixed labels), train.lr (of the next update),
@@ -41,9 +27,8 @@ import keras
 import tensorflow as tf
 
 from dataloader import DatasetInfo, build_dataset, dataset_info
-from dataloader.mixing import mix_batch
-from runtime import advprop, compat, distribute, finetune
-from runtime.checkpoint import TrainingCheckpoint, checkpoint_dir
+from runtime import advprop, distribute, finetune
+from runtime.checkpoint import TrainingCheckpoint, checkpoint_dir, save_weights_atomically
 from runtime.class_names import save_class_names
 from runtime.components import (
     create_model,
@@ -56,20 +41,15 @@ from runtime.components import (
 )
 from runtime.errors import NonFiniteLossError, RunError
 from runtime.evaluate import evaluate, make_eval_step, without_missing_timing
-from runtime.flags import TRAINING_MODES, flag_defaults, params_filename
+from runtime.run_params import TRAINING_MODES, params_filename
+from runtime.stages import Stage, describe_stage, split_at, stage_for_epoch, stages_from_params
+from runtime.step import StepConfig, TrainMetrics, make_train_step
 from utils.dllogger import MetricsLogger, ProgressBar
 from utils.ema import ExponentialMovingAverage
-from utils.fileio import atomic_dir, atomic_path, check_free_space
-from utils.optimizers import (
-    OptimizerConfig,
-    build_optimizer,
-    current_learning_rate,
-    inner_optimizer,
-    l2_penalty,
-    uses_l2_penalty,
-)
+from utils.fileio import atomic_dir
+from utils.optimizers import OptimizerConfig, build_optimizer, current_learning_rate
 from utils.precision import needs_loss_scaling
-from utils.schedules import build_schedule
+from utils.schedules import build_schedule, with_rewarm
 
 logger = logging.getLogger(__name__)
 
@@ -85,332 +65,6 @@ _METRIC_FORMATS = {
     "val.loss": {"format": ":.4f"},
 }
 SAVED_MODEL_DIR = "saved_model"
-
-
-# ---------------------------------------------------------------------------------------------
-# Stages
-
-
-@dataclasses.dataclass(frozen=True)
-class Stage:
-    """One stage of stage-wise (progressive) training.
-
-    Attributes:
-      index: 0-based stage number.
-      first_epoch: first epoch of the stage (0-based).
-      end_epoch: one past the last epoch of the stage.
-      image_size: training image size.
-      raug_magnitude: RandAugment magnitude.
-      mixup_alpha: MixUp alpha.
-      cutmix_alpha: CutMix alpha.
-    """
-
-    index: int
-    first_epoch: int
-    end_epoch: int
-    image_size: int
-    raug_magnitude: float
-    mixup_alpha: float
-    cutmix_alpha: float
-
-
-def stage_schedule(
-    max_epochs: int,
-    n_stages: int,
-    *,
-    image_size: tuple[int, int],
-    raug_magnitude: tuple[float, float],
-    mixup_alpha: tuple[float, float],
-    cutmix_alpha: tuple[float, float],
-) -> tuple[Stage, ...]:
-    """Split `max_epochs` into stages with linearly interpolated settings.
-
-    Each stage gets max_epochs // n_stages epochs, the last one also the remainder. Stage i of n
-    uses base + (final - base) * i / (n - 1); with one stage, the final values.
-
-    Args:
-      max_epochs: epochs of the whole run.
-      n_stages: number of stages (1..max_epochs).
-      image_size: (base, final) image size; sizes are rounded to integers.
-      raug_magnitude: (base, final) RandAugment magnitude.
-      mixup_alpha: (base, final) MixUp alpha.
-      cutmix_alpha: (base, final) CutMix alpha.
-
-    Returns:
-      The stages in order.
-
-    Raises:
-      ValueError: n_stages < 1 or more stages than epochs.
-    """
-    if n_stages < 1 or n_stages > max_epochs:
-        raise ValueError(f"n_stages must be in 1..max_epochs={max_epochs}, got {n_stages}")
-    per_stage = max_epochs // n_stages
-
-    def lerp(pair, ratio):
-        base, final = pair
-        return base + (final - base) * ratio
-
-    stages = []
-    for i in range(n_stages):
-        ratio = i / (n_stages - 1) if n_stages > 1 else 1.0
-        end = max_epochs if i == n_stages - 1 else (i + 1) * per_stage
-        stages.append(
-            Stage(
-                index=i,
-                first_epoch=i * per_stage,
-                end_epoch=end,
-                image_size=int(round(lerp(image_size, ratio))),
-                raug_magnitude=float(lerp(raug_magnitude, ratio)),
-                mixup_alpha=float(lerp(mixup_alpha, ratio)),
-                cutmix_alpha=float(lerp(cutmix_alpha, ratio)),
-            )
-        )
-    return tuple(stages)
-
-
-def stages_from_params(params: Mapping[str, Any]) -> tuple[Stage, ...]:
-    """The stage schedule of the command-line flags."""
-    return stage_schedule(
-        params["max_epochs"],
-        params["n_stages"],
-        image_size=(params["base_img_size"], params["train_img_size"]),
-        raug_magnitude=(params["base_randaug_mag"], params["raug_magnitude"]),
-        mixup_alpha=(params["base_mixup"], params["mixup_alpha"]),
-        cutmix_alpha=(params["base_cutmix"], params["cutmix_alpha"]),
-    )
-
-
-def stage_for_epoch(stages: Sequence[Stage], epoch: int) -> Stage:
-    """The stage that trains 0-based `epoch` (the last stage for epoch >= max_epochs)."""
-    for stage in stages:
-        if epoch < stage.end_epoch:
-            return stage
-    return stages[-1]
-
-
-# ---------------------------------------------------------------------------------------------
-# The training step
-
-
-@dataclasses.dataclass(frozen=True)
-class StepConfig:
-    """What the training step computes besides forward/backward.
-
-    Fields named like a flag default to that flag's default (runtime.flags, the one place it
-    is written); the derived ones default to off.
-
-    Attributes:
-      grad_accum_steps: micro-batches per optimizer update; inputs then carry a leading axis
-        of this size ([A, B, H, W, 3]).
-      label_smoothing: label smoothing of the cross-entropy.
-      l2_weight_decay: L2 penalty coefficient added to the loss (0 when the optimizer decays
-        weights itself, see utils.optimizers).
-      mixup_alpha: MixUp alpha applied in the step (deferred mixing); 0 for none.
-      cutmix_alpha: CutMix alpha applied in the step (deferred mixing); 0 for none.
-      jit_compile: compile the per-replica step with XLA.
-      advprop: add the adversarial loss through the auxiliary BNs; None for none.
-    """
-
-    grad_accum_steps: int = flag_defaults()["grad_accum_steps"]
-    label_smoothing: float = flag_defaults()["label_smoothing"]
-    l2_weight_decay: float = 0.0
-    mixup_alpha: float = flag_defaults()["mixup_alpha"]
-    cutmix_alpha: float = flag_defaults()["cutmix_alpha"]
-    jit_compile: bool = False
-    advprop: advprop.AdvPropConfig | None = None  # --advprop: the attack (runtime/advprop.py)
-
-
-class TrainMetrics:
-    """Running sums of the train loss and top-1 over the steps since the last `reset`.
-
-    Plain (not mirrored) variables updated in cross-replica context with already-reduced
-    values, so every strategy reads the same numbers. A NaN loss stays NaN in the sum, so a
-    check at log time catches a NaN of any step since the last check.
-    """
-
-    def __init__(self) -> None:
-        with tf.init_scope():
-            self.loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False)
-            self.correct = tf.Variable(0.0, dtype=tf.float64, trainable=False)
-            self.count = tf.Variable(0.0, dtype=tf.float64, trainable=False)
-
-    def update(self, loss_sum, correct, count) -> None:
-        self.loss_sum.assign_add(tf.cast(loss_sum, tf.float64))
-        self.correct.assign_add(tf.cast(correct, tf.float64))
-        self.count.assign_add(tf.cast(count, tf.float64))
-
-    def reset(self) -> None:
-        for var in (self.loss_sum, self.correct, self.count):
-            var.assign(0.0)
-
-    def result(self) -> dict[str, float]:
-        """{"loss", "top1", "count"}; loss is NaN when no step ran."""
-        count = float(self.count.numpy())
-        if count == 0:
-            return {"loss": math.nan, "top1": math.nan, "count": 0.0}
-        return {
-            "loss": float(self.loss_sum.numpy()) / count,
-            "top1": float(self.correct.numpy()) / count,
-            "count": count,
-        }
-
-
-def _skip_optimizer_all_reduce(optimizer: keras.optimizers.Optimizer) -> None:
-    """Make the optimizer use gradients as given instead of summing them over replicas again.
-
-    Keras 3.15's TFOptimizer._backend_update_step all-reduces (sums) gradients in replica
-    context, *after* `global_clipnorm` was applied to the per-replica gradients. The step
-    reduces once itself (once per accumulated step, optionally compressed) before
-    unscaling/clipping, so the optimizer must not reduce a second time.
-    tests/test_train.py checks MirroredStrategy(2 replicas) == no strategy; runtime/compat.py
-    fails in one line when Keras no longer reduces through the patched method.
-    """
-    compat.skip_optimizer_all_reduce(inner_optimizer(optimizer))
-
-
-def make_train_step(
-    model: keras.Model,
-    optimizer: keras.optimizers.Optimizer,
-    *,
-    dist: distribute.Distribution | None = None,
-    config: StepConfig = StepConfig(),
-    metrics: TrainMetrics | None = None,
-    ema: ExponentialMovingAverage | None = None,
-) -> Callable:
-    """Build the distributed training step (also used by the training benchmark).
-
-    Args:
-      model: the model (built; its variables created under `dist.strategy.scope()`).
-      optimizer: a built optimizer (possibly a LossScaleOptimizer).
-      dist: the run's Distribution (strategy, float16 all-reduce); None =
-        `Distribution.current()`.
-      config: accumulation, loss and compilation settings.
-      metrics: running train metrics to update; None to skip.
-      ema: the EMA to update after each optimizer update; None when off.
-
-    Returns:
-      A tf.function `step((images, labels))` taking one element of the (distributed) train
-      dataset: per-replica [B, H, W, 3] / [B, C], or [A, B, ...] with accumulation.
-    """
-    dist = dist or distribute.Distribution.current()
-    strategy = dist.strategy
-    variables = list(model.trainable_variables)
-    _skip_optimizer_all_reduce(optimizer)
-    # The loss of one micro-batch is divided by this times its batch size, so that the sum over
-    # micro-batches and replicas is the mean over the effective global batch.
-    loss_divisor = float(dist.num_replicas * config.grad_accum_steps)
-    micro_step = _micro_step_fn(model, optimizer, variables, config, loss_divisor)
-
-    def replica_step(images, labels):
-        grads, loss_sum, correct, count = _accumulate(
-            micro_step, images, labels, variables, config.grad_accum_steps
-        )
-        grads = distribute.all_reduce_gradients(grads, dist)
-        optimizer.apply(grads, variables)
-        return loss_sum, correct, count
-
-    # XLA compiles the per-replica computation (XLA cannot compile the cross-replica part);
-    # without XLA a nested tf.function only adds tracing time.
-    replica_fn = tf.function(replica_step, jit_compile=True) if config.jit_compile else replica_step
-
-    @tf.function
-    def step(inputs):
-        images, labels = inputs
-        per_replica = strategy.run(replica_fn, args=(images, labels))
-        loss_sum, correct, count = (
-            strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None) for t in per_replica
-        )
-        if ema is not None:
-            ema.update(optimizer.iterations)
-        if metrics is not None:
-            metrics.update(loss_sum, correct, count)
-
-    return step
-
-
-def _micro_step_fn(
-    model: keras.Model,
-    optimizer: keras.optimizers.Optimizer,
-    variables: Sequence[tf.Variable],
-    config: StepConfig,
-    loss_divisor: float,
-) -> Callable:
-    """`micro_step(images, labels) -> (grads, loss sum, correct, count)` of one micro-batch.
-
-    The loss is `sum(per-example loss) / (batch * loss_divisor)` plus the L2 penalty and the
-    model's own losses / `loss_divisor`, scaled by the optimizer's loss scale; MixUp/CutMix
-    (deferred mixing) and the AdvProp attack run first when configured.
-    """
-
-    def micro_step(images, labels):
-        labels = tf.cast(labels, tf.float32)
-        if config.mixup_alpha > 0 or config.cutmix_alpha > 0:
-            images, labels = mix_batch(images, labels, config.mixup_alpha, config.cutmix_alpha)
-        if config.advprop is not None:
-            adv_images = advprop.adversarial_images(
-                model, images, labels, config.advprop, config.label_smoothing, optimizer.scale_loss
-            )
-        with tf.GradientTape() as tape:
-            logits = tf.cast(model(images, training=True), tf.float32)
-            per_example = keras.losses.categorical_crossentropy(
-                labels, logits, from_logits=True, label_smoothing=config.label_smoothing
-            )
-            if config.advprop is not None:  # AdvProp: loss = clean + adversarial
-                per_example += advprop.adversarial_loss(
-                    model, adv_images, labels, config.label_smoothing
-                )
-            batch = tf.cast(tf.shape(per_example)[0], tf.float32)
-            loss = tf.reduce_sum(per_example) / (batch * loss_divisor)
-            penalty = l2_penalty(variables, config.l2_weight_decay)
-            if model.losses:
-                penalty += tf.add_n([tf.cast(x, tf.float32) for x in model.losses])
-            loss += penalty / loss_divisor
-            scaled = optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled, variables)
-        grads = [
-            tf.zeros_like(v.value) if g is None else tf.convert_to_tensor(g)
-            for g, v in zip(grads, variables, strict=True)
-        ]
-        correct = tf.reduce_sum(
-            tf.cast(tf.equal(tf.argmax(logits, -1), tf.argmax(labels, -1)), tf.float32)
-        )
-        return grads, tf.reduce_sum(per_example), correct, batch
-
-    return micro_step
-
-
-def _accumulate(
-    micro_step: Callable, images, labels, variables: Sequence[tf.Variable], accum: int
-) -> tuple:
-    """(grads, loss sum, correct, count) summed over the `accum` micro-batches of one replica.
-
-    With accumulation the inputs carry a leading axis of `accum` micro-batches, run in a
-    `tf.while_loop`; without it the inputs are one micro-batch.
-    """
-    if accum == 1:
-        return micro_step(images, labels)
-
-    def body(i, grads, loss_sum, correct, count):
-        micro_grads, micro_loss, micro_correct, micro_count = micro_step(images[i], labels[i])
-        return (
-            i + 1,
-            [a + b for a, b in zip(grads, micro_grads, strict=True)],
-            loss_sum + micro_loss,
-            correct + micro_correct,
-            count + micro_count,
-        )
-
-    zeros = [tf.zeros_like(v.value) for v in variables]
-    _, grads, loss_sum, correct, count = tf.while_loop(
-        lambda i, *_: i < accum,
-        body,
-        (tf.constant(0), zeros, tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)),
-    )
-    return grads, loss_sum, correct, count
-
-
-# ---------------------------------------------------------------------------------------------
-# The loop
 
 
 @dataclasses.dataclass
@@ -454,20 +108,6 @@ class TrainRun:
         )
 
 
-def _optimizer_config(params: Mapping[str, Any]) -> OptimizerConfig:
-    return OptimizerConfig(
-        name=params["optimizer"],
-        momentum=params["momentum"],
-        beta_1=params["beta_1"],
-        beta_2=params["beta_2"],
-        nesterov=params["nesterov"],
-        epsilon=params["opt_epsilon"],
-        rho=params["decay"],
-        weight_decay=params["weight_decay"],
-        grad_clip_norm=params["grad_clip_norm"] or None,
-    )
-
-
 def build_run(params: Mapping[str, Any]) -> TrainRun:
     """Build everything a training run (or the training benchmark) works with.
 
@@ -486,7 +126,7 @@ def build_run(params: Mapping[str, Any]) -> TrainRun:
     momentum = small_data_bn_momentum(params, steps_per_epoch)
     if momentum != params["model"]["bn_momentum"]:
         params = {**params, "model": {**params["model"], "bn_momentum": momentum}}
-    opt_config = _optimizer_config(params)
+    opt_config = OptimizerConfig.from_params(params)
     freeze = finetune.FreezePlan.from_params(params)
     with dist.strategy.scope():
         model = create_model(params, info.num_classes)
@@ -500,17 +140,11 @@ def build_run(params: Mapping[str, Any]) -> TrainRun:
         decay = params["moving_average_decay"]
         ema = ExponentialMovingAverage(model, decay) if decay > 0 else None
     checkpoint = TrainingCheckpoint(params["model_dir"], model, optimizer, ema, dist=dist)
-    step_config = StepConfig(
-        grad_accum_steps=accum,
-        label_smoothing=params["label_smoothing"],
-        l2_weight_decay=params["weight_decay"] if uses_l2_penalty(opt_config) else 0.0,
-        jit_compile=params["use_xla"],
-        advprop=advprop_config,
-    )
+    step_config = StepConfig.from_params(params, advprop_config)
     log = open_metrics_log(
         params, dist.is_chief, append=checkpoint.latest is not None and params["resume_checkpoint"]
     )
-    stages = finetune.split_at(stages_from_params(params), freeze.unfreeze_epoch)
+    stages = split_at(stages_from_params(params), freeze.unfreeze_epoch)
     derived = derived_values(
         dist, global_batch, steps_per_epoch, schedule, stages, params["max_epochs"]
     )
@@ -539,7 +173,7 @@ def _build_optimizer(
     steps_per_epoch: int,
 ) -> tuple[keras.optimizers.Optimizer, Any]:
     """The built optimizer (loss scaling under float16) and its LR schedule (under the scope)."""
-    schedule = finetune.schedule_for(
+    schedule = with_rewarm(
         build_schedule(
             params["lr_decay"],
             params["lr_init"],
@@ -551,7 +185,8 @@ def _build_optimizer(
             params["lr_decay_rate"],
             params["lr_decay_origin"],
         ),
-        params,
+        params["unfreeze_epoch"],
+        params["lr_warmup_epochs"],
         steps_per_epoch,
     )
     policy = keras.mixed_precision.global_policy().name
@@ -679,25 +314,6 @@ def train_dataset(run: TrainRun, stage: Stage, epoch: int | None = None, announc
             ),
         )
     return run.dist.strategy.distribute_datasets_from_function(dataset_fn)
-
-
-def describe_stage(
-    stage: Stage, n_stages: int, augmenter: str, defer: bool, with_epochs: bool = True
-) -> str:
-    """One log line of what a stage trains on: only the settings that are in effect."""
-    parts = [f"epochs {stage.first_epoch + 1}-{stage.end_epoch}"] if with_epochs else []
-    parts.append(f"image size {stage.image_size}")
-    if augmenter == "randaugment":
-        parts.append(f"RandAugment magnitude {stage.raug_magnitude:.2f}")
-    elif augmenter != "none":
-        parts.append(augmenter)
-    where = " (in the step)" if defer else ""
-    parts += [
-        f"{name} {alpha:.3f}{where}"
-        for name, alpha in (("mixup", stage.mixup_alpha), ("cutmix", stage.cutmix_alpha))
-        if alpha > 0
-    ]
-    return f"stage {stage.index + 1}/{n_stages}: " + ", ".join(parts)
 
 
 def _check_finite(loss: float, epoch: int, step: int, run: TrainRun) -> None:
@@ -898,22 +514,6 @@ def _finish(run: TrainRun, with_eval: bool) -> dict[str, Any]:
         summary["weights_path"] = weights_path
         logger.info("exported %s weights to %s", summary["exported_weights"], weights_path)
     return summary
-
-
-def save_weights_atomically(model: keras.Model, path: str) -> str:
-    """`model.save_weights(path)` through a temporary file and a rename (utils.fileio).
-
-    The free space is checked first (weights bytes + 10% + 1 MiB): h5py crashes the process
-    when a write fails on a full disk, so it must not start one.
-
-    Raises:
-      WriteError: not enough space, or the write failed; the previous file is unchanged.
-    """
-    needed = sum(int(v.numpy().nbytes) for v in model.weights)
-    check_free_space(path, int(needed * 1.1) + (1 << 20))
-    with atomic_path(path) as tmp:
-        model.save_weights(tmp)
-    return path
 
 
 def _check_validation(summary: dict[str, Any], results: Mapping[str, float], run: TrainRun) -> None:

@@ -7,8 +7,9 @@
 
 Variants (train: one optimizer update on one synthetic batch; infer: one forward pass):
 - `runtime`: our runtime's training step, built exactly as `--mode training_benchmark` builds it
-  (`runtime.train.build_run` + `make_train_step`: RMSProp with the LR schedule, L2 penalty,
-  label smoothing, metrics) on `--dataset synthetic`. Train only (inference is `eval`).
+  (`runtime.train.build_run` + `runtime.step.make_train_step`: RMSProp with the LR schedule,
+  L2 penalty, label smoothing, metrics) on `--dataset synthetic`. Train only (inference is
+  `eval`).
 - `ours`: our model in a bare `tf.function` step: forward, softmax cross-entropy, gradients,
   `optimizer.apply` (RMSProp, no L2, no smoothing).
 - `ours_keras_bn`: the same with Keras' own BatchNormalization instead of the fused kernel
@@ -76,18 +77,20 @@ def _keras_variant(model: keras.Model, x: np.ndarray, y: np.ndarray, train: bool
 
 def _runtime_variant(args: argparse.Namespace, model_dir: str) -> Callable:
     """Our runtime's training step, built as `--mode training_benchmark` builds it."""
-    from runtime import benchmark, train
+    from runtime import train
+    from runtime.step import TrainMetrics, make_train_step
+    from scripts.bench_step import synthetic_training_run
 
-    run = benchmark.synthetic_training_run(
+    run = synthetic_training_run(
         args.cfg, args.mparams, args.batch_size, args.image_size, model_dir
     )
     iterator = iter(train.train_dataset(run, run.stages[-1]))
-    step = train.make_train_step(
+    step = make_train_step(
         run.model,
         run.optimizer,
         dist=run.dist,
         config=run.step_config,
-        metrics=train.TrainMetrics(),
+        metrics=TrainMetrics(),
         ema=run.ema,
     )
 

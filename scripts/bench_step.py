@@ -2,7 +2,7 @@
 
     python scripts/bench_step.py                  # B0 @224, batch 32, float32, 5 rounds
 
-Every variant is `runtime.train.make_train_step` built from the same `build_run` objects as
+Every variant is `runtime.step.make_train_step` built from the same `build_run` objects as
 `--mode training_benchmark` (RMSProp with the LR schedule, L2 penalty, label smoothing, train
 metrics), with one extra removed at a time, next to a bare `tf.function` step (forward,
 cross-entropy, gradients, `optimizer.apply`) of the same model and optimizer. All variants take
@@ -28,12 +28,28 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 BARE = "bare step (same model and optimizer)"
 
 
+def synthetic_training_run(
+    cfg: str, mparams: str | None, batch_size: int, image_size: int, model_dir: str
+):
+    """The runtime.train.TrainRun that `--mode training_benchmark` builds for `cfg` on synthetic
+    data, XLA off (this script and scripts/bench_model.py time its step against bare steps)."""
+    from runtime import flags, train
+
+    params = flags.parse([
+        "--cfg", cfg, *(["--mparams", mparams] if mparams else []), "--mode",
+        "training_benchmark", "--dataset", "synthetic", "--model_dir", model_dir,
+        "--train_batch_size", str(batch_size), "--train_img_size", str(image_size),
+        "--no-use_xla", "--log_steps", "1000000"])  # fmt: skip
+    return train.build_run(params)
+
+
 def build_variants(args: argparse.Namespace, model_dir: str) -> dict[str, Callable[[], None]]:
     """Name -> one synchronous training step of that variant."""
 
     from runtime import benchmark, train
+    from runtime.step import StepConfig, TrainMetrics, make_train_step
 
-    run = benchmark.synthetic_training_run(
+    run = synthetic_training_run(
         args.cfg, args.mparams, args.batch_size, args.image_size, model_dir
     )
     run.log.close()
@@ -41,14 +57,14 @@ def build_variants(args: argparse.Namespace, model_dir: str) -> dict[str, Callab
     base = run.step_config
     steps = {}
 
-    def add(name: str, config: train.StepConfig, metrics: bool = True) -> None:
-        step = train.make_train_step(
+    def add(name: str, config: StepConfig, metrics: bool = True) -> None:
+        step = make_train_step(
             run.model,
             run.optimizer,
             dist=run.dist,
             config=config,
             ema=run.ema,
-            metrics=train.TrainMetrics() if metrics else None,
+            metrics=TrainMetrics() if metrics else None,
         )
         steps[name] = lambda: (step(batch), run.optimizer.iterations.numpy())
 

@@ -13,10 +13,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+if TYPE_CHECKING:
+    from runtime.flags import FlagParser
 
 DOC_PATH = os.path.join("docs", "flags.md")
 
@@ -53,18 +57,14 @@ def _flag(action: argparse.Action) -> str:
     return " / ".join(f"`{s}`" for s in action.option_strings)
 
 
-def render(parser: argparse.ArgumentParser) -> str:
+def render(parser: FlagParser) -> str:
     """The markdown page for `parser`: one table per argument group, in parser order."""
     out = [HEADER]
-    for group in parser._action_groups:  # argparse has no public accessor for its groups
-        actions = [
-            a
-            for a in group._group_actions
-            if a.option_strings and not isinstance(a, argparse._HelpAction)
-        ]
+    for title, group in parser.groups.items():
+        actions = [a for a in group if a.option_strings and a.dest != "help"]
         if not actions:
             continue
-        out.append(f"\n## {group.title}\n")
+        out.append(f"\n## {title}\n")
         out.append("| flag | default | choices | meaning |")
         out.append("| --- | --- | --- | --- |")
         for a in actions:

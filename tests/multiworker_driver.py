@@ -3,7 +3,7 @@
     python -m tests.multiworker_driver OUT.npz STEPS [SLEEP_S]
 
 Builds the strategy from the environment (TF_CONFIG or nothing), trains the tiny BN-free model
-of tests/train_fixtures with runtime.train's step on `batch(8)` split over the replicas, prints
+of tests/train_fixtures with runtime.step's step on `batch(8)` split over the replicas, prints
 `step N` after each step and saves the final weights. A distribution failure is reported like
 main.py does: one line on stderr, exit status 1.
 """

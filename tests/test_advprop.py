@@ -17,7 +17,7 @@ from model import build_model
 from model.advprop_bn import add_auxiliary_batch_norms, auxiliary_batch_norms, batch_norm_layers
 from model.blocks import batch_norm
 from runtime.advprop import AdvPropConfig, adversarial_images, adversarial_loss
-from runtime.train import StepConfig, TrainMetrics, make_train_step
+from runtime.step import StepConfig, TrainMetrics, make_train_step
 from tests.tiny_run import TINY_MPARAMS
 from utils.dllogger import read_log
 from utils.ema import ExponentialMovingAverage

@@ -457,7 +457,7 @@ def test_create_strategy_on_cpu():
                 grads[:1], dataclasses.replace(mirrored, fp16_compression=False))],
             "write_dir": d.checkpoint_write_dir("/m/ckpt", mirrored),
         }
-        # runtime.train's step with float16 all-reduce vs one device: equal to fp16 precision.
+        # runtime.step's step with float16 all-reduce vs one device: equal to fp16 precision.
         import numpy as np
         from tests.train_fixtures import batch, build_trainer
         images, labels = batch(8)

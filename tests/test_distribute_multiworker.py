@@ -1,7 +1,7 @@
 """Multi-worker training on CPU: worker processes on 127.0.0.1 with TF_CONFIG.
 
 CI (three TensorFlow processes each; 5-50 s on the shared 2-core box, depending on load):
-- runtime.train's step under MultiWorkerMirroredStrategy (2 processes, tests/multiworker_driver)
+- runtime.step's step under MultiWorkerMirroredStrategy (2 processes, tests/multiworker_driver)
   gives the same weights as one device with the whole batch;
 - a worker killed with SIGKILL makes the other exit within seconds with a one-line message.
 
@@ -167,7 +167,7 @@ def summary(model_dir) -> dict:
 
 
 def test_two_worker_steps_equal_one_device_steps(tmp_path):
-    """runtime.train's step under MultiWorkerMirroredStrategy (2 processes x batch 4) equals the
+    """runtime.step's step under MultiWorkerMirroredStrategy (2 processes x batch 4) equals the
     same step on one device with batch 8 (BN-free model: every variable must match)."""
     procs = start_workers(
         free_ports(2),

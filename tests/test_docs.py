@@ -33,7 +33,7 @@ def test_flags_doc_lists_every_flag_with_group_and_default():
 
     text = flags_doc.generate()
     parser = build_parser()
-    for action in parser._actions:
+    for action in parser.actions():
         for option in action.option_strings:
             if option not in ("-h", "--help"):
                 assert f"`{option}`" in text, option

@@ -99,7 +99,7 @@ def test_every_error_of_the_project_is_a_user_error(module, name):
     [
         ("utils.errors", "ConfigError", ValueError),
         ("dataloader.config", "DataError", ValueError),
-        ("runtime.flags", "FlagError", ValueError),
+        ("runtime.flag_checks", "FlagError", ValueError),
         ("runtime.cluster", "ClusterError", ValueError),
         ("utils.fileio", "WriteError", OSError),
         ("runtime.errors", "RunError", RuntimeError),

@@ -10,7 +10,8 @@ from config.loader import ConfigError, load_config
 from model import build_model
 from runtime import finetune
 from runtime.errors import RunError
-from runtime.train import StepConfig, build_run, make_train_step
+from runtime.step import StepConfig, make_train_step
+from runtime.train import build_run
 from tests.tiny_run import TINY_MPARAMS, tiny_args, tiny_params
 from utils.optimizers import OptimizerConfig, build_optimizer
 
@@ -130,11 +131,13 @@ def test_two_phase_plan_schedule_and_stage_split(tmp_path):
     assert [(s.first_epoch, s.end_epoch) for s in run.stages] == [(0, 2), (2, 4)]
     # The optimizer was built for every variable trained in some phase.
     assert len(run.model.trainable_variables) == len(tiny_model().trainable_variables)
-    from utils.schedules import build_schedule
+    from utils.schedules import build_schedule, with_rewarm
 
     base = build_schedule("cosine", 0.1, 128, 3, 4, 1.0, 1.0, 0.9)
-    schedule = finetune.schedule_for(base, params, steps_per_epoch=3)
-    assert finetune.schedule_for(base, {"unfreeze_epoch": None}, 3) is base
+    schedule = with_rewarm(
+        base, params["unfreeze_epoch"], params["lr_warmup_epochs"], steps_per_epoch=3
+    )
+    assert with_rewarm(base, None, params["lr_warmup_epochs"], 3) is base
     values = [float(schedule(s)) for s in range(10)]
     # Warm-up again from step 6 (epoch 2 x 3 steps) over 3 steps, then the base schedule.
     assert values[:6] == pytest.approx([float(base(s)) for s in range(6)])

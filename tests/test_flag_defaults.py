@@ -80,7 +80,7 @@ def test_parsed_flags_give_the_dataclass_defaults():
 
 
 def test_step_config_defaults_are_the_flag_defaults():
-    from runtime.train import StepConfig
+    from runtime.step import StepConfig
 
     defaults = flags.flag_defaults()
     # advprop: the flag is the switch, the field the attack built from it (None = off).
@@ -88,6 +88,22 @@ def test_step_config_defaults_are_the_flag_defaults():
     assert names == ["grad_accum_steps", "label_smoothing", "mixup_alpha", "cutmix_alpha"]
     assert {n: field_defaults(StepConfig)[n] for n in names} == {n: defaults[n] for n in names}
     assert StepConfig().label_smoothing == 0.1
+
+
+def test_step_config_from_params_takes_the_resolved_flags():
+    from runtime.step import StepConfig
+
+    argv = ["--cfg", "config/efficientnet_v1/b0_cfg.py", "--dataset", "synthetic", "--use_xla"]
+    config = StepConfig.from_params(
+        flags.parse([*argv, "--grad_accum_steps", "4", "--label_smoothing", "0.2"])
+    )
+    assert (config.grad_accum_steps, config.label_smoothing, config.jit_compile) == (4, 0.2, True)
+    # rmsprop: the L2 penalty is in the loss; adamw decays the weights itself.
+    assert config.l2_weight_decay == flags.flag_defaults()["weight_decay"] > 0
+    assert StepConfig.from_params(flags.parse([*argv, "--optimizer", "adamw"])).l2_weight_decay == 0
+    # MixUp/CutMix in the step are set per stage by the epoch loop (--defer_img_mixing) only.
+    mixed = StepConfig.from_params(flags.parse([*argv, "--mixup_alpha", "0.5"]))
+    assert (mixed.mixup_alpha, mixed.cutmix_alpha, mixed.advprop) == (0.0, 0.0, None)
 
 
 # model/ argument -> the model config key that holds its value (config/defaults.py, or the
@@ -125,7 +141,7 @@ def test_recipe_flag_help_names_the_model_family_values():
     from config.efficientnet_v1 import V1_DATA_RECIPE as v1
     from config.efficientnet_v2 import V2_DATA_RECIPE as v2
 
-    helps = {a.dest: " ".join(a.help.split()) for a in flags.build_parser()._actions if a.help}
+    helps = {a.dest: " ".join(a.help.split()) for a in flags.build_parser().actions() if a.help}
     assert f"v1 {v1['crop_area_min']}, v2 {v2['crop_area_min']}" in helps["crop_area_min"]
     assert f"v1 {v1['resize_method']}, v2 {v2['resize_method']}" in helps["resize_method"]
     assert f"squash at >= {v2['eval_squash_min_size']} px" in helps["eval_crop"]

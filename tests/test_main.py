@@ -1,14 +1,17 @@
 """Command line: parsing, every error path (one line, exit 2, nothing written), params.json."""
 
+import ast
+import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
 import main
-from runtime import MODES, flags
+from runtime import MODES, flags, run_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = os.path.join(ROOT, "config", "efficientnet_v1", "b0_cfg.py")
@@ -50,7 +53,7 @@ def test_every_boolean_switches_both_ways():
     parser = flags.build_parser()
     booleans = [
         a.dest
-        for a in parser._actions
+        for a in parser.actions()
         if len(a.option_strings) == 2 and a.option_strings[1].startswith("--no-")
     ]
     assert {
@@ -226,16 +229,18 @@ def test_params_json_holds_every_flag_and_the_model(tmp_path):
     from runtime.components import write_json
 
     params = parse("--mparams", TINY, "--model_dir", str(tmp_path))
-    path = write_json(str(tmp_path / flags.PARAMS_FILE), params)
+    path = write_json(str(tmp_path / run_params.PARAMS_FILE), params)
     saved = json.load(open(path))
     parser = flags.build_parser()
-    assert {a.dest for a in parser._actions if a.dest != "help"} <= set(saved)
+    assert {a.dest for a in parser.actions() if a.dest != "help"} <= set(saved)
     assert saved["model"]["width_coefficient"] == 0.1 and saved["cfg"] == CFG
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
     assert (
-        flags.params_filename("train") == flags.params_filename("train_and_eval") == "params.json"
+        run_params.params_filename("train")
+        == run_params.params_filename("train_and_eval")
+        == "params.json"
     )
-    assert flags.params_filename("eval") == "params_eval.json"
+    assert run_params.params_filename("eval") == "params_eval.json"
 
 
 def test_every_mode_resolves_to_a_function():
@@ -268,6 +273,40 @@ def test_flag_choices_are_the_lists_of_the_modules_that_implement_them():
         ).returncode
         == 0
     )
+
+
+def test_the_parser_records_every_flag_its_help_shows():
+    """flag_names, params.json's keys and docs/flags.md read the parser's own record of the flags
+    it added; nothing that --help shows may be missing from it."""
+    parser = flags.build_parser()
+    shown = set(re.findall(r"--[A-Za-z_][\w-]*", parser.format_help()))
+    assert shown == set(flags.flag_names(parser))
+    assert {"--help", "--use_amp", "--no-use_amp", "--lr_init"} <= shown
+    assert [a.dest for a in parser.groups["run"]][:3] == ["cfg", "mparams", "mode"]
+
+
+def _imports(path: str) -> set[str]:
+    """The modules `path` imports (module level or inside functions), `from a import b` as a.b."""
+    names = set()
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), path)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_the_runtime_reads_resolved_params_never_the_command_line_module():
+    """Only main.py (and scripts, tests) import runtime.flags: the runtime's config objects come
+    from the resolved params (`from_params`), their defaults from TF-free modules."""
+    importers = [
+        os.path.relpath(path, ROOT)
+        for path in glob.glob(os.path.join(ROOT, "runtime", "*.py"))
+        if not path.endswith(os.sep + "flags.py") and "runtime.flags" in _imports(path)
+    ]
+    assert importers == []
+    assert "runtime.flags" in _imports(os.path.join(ROOT, "main.py"))  # the check sees imports
 
 
 def test_runtime_data_error_is_one_line_exit_1(capsys, tmp_path):

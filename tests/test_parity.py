@@ -17,7 +17,7 @@ from dataloader import config as data_config_module
 from dataloader import dataset_info, preprocessing
 from dataloader.pipeline import eval_transform
 from runtime import components, flags
-from runtime.train import stages_from_params
+from runtime.stages import stages_from_params
 from tests import data_fixtures as fx
 from tests.test_launch_scripts import dry_run, main_py_args
 from utils.optimizers import l2_penalty

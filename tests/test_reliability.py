@@ -445,7 +445,7 @@ def _tiny_keras_model():
 
 def test_final_export_refuses_a_full_disk_before_h5py_writes(tmp_path, monkeypatch):
     """Before: disk full at the final .h5 export segfaulted (h5py) and left a truncated file."""
-    from runtime.train import save_weights_atomically
+    from runtime.checkpoint import save_weights_atomically
 
     model = _tiny_keras_model()
     path = tmp_path / "model.weights.h5"
@@ -464,7 +464,7 @@ def test_final_export_refuses_a_full_disk_before_h5py_writes(tmp_path, monkeypat
 
 def test_interrupted_export_keeps_the_previous_weights(tmp_path, monkeypatch):
     """Before: a write killed midway left a 0-byte / truncated model.weights.h5."""
-    from runtime.train import save_weights_atomically
+    from runtime.checkpoint import save_weights_atomically
 
     model = _tiny_keras_model()
     path = tmp_path / "model.weights.h5"
@@ -493,7 +493,7 @@ def test_sigkill_during_weights_export_leaves_previous_file_loadable(tmp_path):
 import os, signal, sys
 sys.path.insert(0, {os.getcwd()!r})
 import keras
-from runtime.train import save_weights_atomically
+from runtime.checkpoint import save_weights_atomically
 inputs = keras.Input((4,))
 model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
 save_weights_atomically(model, {str(path)!r})

@@ -16,7 +16,7 @@ def trained_run(tmp_path, *extra):
     params = tiny_params(
         tmp_path, "train", "--eval_img_size", "40", "--crop_fraction", "0.5", *extra
     )
-    write_json(str(tmp_path / flags.PARAMS_FILE), params)
+    write_json(str(tmp_path / run_params.PARAMS_FILE), params)
     return params
 
 

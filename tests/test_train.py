@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from runtime.train import stage_for_epoch, stage_schedule
+from runtime.stages import stage_for_epoch, stage_schedule
 from tests import replica_worker
 from tests.train_fixtures import batch, build_trainer, tiny_model
 
@@ -185,7 +185,7 @@ def test_mirrored_strategy_equals_no_strategy():
 @pytest.mark.parametrize("accum, scaling", [(1, False), (2, True)])
 def test_xla_step_matches_plain_step(accum, scaling):
     """jit_compile=True (the GPU default) computes the same update as the plain step."""
-    from runtime.train import StepConfig, TrainMetrics, make_train_step
+    from runtime.step import StepConfig, TrainMetrics, make_train_step
     from utils.optimizers import OptimizerConfig, build_optimizer
 
     x, y = batch(8)
@@ -217,7 +217,7 @@ def test_xla_step_matches_plain_step(accum, scaling):
 
 
 def test_stage_line_names_only_the_settings_in_effect():
-    from runtime.train import Stage, describe_stage
+    from runtime.stages import Stage, describe_stage
 
     stage = Stage(
         index=0,

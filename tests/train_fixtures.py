@@ -6,7 +6,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from runtime.train import StepConfig, TrainMetrics, make_train_step
+from runtime.step import StepConfig, TrainMetrics, make_train_step
 from utils.ema import ExponentialMovingAverage
 from utils.optimizers import OptimizerConfig, build_optimizer
 

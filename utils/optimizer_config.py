@@ -6,7 +6,9 @@ optimizer flags' defaults from them before TensorFlow loads; utils.optimizers bu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -36,3 +38,18 @@ class OptimizerConfig:
     rho: float = 0.9
     weight_decay: float = 5e-6
     grad_clip_norm: float | None = 0.0
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> OptimizerConfig:
+        """The optimizer of a run's resolved params (the flags named in Attributes)."""
+        return cls(
+            name=params["optimizer"],
+            momentum=params["momentum"],
+            beta_1=params["beta_1"],
+            beta_2=params["beta_2"],
+            nesterov=params["nesterov"],
+            epsilon=params["opt_epsilon"],
+            rho=params["decay"],
+            weight_decay=params["weight_decay"],
+            grad_clip_norm=params["grad_clip_norm"] or None,
+        )

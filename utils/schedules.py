@@ -19,6 +19,9 @@ steps of a curve that starts at step 0, so exponential decay is 0.97 ** (5 / 2.4
 after the default warm-up). Step counts are not rounded: NVIDIA's `decay_steps` is
 `lr_decay_epochs * steps_per_epoch` as a float (748.8 for 2.4 x 312), so the staircase drops
 at the same updates as NVIDIA's.
+
+Fine-tuning's second phase (`--unfreeze_epoch`, runtime/finetune.py) ramps the run's schedule up
+from 0 again (`RewarmSchedule`, built by `with_rewarm`).
 """
 
 from __future__ import annotations
@@ -163,4 +166,61 @@ def build_schedule(
         decay_steps=decay_epochs * steps_per_epoch,
         decay_rate=decay_rate,
         origin=origin,
+    )
+
+
+@keras.saving.register_keras_serializable(package="efficientnet")
+class RewarmSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """`base` learning rate, ramped linearly from 0 again over `warmup_steps` from `restart_step`.
+
+    Args:
+      base: the run's schedule.
+      restart_step: optimizer update at which the second warm-up starts (the unfreeze epoch).
+      warmup_steps: length of the second warm-up; 0 = none.
+    """
+
+    def __init__(self, base, restart_step: int, warmup_steps: int) -> None:
+        super().__init__()
+        self.base = base
+        self.restart_step = int(restart_step)
+        self.warmup_steps = int(warmup_steps)
+
+    def __call__(self, step):
+        lr = self.base(step)
+        if self.warmup_steps <= 0:
+            return lr
+        since = keras.ops.cast(step, "float32") - float(self.restart_step)
+        ramp = keras.ops.clip(since / float(self.warmup_steps), 0.0, 1.0)
+        return keras.ops.where(since < 0, lr, lr * ramp)
+
+    def get_config(self) -> dict:
+        return {
+            "base": keras.saving.serialize_keras_object(self.base),
+            "restart_step": self.restart_step,
+            "warmup_steps": self.warmup_steps,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(
+            keras.saving.deserialize_keras_object(config["base"]),
+            config["restart_step"],
+            config["warmup_steps"],
+        )
+
+
+def with_rewarm(
+    schedule: keras.optimizers.schedules.LearningRateSchedule,
+    restart_epoch: int | None,
+    warmup_epochs: float,
+    steps_per_epoch: int,
+) -> keras.optimizers.schedules.LearningRateSchedule:
+    """`schedule` with a second warm-up over `warmup_epochs` from `restart_epoch` (fine-tuning's
+    `--unfreeze_epoch`, runtime/finetune.py); `schedule` itself when `restart_epoch` is None."""
+    if restart_epoch is None:
+        return schedule
+    return RewarmSchedule(
+        schedule,
+        restart_epoch * steps_per_epoch,
+        int(round(warmup_epochs * steps_per_epoch)),
     )
