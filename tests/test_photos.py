@@ -62,7 +62,7 @@ def test_lite0_ranks_the_expected_class_first(lite0, photos):
     report, wrong = [], []
     for name, p in zip(names, probs, strict=True):
         top = np.argsort(-p)[:3]
-        report.append(f"{name}: " + ", ".join(f"{class_name(i)} ({i}) {p[i]:.3f}" for i in top))
+        report.append(f"{name}: " + ", ".join(f"{class_name(i)} {p[i]:.3f}" for i in top))
         if top[0] not in EXPECTED[name]:
             wrong.append(name)
     assert not wrong, f"wrong top-1 for {wrong}; top-3: " + "; ".join(report)
