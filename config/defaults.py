@@ -25,8 +25,13 @@ MODEL_DEFAULTS = MappingProxyType(
         "num_classes": 1000,
         "include_top": True,
         # The model takes raw 0..255 RGB and normalizes in-graph ("imagenet" = mean/std of v1,
-        # "scale128" = (x - 128) / 128 of v2, "none" = input already normalized).
+        # "scale128" = (x - 128) / 128 of v2, "mean_std" = (x - input_mean) / input_std with
+        # the two given per channel in 0..255 units, "none" = input already normalized).
         "input_normalization": "imagenet",
+        "input_mean": None,
+        "input_std": None,
+        # Scale stem/head channels and every stage's repeats (Lite keeps them fixed).
+        "fix_head_stem": False,
     }
 )
 

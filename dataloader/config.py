@@ -8,7 +8,7 @@ from dataloader.files import DEFAULT_MAX_IMAGE_PIXELS
 from utils.errors import UserError
 
 AUGMENTERS = ("none", "autoaugment", "randaugment")
-RESIZE_METHODS = ("bilinear", "bicubic")
+RESIZE_METHODS = ("bilinear", "bicubic", "bicubic_tf1")
 EVAL_CROPS = ("crop", "squash")
 # Plain source names; "tfds:<name>" is accepted on top of these.
 SOURCES = ("imagenet", "folder", "digits", "synthetic")
@@ -53,7 +53,8 @@ class DataConfig:
       crop_area_min: smallest random-resized-crop area fraction (0.08 for v1, 0.05 for v2).
       crop_min_object_covered: the random crop's `min_object_covered` (0.1 for v1, 0 for v2).
       crop_aspect_range: random-resized-crop aspect-ratio range (width / height).
-      resize_method: "bilinear" or "bicubic" (bicubic output is clipped to 0..255).
+      resize_method: "bilinear", "bicubic" (TF2) or "bicubic_tf1" (TF1 resize_bicubic, the
+        v1/Lite reference); bicubic output is clipped to 0..255.
       The model families' values of the last four come from the model config
       (runtime.components.data_config; docs/parity.md).
       cache: keep records in memory after the first epoch (train: serialized records;

@@ -113,19 +113,82 @@ def _decode_window(image: tf.Tensor, window_fn) -> tf.Tensor:
     return cropped
 
 
-def resize(image: tf.Tensor, image_size: int, method: str = "bilinear") -> tf.Tensor:
+# TF's bicubic kernels look the fractional sample offset up in a table of this many entries.
+_TF_BICUBIC_TABLE = 1024
+_TF1_BICUBIC_A = -0.75
+
+
+def _tf1_bicubic_matrix(in_size: tf.Tensor, out_size: int) -> tf.Tensor:
+    """[out_size, in_size] float32 matrix of TF1 resize_bicubic along one axis.
+
+    Output pixel o samples the input at o * in / out (no half-pixel centers) with Keys' cubic
+    (a = -0.75) over the four neighbours, border indices clamped, the fractional offset rounded
+    to TF's 1024-entry coefficient table (tensorflow/core/kernels/image/resize_bicubic_op.cc).
+    """
+    in_size = tf.cast(in_size, tf.int32)
+    x = tf.range(out_size, dtype=tf.float32) * (tf.cast(in_size, tf.float32) / out_size)
+    base = tf.floor(x)
+    frac = tf.round((x - base) * _TF_BICUBIC_TABLE) / _TF_BICUBIC_TABLE
+    a = _TF1_BICUBIC_A
+    matrix = tf.zeros([out_size, in_size], tf.float32)
+    for k in (-1, 0, 1, 2):
+        t = tf.abs(frac - k)
+        near = ((a + 2.0) * t - (a + 3.0)) * t * t + 1.0
+        far = ((a * t - 5.0 * a) * t + 8.0 * a) * t - 4.0 * a
+        weight = tf.where(t <= 1.0, near, tf.where(t < 2.0, far, tf.zeros_like(t)))
+        index = tf.clip_by_value(tf.cast(base, tf.int32) + k, 0, in_size - 1)
+        matrix += tf.one_hot(index, in_size) * weight[:, None]
+    return matrix
+
+
+def _resize_bicubic_tf1_portable(images: tf.Tensor, image_size: int) -> tf.Tensor:
+    """TF1 resize_bicubic of a [B, H, W, C] batch as two matrix products.
+
+    NOTE: hand-written because exported graphs cannot keep TF's op: tf2onnx turns
+    ResizeBicubic(half_pixel_centers=False) into ONNX Resize with a = -0.5 (TF1 uses -0.75) and
+    LiteRT has no bicubic builtin. Matrix products, one_hot and elementwise ops convert exactly.
+    """
+    shape = tf.shape(images)
+    rows = _tf1_bicubic_matrix(shape[1], image_size)  # [S, H]
+    cols = _tf1_bicubic_matrix(shape[2], image_size)  # [S, W]
+    channels_first = tf.transpose(tf.cast(images, tf.float32), [0, 3, 1, 2])  # [B, C, H, W]
+    out = tf.matmul(tf.matmul(rows[None, None], channels_first), cols, transpose_b=True)
+    return tf.transpose(out, [0, 2, 3, 1])
+
+
+def resize(
+    image: tf.Tensor, image_size: int, method: str = "bilinear", portable: bool = False
+) -> tf.Tensor:
     """Resize to a square float32 image in 0..255 (bicubic overshoot is clipped).
 
     Args:
-      image: [H, W, 3] image of any real dtype in 0..255.
+      image: [H, W, 3] or [B, H, W, 3] image of any real dtype in 0..255.
       image_size: output side in pixels.
-      method: "bilinear" or "bicubic".
+      method: "bilinear", "bicubic" (TF2 `tf.image.resize`: half-pixel centers, Keys a = -0.5)
+        or "bicubic_tf1" (TF1 `tf.image.resize_bicubic`: no half-pixel centers, a = -0.75).
+      portable: "bicubic_tf1" of a batch as matrix products that ONNX and LiteRT convert
+        exactly (exported graphs); the TF op otherwise (faster in the input pipeline).
 
     Returns:
-      float32 [image_size, image_size, 3].
+      float32 [image_size, image_size, 3] (or batched).
     """
-    # uint8 in, float32 out: resizing before casting reads 4x fewer bytes.
-    out = tf.image.resize(image, [image_size, image_size], method=method)
+    size = [image_size, image_size]
+    if method == "bicubic_tf1" and portable:
+        out = _resize_bicubic_tf1_portable(image, image_size)
+    elif method == "bicubic_tf1":
+        # NOTE: the resize of Google's EfficientNet v1/Lite pipelines (tensorflow/tpu
+        # efficientnet/preprocessing.py, automl preprocess_legacy.py), behind the published
+        # accuracies and the keras.applications and Lite weights. The op TF1's
+        # tf.image.resize_bicubic ran; called directly, as tf.compat.v1's wrapper logs a
+        # deprecation notice each time a pipeline is traced.
+        batched = image if image.shape.rank == 4 else image[None]
+        out = tf.raw_ops.ResizeBicubic(
+            images=batched, size=size, align_corners=False, half_pixel_centers=False
+        )
+        out = out if image.shape.rank == 4 else out[0]
+    else:
+        # uint8 in, float32 out: resizing before casting reads 4x fewer bytes.
+        out = tf.image.resize(image, size, method=method)
     if method == "bilinear":  # convex combinations of inputs: already within 0..255
         return tf.cast(out, tf.float32)
     return tf.clip_by_value(tf.cast(out, tf.float32), 0.0, 255.0)
@@ -148,7 +211,7 @@ def preprocess_for_train(
       seed: int32/int64 [2] stateless seed (one per example).
       area_min: smallest crop area as a fraction of the image.
       aspect_range: (min, max) crop aspect ratio, width / height.
-      resize_method: "bilinear" or "bicubic".
+      resize_method: "bilinear", "bicubic" or "bicubic_tf1" (see `resize`).
       min_object_covered: `tf.image.sample_distorted_bounding_box`'s minimum fraction of the
         whole-image box the crop must cover (0.1 in automl v1 and NVIDIA, 0 in automl v2).
 
@@ -182,7 +245,7 @@ def preprocess_for_eval(
       image_size: output side in pixels.
       crop_fraction: "crop" mode: fraction of the shorter side kept; None means
         image_size / (image_size + 32). Ignored by "squash".
-      resize_method: "bilinear" or "bicubic".
+      resize_method: "bilinear", "bicubic" or "bicubic_tf1" (see `resize`).
       eval_crop: "crop" (square center crop, then resize) or "squash" (resize the whole image
         to the square, aspect ratio not kept, as automl v2 evaluates at >= 320 px).
 

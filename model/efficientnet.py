@@ -1,8 +1,9 @@
-"""Assemble EfficientNet v1 (arXiv:1905.11946) and v2 (arXiv:2104.00298) from a config dict.
+"""Assemble EfficientNet v1 (arXiv:1905.11946), v2 (arXiv:2104.00298) and Lite from a config.
 
-One builder for both families: the config's block table (`model.specs.BlockSpec` strings) says
-which stages are fused-MBConv (v2) and which are MBConv; width/depth coefficients and the
-`round_down_guard` flag encode the family's scaling rule. Layer names are stable:
+One builder for every family: the config's block table (`model.specs.BlockSpec` strings) says
+which stages are fused-MBConv (v2) and which are MBConv (with or without squeeze-excitation);
+width/depth coefficients and the `round_down_guard` and `fix_head_stem` (Lite) flags encode the
+family's scaling rule. Layer names are stable:
 
     input_normalization, stem_conv, stem_bn, stem_activation,
     stage{s}_block{b} (s, b 1-based), head_conv, head_bn, head_activation,
@@ -22,7 +23,13 @@ import keras
 from keras import layers
 
 from model.blocks import DENSE_KERNEL_INITIALIZER, FusedMBConvBlock, MBConvBlock, batch_norm, conv2d
-from model.schema import INPUT_NORMALIZATIONS, check_activation, validate_model_config
+from model.schema import (
+    INPUT_NORMALIZATIONS,
+    MEAN_STD,
+    check_activation,
+    mean_std_scale_offset,
+    validate_model_config,
+)
 from model.specs import PlacedBlock, expand_blocks, parse_blocks, round_filters
 from utils.errors import ConfigError
 
@@ -34,17 +41,32 @@ class InputNormalization(layers.Layer):
     """Map raw 0..255 RGB to the network's input range in-graph (no weights).
 
     Args:
-      mode: a key of INPUT_NORMALIZATIONS (model/schema.py) other than "none".
+      mode: a key of INPUT_NORMALIZATIONS (model/schema.py) other than "none", or "mean_std".
+      mean: "mean_std": per-channel mean in 0..255 pixel units.
+      std: "mean_std": per-channel standard deviation in 0..255 pixel units.
     """
 
-    def __init__(self, mode: str = "imagenet", **kwargs):
+    def __init__(
+        self,
+        mode: str = "imagenet",
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+        **kwargs,
+    ):
         # float32 even under a mixed-precision policy: 0..255 inputs lose digits in float16.
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
-        if INPUT_NORMALIZATIONS.get(mode) is None:
-            raise ConfigError(f"input normalization {mode!r} has no in-graph layer")
         self.mode = mode
-        self.scale, self.offset = INPUT_NORMALIZATIONS[mode]
+        self.mean = None if mean is None else tuple(float(m) for m in mean)
+        self.std = None if std is None else tuple(float(s) for s in std)
+        if mode == MEAN_STD:
+            if self.mean is None or self.std is None:
+                raise ConfigError("input normalization 'mean_std' needs a mean and a std")
+            self.scale, self.offset = mean_std_scale_offset(self.mean, self.std)
+        elif INPUT_NORMALIZATIONS.get(mode) is None:
+            raise ConfigError(f"input normalization {mode!r} has no in-graph layer")
+        else:
+            self.scale, self.offset = INPUT_NORMALIZATIONS[mode]
 
     def call(self, inputs):
         scale = keras.ops.convert_to_tensor(self.scale, dtype=inputs.dtype)
@@ -55,7 +77,10 @@ class InputNormalization(layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "mode": self.mode}
+        config = {**super().get_config(), "mode": self.mode}
+        if self.mode == MEAN_STD:
+            config.update(mean=self.mean, std=self.std)
+        return config
 
 
 def placed_blocks(config: Mapping[str, Any]) -> list[PlacedBlock]:
@@ -68,6 +93,7 @@ def placed_blocks(config: Mapping[str, Any]) -> list[PlacedBlock]:
         config["min_depth"],
         config["round_down_guard"],
         config["drop_connect_rate"],
+        fix_head_stem=config["fix_head_stem"],
     )
 
 
@@ -133,9 +159,16 @@ def build_model(
     inputs = keras.Input(shape=input_shape, name="images")
     x = inputs
     if config["input_normalization"] != "none":
-        x = InputNormalization(config["input_normalization"], name="input_normalization")(x)
+        x = InputNormalization(
+            config["input_normalization"],
+            mean=config["input_mean"],
+            std=config["input_std"],
+            name="input_normalization",
+        )(x)
 
-    stem_ch = scaled_filters(config, config["stem_filters"])
+    # EfficientNet-Lite (fix_head_stem) keeps the stem and head channels unscaled.
+    fixed = config["fix_head_stem"]
+    stem_ch = config["stem_filters"] if fixed else scaled_filters(config, config["stem_filters"])
     x = conv2d(stem_ch, 3, strides=2, name="stem_conv")(x)
     x = batch_norm(config["bn_momentum"], config["bn_epsilon"], "stem_bn")(x)
     x = layers.Activation(activation, name="stem_activation")(x)
@@ -150,7 +183,8 @@ def build_model(
         x = make_block(placed, config)(x)
         channels = placed.spec.out_ch
 
-    x = conv2d(scaled_filters(config, config["head_filters"]), 1, name="head_conv")(x)
+    head_ch = config["head_filters"] if fixed else scaled_filters(config, config["head_filters"])
+    x = conv2d(head_ch, 1, name="head_conv")(x)
     x = batch_norm(config["bn_momentum"], config["bn_epsilon"], "head_bn")(x)
     x = layers.Activation(activation, name="head_activation")(x)
 

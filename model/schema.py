@@ -39,6 +39,20 @@ INPUT_NORMALIZATIONS = MappingProxyType(
         "none": None,
     }
 )
+# (x - input_mean) / input_std with the config's per-channel values in 0..255 pixel units, e.g.
+# EfficientNet-Lite's (x - 127) / 128 (automl lite MEAN_RGB / STDDEV_RGB).
+MEAN_STD = "mean_std"
+INPUT_NORMALIZATION_MODES = (*INPUT_NORMALIZATIONS, MEAN_STD)
+
+
+def mean_std_scale_offset(
+    mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(scale, offset) per channel such that raw * scale + offset = (raw - mean) / std."""
+    return (
+        tuple(1.0 / float(s) for s in std),
+        tuple(-float(m) / float(s) for m, s in zip(mean, std, strict=True)),
+    )
 
 
 def is_number(value: Any) -> bool:
@@ -49,6 +63,15 @@ def is_number(value: Any) -> bool:
 def is_int(value: Any) -> bool:
     """An int (not a bool)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_rgb(value: Any, positive: bool = False) -> bool:
+    """Three finite numbers (R, G, B), all > 0 when `positive`."""
+    return (
+        isinstance(value, tuple | list)
+        and len(value) == 3
+        and all(is_number(v) and (v > 0 or not positive) for v in value)
+    )
 
 
 def _is_block_table(value: Any) -> bool:
@@ -112,10 +135,20 @@ _MODEL_RULES = {
     "num_classes": _POSITIVE_INT,
     "include_top": _BOOL,
     "input_normalization": Rule(
-        lambda v: isinstance(v, str) and v in INPUT_NORMALIZATIONS,
-        ", ".join(INPUT_NORMALIZATIONS),
+        lambda v: isinstance(v, str) and v in INPUT_NORMALIZATION_MODES,
+        ", ".join(INPUT_NORMALIZATION_MODES),
         message="unknown input_normalization {value!r}; choose from {must_be}",
     ),
+    # input_normalization="mean_std" only: per-channel values in 0..255 pixel units.
+    "input_mean": Rule(_is_rgb, "None or 3 numbers (R, G, B in 0..255 pixel units)", none_ok=True),
+    "input_std": Rule(
+        lambda v: _is_rgb(v, positive=True),
+        "None or 3 positive numbers (R, G, B in 0..255 pixel units)",
+        none_ok=True,
+    ),
+    # EfficientNet-Lite (automl `fix_head_stem`): stem and head channels and the first and last
+    # stage's repeats are not scaled.
+    "fix_head_stem": _BOOL,
 }
 MODEL_KEYS = tuple(_MODEL_RULES)
 
@@ -145,6 +178,23 @@ def validate_model_config(config: Mapping[str, Any], complete: bool = False) -> 
     for key, rule in RULES.items():
         if key in config:
             rule.check(key, config[key])
+    _check_mean_std(config)
+
+
+def _check_mean_std(config: Mapping[str, Any]) -> None:
+    """input_mean / input_std go with input_normalization="mean_std", and only with it."""
+    mode = config.get("input_normalization")
+    given = [k for k in ("input_mean", "input_std") if config.get(k) is not None]
+    if mode == MEAN_STD and len(given) < 2:
+        raise ConfigError(
+            "input_normalization='mean_std' needs input_mean and input_std (3 numbers each, "
+            "R, G, B in 0..255 pixel units)"
+        )
+    if mode is not None and mode != MEAN_STD and given:
+        raise ConfigError(
+            "input_mean and input_std apply to input_normalization='mean_std' only; "
+            f"this config has input_normalization={mode!r} (set input_mean=None,input_std=None)"
+        )
 
 
 def check_activation(name: str) -> None:

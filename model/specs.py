@@ -213,6 +213,8 @@ def expand_blocks(
     min_depth: int | None,
     round_down_guard: bool,
     drop_connect_rate: float,
+    *,
+    fix_head_stem: bool,
 ) -> list[PlacedBlock]:
     """Scale the stage table and expand it into one PlacedBlock per block.
 
@@ -222,6 +224,10 @@ def expand_blocks(
     n counts the blocks after depth scaling, as keras.applications EfficientNet does).
     Every argument is the model config's (no defaults repeated here, see `round_filters`).
 
+    With `fix_head_stem` (EfficientNet-Lite, automl efficientnet_model `fix_head_stem`) the
+    first and last stages keep their repeats and the first stage reads the unscaled stem
+    channels (its `in_ch`); the stem and head convs themselves are the builder's.
+
     Args:
       specs: the unscaled stage table.
       width: width coefficient.
@@ -230,6 +236,7 @@ def expand_blocks(
       min_depth: minimum channel count (None = divisor).
       round_down_guard: see `round_filters`.
       drop_connect_rate: stochastic-depth rate reached by the last block.
+      fix_head_stem: keep the first/last stage's repeats and the stem channels unscaled.
 
     Returns:
       A new list of PlacedBlock, in network order.
@@ -238,18 +245,22 @@ def expand_blocks(
     def scale(ch: int) -> int:
         return round_filters(ch, width, divisor, min_depth, round_down_guard)
 
-    repeats = [round_repeats(s.repeats, depth) for s in specs]
+    fixed = {0, len(specs) - 1} if fix_head_stem else set()
+    repeats = [
+        s.repeats if i in fixed else round_repeats(s.repeats, depth) for i, s in enumerate(specs)
+    ]
     total = sum(repeats)
     placed: list[PlacedBlock] = []
     for stage, (spec, count) in enumerate(zip(specs, repeats, strict=True), start=1):
         out_ch = scale(spec.out_ch)
+        in_ch = spec.in_ch if fix_head_stem and stage == 1 else scale(spec.in_ch)
         for index in range(1, count + 1):
             first = index == 1
             block = dataclasses.replace(
                 spec,
                 repeats=1,
                 stride=spec.stride if first else 1,
-                in_ch=scale(spec.in_ch) if first else out_ch,
+                in_ch=in_ch if first else out_ch,
                 out_ch=out_ch,
             )
             placed.append(PlacedBlock(stage, index, block, drop_connect_rate * len(placed) / total))

@@ -8,8 +8,8 @@ Every weight of our model must find a source of the same shape and every source 
 used; the only tolerated gap is the classifier when the class counts differ (fine-tuning to
 another dataset), which is logged. No file is downloaded.
 
-Input normalization: keras.applications EfficientNetB* normalize in-graph with the ImageNet
-mean/std and EfficientNetV2S/M/L with (x - 128) / 128; our configs use the matching
+Input normalization: keras.applications EfficientNetB* and EfficientNetV2B0..B3 normalize
+in-graph with the ImageNet mean/std and EfficientNetV2S/M/L with (x - 128) / 128; our configs use the matching
 `input_normalization` ("imagenet" / "scale128"), so on raw 0..255 input the imported model gives
 the reference outputs (logits here; keras.applications applies a softmax on top).
 """
@@ -23,6 +23,8 @@ import warnings
 import keras
 
 from model.efficientnet import InputNormalization
+from model.torch_format import SAFETENSORS_SUFFIX, TORCH_SUFFIXES
+from model.torch_weights import load_torch_weights
 from utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -31,6 +33,8 @@ logger = logging.getLogger(__name__)
 _REFERENCES = {
     **{f"efficientnet-b{i}": (f"EfficientNetB{i}", "imagenet") for i in range(8)},
     **{f"efficientnetv2-{v}": (f"EfficientNetV2{v.upper()}", "scale128") for v in "sml"},
+    # keras.applications gives V2-B0..B3 the v1 ImageNet mean/std input, as automl trained them.
+    **{f"efficientnetv2-b{i}": (f"EfficientNetV2B{i}", "imagenet") for i in range(4)},
 }
 _TOP_LEVEL = {
     "stem_conv": "stem_conv",
@@ -59,7 +63,8 @@ def load_keras_applications_weights(
     """Copy weights from a keras.applications EfficientNet(V2) model or weights file.
 
     Args:
-      model: a model from `model.build_model` (B0-B7 or V2-S/M/L for a file source).
+      model: a model from `model.build_model` (B0-B7, V2-B0..B3 or V2-S/M/L for a file
+        source).
       source: a keras.applications model, or the path of its weights (`.h5` as published by
         keras-applications, with or without top, or a Keras 3 `.weights.h5`).
 
@@ -127,6 +132,22 @@ def load_keras_applications_weights(
         ", ".join(skipped) or "none",
     )
     return {"layers": len(used), "weights": copied, "skipped": skipped}
+
+
+def load_weights_file(model: keras.Model, path: str | os.PathLike) -> dict:
+    """Import a pretrained weights file by its kind: PyTorch (`.pth`, `.pt`, `.bin`,
+    `.safetensors`; model.torch_weights) or keras.applications (anything else, `.h5`).
+
+    Returns:
+      The importer's summary ("layers", "weights", "skipped") with "format": "pytorch" or
+      "keras.applications".
+
+    Raises:
+      ConfigError: as the importer (missing file, other architecture, shape mismatch).
+    """
+    if os.fspath(path).endswith((*TORCH_SUFFIXES, SAFETENSORS_SUFFIX)):
+        return {**load_torch_weights(model, path), "format": "pytorch"}
+    return {**load_keras_applications_weights(model, path), "format": "keras.applications"}
 
 
 def _names(model: keras.Model) -> set[str]:

@@ -62,6 +62,7 @@ SHAPE_KEYS = (
     "round_down_guard",
     "stem_filters",
     "head_filters",
+    "fix_head_stem",
     "include_top",
 )
 

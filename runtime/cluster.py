@@ -9,12 +9,14 @@ spec.
 
 Cluster sources, first match wins (see `resolve_cluster`):
   1. TF_CONFIG (JSON, the TensorFlow convention).
-  2. SLURM under `srun`: SLURM_PROCID, SLURM_NTASKS (SLURM_STEP_NUM_TASKS), SLURM_STEP_NODELIST
+  2. Open MPI's mpirun / horovodrun: OMPI_COMM_WORLD_{RANK,SIZE,LOCAL_RANK,LOCAL_SIZE} (before
+     SLURM: mpirun inside an sbatch job passes the batch shell's SLURM_* variables on).
+  3. SLURM under `srun`: SLURM_PROCID, SLURM_NTASKS (SLURM_STEP_NUM_TASKS), SLURM_STEP_NODELIST
      (or SLURM_JOB_NODELIST), SLURM_STEP_TASKS_PER_NODE (or SLURM_TASKS_PER_NODE), SLURM_LOCALID.
-  3. MPI launchers (mpirun / horovodrun): OMPI_COMM_WORLD_{RANK,SIZE,LOCAL_RANK,LOCAL_SIZE}
-     (Open MPI) or PMI_RANK / PMI_SIZE with MPI_LOCALRANKID / MPI_LOCALNRANKS (MPICH, Intel MPI).
-     MPI does not publish the host list: WORKER_HOSTS (comma-separated or a SLURM-style hostlist,
-     one entry per node) names it, or MASTER_ADDR alone when every rank runs on one node.
+  4. Other MPI launchers: PMI_RANK / PMI_SIZE with MPI_LOCALRANKID / MPI_LOCALNRANKS (MPICH,
+     Intel MPI).
+MPI does not publish the host list: WORKER_HOSTS (comma-separated or a SLURM-style hostlist,
+one entry per node) names it, or MASTER_ADDR alone when every rank runs on one node.
 Ports: task `local_rank` on a node listens on MASTER_PORT + local_rank (default 12345), so rank 0
 (the coordination-service leader) is reachable at <first node>:MASTER_PORT.
 Ranks are laid out in blocks: node 0 holds ranks 0..k-1, node 1 the next ones (srun's and
@@ -189,8 +191,8 @@ def expand_tasks_per_node(spec: str, num_nodes: int) -> list[int]:
 def resolve_cluster(environ: Mapping[str, str]) -> ClusterSpec:
     """Work out the training cluster from launcher environment variables (a pure function).
 
-    Sources in order: TF_CONFIG, SLURM (srun), Open MPI, PMI (MPICH / Intel MPI); a launcher
-    that started a single process gives a "local" spec. See the module docstring for the exact
+    Sources in order: TF_CONFIG, Open MPI (mpirun), SLURM (srun), PMI (MPICH / Intel MPI); a
+    launcher that started a single process gives a "local" spec. See the module docstring for the exact
     variables.
 
     Args:
@@ -204,10 +206,8 @@ def resolve_cluster(environ: Mapping[str, str]) -> ClusterSpec:
     """
     if environ.get("TF_CONFIG", "").strip():
         return _from_tf_config(environ["TF_CONFIG"])
-    if "SLURM_PROCID" in environ and (
-        "SLURM_STEP_NUM_TASKS" in environ or "SLURM_NTASKS" in environ
-    ):
-        return _from_slurm(environ)
+    # NOTE: Open MPI before SLURM: mpirun's ranks inside an sbatch job inherit the batch shell's
+    # SLURM_PROCID=0 and SLURM_NTASKS (the job's, not theirs); srun sets no OMPI_COMM_WORLD_*.
     if "OMPI_COMM_WORLD_RANK" in environ:
         return _from_mpi(
             environ,
@@ -216,6 +216,10 @@ def resolve_cluster(environ: Mapping[str, str]) -> ClusterSpec:
             "OMPI_COMM_WORLD_LOCAL_RANK",
             "OMPI_COMM_WORLD_LOCAL_SIZE",
         )
+    if "SLURM_PROCID" in environ and (
+        "SLURM_STEP_NUM_TASKS" in environ or "SLURM_NTASKS" in environ
+    ):
+        return _from_slurm(environ)
     if "PMI_RANK" in environ:
         return _from_mpi(environ, "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS")
     return ClusterSpec()

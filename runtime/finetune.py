@@ -1,8 +1,8 @@
 """Fine-tuning: start from pretrained weights, freeze layers, train in two phases.
 
 `--pretrained PATH` starts training from a keras.applications EfficientNet(V2) weight file
-(`.h5` full model or weights, `_notop.h5`, Keras 3 `.weights.h5`; model.weights) or from one
-of our own runs (a run directory, its `checkpoints/` folder, a checkpoint prefix or its
+(`.h5` full model or weights, `_notop.h5`, Keras 3 `.weights.h5`; model.weights), a PyTorch
+EfficientNet state dict (`.pth`/`.safetensors`; model.torch_weights) or from one of our own runs (a run directory, its `checkpoints/` folder, a checkpoint prefix or its
 `model.weights.h5`; EMA weights preferred). Every layer but the classifier must load, shapes
 checked; when the class count differs the classifier keeps its fresh initialization and the log
 says so in one line. A pretrained start is not a resume: the optimizer, its step count (so the
@@ -38,7 +38,7 @@ import tensorflow as tf
 
 from config.loader import ConfigError
 from model import build_model
-from model.weights import load_keras_applications_weights
+from model.weights import load_weights_file
 from runtime.checkpoint import restore_for_inference
 from runtime.errors import RunError
 
@@ -154,11 +154,13 @@ def load_pretrained(model: keras.Model, path: str, model_config: Mapping[str, An
 
     Args:
       model: the run's model (built, possibly under a distribution strategy).
-      path: a keras.applications weight file, or a run dir / checkpoint / .weights.h5 of ours.
+      path: a keras.applications weight file, a PyTorch .pth/.safetensors state dict, or a run
+        dir / checkpoint / .weights.h5 of ours.
       model_config: the run's model config (builds the twin that reads our own files).
 
     Returns:
-      {"source", "kind" ("keras.applications" | "checkpoint"), "layers", "weights", "skipped"}.
+      {"source", "kind" ("keras.applications" | "pytorch" | "checkpoint"), "layers", "weights",
+       "skipped"}.
 
     Raises:
       RunError / ConfigError: unreadable file, other architecture, backbone shape mismatch.
@@ -174,11 +176,8 @@ def load_pretrained(model: keras.Model, path: str, model_config: Mapping[str, An
             "source": f"{loaded['path']} ({loaded['weights']} weights)",
         }
     elif os.path.isfile(path):
-        summary = {
-            **load_keras_applications_weights(model, path),
-            "kind": "keras.applications",
-            "source": path,
-        }
+        imported = load_weights_file(model, path)  # keras.applications or PyTorch
+        summary = {**imported, "kind": imported["format"], "source": path}
     else:
         raise ConfigError(f"--pretrained {path}: no such file, run directory or checkpoint")
     logger.info(

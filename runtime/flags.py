@@ -329,8 +329,9 @@ def build_parser() -> FlagParser:
         "--pretrained",
         default=None,
         help="start from these weights: a keras.applications EfficientNet(V2) .h5 / "
-        ".weights.h5 file, or a run directory, checkpoint or model.weights.h5 of "
-        "ours (not a resume: optimizer, step and EMA start fresh)",
+        ".weights.h5 file, a PyTorch EfficientNet .pth / .safetensors state dict, or a run "
+        "directory, checkpoint or model.weights.h5 of ours (not a resume: optimizer, step "
+        "and EMA start fresh)",
     )
     g.add_argument(
         "--freeze_until",

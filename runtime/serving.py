@@ -37,7 +37,8 @@ class EvalTransform(keras.layers.Layer):
     Args:
       image_size: output side S.
       crop_fraction: fraction of the shorter side kept.
-      resize_method: "bilinear" or "bicubic".
+      resize_method: "bilinear", "bicubic" or "bicubic_tf1" (as matrix products that ONNX and
+        LiteRT convert exactly; dataloader.preprocessing.resize).
     """
 
     def __init__(
@@ -58,7 +59,7 @@ class EvalTransform(keras.layers.Layer):
         side = tf.maximum(side, 1)
         top, left = (height - side + 1) // 2, (width - side + 1) // 2
         cropped = tf.cast(images[:, top : top + side, left : left + side, :], tf.float32)
-        return resize(cropped, self.image_size, self.resize_method)
+        return resize(cropped, self.image_size, self.resize_method, portable=True)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.image_size, self.image_size, 3)

@@ -41,12 +41,23 @@ COLUMNS = (
 )
 
 
+FAMILIES = ("efficientnet_v1", "efficientnet_v2", "efficientnet_lite")
+_V2_SIZES = ("s", "m", "l", "xl")
+
+
+def _variant_order(path: str) -> tuple:
+    """b0, b1, ... (and lite0, ...) by name, then the V2 sizes S, M, L, XL."""
+    variant = os.path.basename(path)[: -len("_cfg.py")]
+    size = _V2_SIZES.index(variant) if variant in _V2_SIZES else -1
+    return (size, variant)
+
+
 def default_configs() -> list[str]:
-    """All variant configs shipped in config/, v1 then v2, as repo-relative paths."""
-    paths = sorted(glob.glob(os.path.join(ROOT, "config", "efficientnet_v1", "b*_cfg.py")))
-    order = {"s": 0, "m": 1, "l": 2, "xl": 3}
-    v2 = glob.glob(os.path.join(ROOT, "config", "efficientnet_v2", "*_cfg.py"))
-    paths += sorted(v2, key=lambda p: order.get(os.path.basename(p)[:-7], 9))
+    """All variant configs shipped in config/ (v1, v2, Lite), as repo-relative paths."""
+    paths = []
+    for family in FAMILIES:
+        found = glob.glob(os.path.join(ROOT, "config", family, "*_cfg.py"))
+        paths += sorted(found, key=_variant_order)
     return [os.path.relpath(p, ROOT) for p in paths]
 
 
@@ -64,7 +75,7 @@ def model_row(cfg_path: str, mparams: str | None = None) -> dict:
     resolution = config["eval_img_size"]
     model = build_model(config, input_shape=(resolution, resolution, 3))
     prof = profile_model(model, resolution)
-    keras.backend.clear_session()  # keep memory flat over twelve models
+    keras.backend.clear_session()  # keep memory flat over all the models
     return {
         "model": config["name"],
         "config": cfg_path,

@@ -126,7 +126,12 @@ def test_readme_test_command_is_what_ci_runs():
 
 
 @pytest.mark.parametrize(
-    "variant", variant_params(["b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "s", "m", "l", "xl"])
+    "variant",
+    variant_params(
+        ["b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7"]
+        + ["v2-b0", "v2-b1", "v2-b2", "v2-b3", "s", "m", "l", "xl"]
+        + ["lite0", "lite1", "lite2", "lite3", "lite4"]
+    ),
 )
 def test_model_tables_are_current(variant):
     """The model table in README.md and docs/models.md is scripts/model_table.py's output

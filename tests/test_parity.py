@@ -161,15 +161,16 @@ def test_v2_eval_at_384_resizes_the_whole_non_square_image_bilinear():
     assert small.eval_crop == "crop"
 
 
-def test_v1_eval_is_a_bicubic_center_crop():
+def test_v1_eval_is_a_tf1_bicubic_center_crop():
     params = flags.parse(["--cfg", V1, "--dataset", "synthetic"])
     cfg = components.data_config(params, training=False)
-    assert (cfg.image_size, cfg.eval_crop, cfg.resize_method) == (224, "crop", "bicubic")
+    assert (cfg.image_size, cfg.eval_crop, cfg.resize_method) == (224, "crop", "bicubic_tf1")
     image = photo()
     side = int(224 / 256 * 427)
     top, left = (427 - side + 1) // 2, (640 - side + 1) // 2
     crop = image[top : top + side, left : left + side]
-    want = np.clip(tf.image.resize(crop, [224, 224], method="bicubic").numpy(), 0, 255)
+    tf1 = tf.compat.v1.image.resize_bicubic(crop[None], [224, 224], half_pixel_centers=False)
+    want = np.clip(tf1[0].numpy(), 0, 255)
     got = eval_transform(cfg)(tf.constant(fx.encode(image, "PNG"))).numpy()
     np.testing.assert_allclose(got, want, atol=1e-3)
 

@@ -20,15 +20,16 @@ V1_BLOCKS = (
     "r1_k3_s1_e6_i192_o320_se0.25",
 )
 
-# The data recipe of automl's v1 pipeline (efficientnetv2/preprocess_legacy.py, the one behind
-# the published B0-B7 accuracies and the keras.applications weights): random crop of area
-# [0.08, 1] covering >= 10% of the image, eval center crop size / (size + 32), bicubic.
+# The data recipe of Google's v1 pipeline (tensorflow/tpu efficientnet/preprocessing.py, automl
+# efficientnetv2/preprocess_legacy.py; behind the published B0-B7 and Lite accuracies and the
+# keras.applications weights): random crop of area [0.08, 1] covering >= 10% of the image, eval
+# center crop size / (size + 32), TF1 `resize_bicubic` (no half-pixel centers) for both.
 # NOTE: NVIDIA's TF2 pipeline uses area 0.05 and bilinear for v1 too (docs/parity.md).
 V1_DATA_RECIPE = {
     "crop_area_min": 0.08,
     "crop_min_object_covered": 0.1,
     "eval_squash_min_size": None,  # never squash: always the center crop
-    "resize_method": "bicubic",
+    "resize_method": "bicubic_tf1",
 }
 
 

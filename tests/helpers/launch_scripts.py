@@ -25,6 +25,9 @@ def dry_run(argv: list[str], **env: str) -> subprocess.CompletedProcess:
         "PRECISION",
         "BATCH",
         "MASTER_PORT",
+        "NUM_GPUS",
+        "EXTRA_ARGS",
+        "REQUEUE",
     )
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(settings)}
     full_env.update({"DRY_RUN": "1", **env})

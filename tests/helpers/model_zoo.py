@@ -15,7 +15,14 @@ SLOW = {"b6", "b7", "l", "xl"}
 
 
 def cfg_path(variant: str) -> str:
-    family = "efficientnet_v1" if variant.startswith("b") else "efficientnet_v2"
+    """The config of a variant: "b0".."b7" (v1), "s".."xl" and "v2-b0".."v2-b3" (v2),
+    "lite0".."lite4"."""
+    if variant.startswith("lite"):
+        family = "efficientnet_lite"
+    elif variant.startswith("v2-"):
+        family, variant = "efficientnet_v2", variant[len("v2-") :]
+    else:
+        family = "efficientnet_v1" if variant.startswith("b") else "efficientnet_v2"
     return os.path.join(ROOT, "config", family, f"{variant}_cfg.py")
 
 

@@ -65,6 +65,9 @@ BAD_VALUES = {
     "num_classes": (10.5, "num_classes must be a positive int"),
     "include_top": ("true", "include_top must be true or false"),
     "input_normalization": ("zscore", "unknown input_normalization 'zscore'; choose from"),
+    "input_mean": ((127.0, 127.0), r"input_mean must be None or 3 numbers"),
+    "input_std": ((128.0, 0.0, 128.0), r"input_std must be None or 3 positive numbers"),
+    "fix_head_stem": ("yes", "fix_head_stem must be true or false"),
     "train_img_size": (0, "train_img_size must be a positive int"),
     "eval_img_size": (-224, "eval_img_size must be a positive int"),
 }

@@ -10,14 +10,14 @@ from config.loader import ConfigError, load_config
 from model.specs import BlockSpec, expand_blocks, parse_blocks, round_filters, round_repeats
 from tests.helpers import ROOT
 
-CONFIGS = sorted(glob.glob(os.path.join(ROOT, "config", "efficientnet_v*", "*_cfg.py")))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "config", "efficientnet_*", "*_cfg.py")))
 
 
 def test_all_shipped_configs_found():
-    assert len(CONFIGS) == 12
+    assert len(CONFIGS) == 21  # v1 B0-B7, V2-B0..B3 and S/M/L/XL, Lite0..4
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
 def test_config_block_strings_round_trip(path):
     for text in load_config(path)["blocks"]:
         spec = BlockSpec.parse(text)
@@ -125,6 +125,7 @@ def test_expand_blocks_scales_strides_and_drop_rates():
         min_depth=None,
         round_down_guard=True,
         drop_connect_rate=0.2,
+        fix_head_stem=False,
     )
     assert specs == tuple(before)  # nothing mutated
     assert [p.name for p in placed] == [

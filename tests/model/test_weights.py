@@ -26,13 +26,14 @@ def reference(name):
 
     keras.applications v1 built with weights=None has an un-adapted Normalization layer
     (identity after x/255); give it the ImageNet mean/std so it preprocesses like the
-    published model. Dropout is switched off so training-mode outputs are deterministic.
+    published model (V2-B0..B3 build theirs with the mean/std as constants). Dropout is
+    switched off so training-mode outputs are deterministic.
     """
     model = getattr(keras.applications, name)(
         weights=None, input_shape=(SIZE, SIZE, 3), classifier_activation=None
     )
     for layer in model.layers:
-        if isinstance(layer, keras.layers.Normalization):
+        if isinstance(layer, keras.layers.Normalization) and layer.weights:
             layer.set_weights(
                 [np.array(IMAGENET_MEAN), np.square(IMAGENET_STD), layer.get_weights()[2]]
             )
@@ -72,6 +73,27 @@ def test_import_from_weights_file(tmp_path):
     ref.save_weights(str(path))
     ours = build_model(load_config(cfg_path("b0"), NO_DROPOUT))
     assert load_keras_applications_weights(ours, str(path))["skipped"] == []
+    assert_same_outputs(ref, ours)
+
+
+@pytest.mark.parametrize(
+    "variant, name",
+    [
+        ("v2-b0", "EfficientNetV2B0"),
+        pytest.param("v2-b1", "EfficientNetV2B1", marks=pytest.mark.slow),
+        pytest.param("v2-b2", "EfficientNetV2B2", marks=pytest.mark.slow),
+        pytest.param("v2-b3", "EfficientNetV2B3", marks=pytest.mark.slow),
+    ],
+)
+def test_v2_base_variants_import_from_weights_file(tmp_path, variant, name):
+    """V2-B0..B3: same parameter count as keras.applications, its weights file imports 1:1."""
+    ref = reference(name)
+    path = tmp_path / f"{variant}.weights.h5"
+    ref.save_weights(str(path))
+    ours = build_model(load_config(cfg_path(variant), NO_DROPOUT))
+    assert ours.count_params() == ref.count_params()
+    summary = load_keras_applications_weights(ours, str(path))
+    assert summary["skipped"] == [] and summary["weights"] == len(ours.weights)
     assert_same_outputs(ref, ours)
 
 

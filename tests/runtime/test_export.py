@@ -222,7 +222,7 @@ def test_runtime_batch_gives_the_same_logits_as_one_call(exported, runtime):
 def test_eval_transform_matches_preprocess_for_eval():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (2, 41, 57, 3), dtype=np.uint8)
-    for method in ("bilinear", "bicubic"):
+    for method in ("bilinear", "bicubic", "bicubic_tf1"):
         layer = serving.EvalTransform(24, 0.8, method)
         batched = layer(images).numpy()
         single = np.stack(

@@ -173,7 +173,9 @@ def test_multinode_submission_dry_run(sub):
     launch = srun.index("scripts/launch.sh")
     assert srun[launch + 1 : launch + 3] == ["AMP", "1"]  # one GPU per task
     args = parse(main_py_args(result.stdout))
-    assert args.num_gpus == 1 and args.mode == "train_and_eval"
+    assert args.num_gpus == 1 and args.mode == "train_and_eval" and args.use_xla is True
+    # The tasks inherit DATA_DIR from the submission; inside the container it is the mount.
+    assert (args.data_dir, args.model_dir) == ("/data", "/results")
 
 
 def test_multinode_without_container_runs_from_checkout():
@@ -261,3 +263,82 @@ def test_docker_launch_help_is_not_an_image_name():
     )
     bad = dry_run(["scripts/docker/launch.sh", "--gpus"])
     assert bad.returncode == 2 and "NAME is an image name, not an option: --gpus" in bad.stderr
+
+
+def test_launcher_on_cpu_runs_without_xla_and_appends_extra_args():
+    result = dry_run(
+        [LAUNCH, "FP32", "0", "config/efficientnet_v2/s_cfg.py", "train", "--max_epochs", "9"],
+        EXTRA_ARGS="--max_epochs 2\n  --mparams blocks=('r1_k3_s1_e1_i24_o24_c1')",
+    )
+    assert result.returncode == 0, result.stderr
+    words = main_py_args(result.stdout)
+    assert words[-4:] == ["--max_epochs", "2", "--mparams", "blocks=('r1_k3_s1_e1_i24_o24_c1')"]
+    args = parse(words)
+    assert (args.num_gpus, args.use_xla, args.use_amp, args.max_epochs) == (0, False, False, 2)
+
+
+def test_multinode_job_on_cpu_with_small_settings():
+    result = dry_run(
+        ["run_B0_multinode.sub"],
+        SLURM_SUBMIT_DIR=REPO,
+        CONTAINER="",
+        NUM_GPUS="0",
+        PRECISION="FP32",
+        BATCH="4",
+        EXTRA_ARGS="--dataset digits --max_epochs 2 --augmenter_name none",
+    )
+    assert result.returncode == 0, result.stderr
+    srun = shlex.split(result.stdout.splitlines()[0])
+    launch = srun.index("scripts/launch.sh")
+    assert srun[launch + 1 : launch + 3] == ["FP32", "0"]
+    args = parse(main_py_args(result.stdout))
+    assert (args.num_gpus, args.use_xla, args.train_batch_size) == (0, False, 4)
+    # EXTRA_ARGS come last: they override the recipe's 500 epochs and AutoAugment.
+    assert (args.dataset, args.max_epochs, args.augmenter_name) == ("digits", 2, "none")
+
+
+@pytest.mark.parametrize("sub", SUBMISSIONS, ids=rel)
+def test_submissions_are_requeueable_and_warned_before_the_time_limit(sub):
+    with open(sub) as f:
+        options = re.findall(r"^#SBATCH (\S+)", f.read(), re.M)
+    assert "--requeue" in options and "--open-mode=append" in options
+    # To the job steps (the training tasks), not B: the batch shell; SLURM checks the signal
+    # times about once a minute, so less than 60 s may come too late.
+    (signal,) = [o for o in options if o.startswith("--signal=")]
+    seconds = int(re.fullmatch(r"--signal=USR1@(\d+)", signal).group(1))
+    assert seconds >= 120
+
+
+REQUEUE_LIB = os.path.join(REPO, "scripts", "slurm_requeue.sh")
+
+
+def end_job(status: int, **env: str) -> subprocess.CompletedProcess:
+    script = f'. "{REQUEUE_LIB}"; end_job {status}; echo not reached'
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "REQUEUE"))}
+    return subprocess.run(
+        ["bash", "-c", script], env={**clean, **env}, capture_output=True, text=True, timeout=30
+    )
+
+
+def test_resumable_exit_status_is_sysexits_tempfail():
+    result = subprocess.run(
+        ["bash", "-c", f'. "{REQUEUE_LIB}"; echo "$EXIT_RESUMABLE"'],
+        capture_output=True,
+        text=True,
+    )
+    assert int(result.stdout) == os.EX_TEMPFAIL == 75
+
+
+@pytest.mark.parametrize(
+    "status, env",
+    [
+        (0, {"SLURM_JOB_ID": "7"}),
+        (1, {"SLURM_JOB_ID": "7"}),
+        (75, {}),  # not in a SLURM job: nothing to requeue
+        (75, {"SLURM_JOB_ID": "7", "REQUEUE": "0"}),
+    ],
+)
+def test_job_ends_with_the_training_status_unless_it_requeues(status, env):
+    result = end_job(status, **env)
+    assert result.returncode == status
+    assert result.stdout == "" and "requeue" not in result.stderr

@@ -1,7 +1,9 @@
 """scripts/model_table.py: MACs/FLOPs against the papers, output formats, bad input.
 
 Papers' "FLOPs" are multiply-adds (MACs): EfficientNet table 2 (B0-B7 at their resolution) and
-EfficientNetV2 table 7 / automl README (S 384, M 480, L 480, XL 512).
+EfficientNetV2 table 7 / automl README (S 384, M 480, L 480, XL 512; B0..B3 at 224, 240, 260,
+300 from the automl README's V2-B table); EfficientNet-Lite README (efficientnet/lite: "MAdds"
+407M, 631M, 899M, 1.44B, 2.64B; params 4.7M ... 13.0M).
 """
 
 import json
@@ -27,6 +29,15 @@ PAPER_GMACS = {
     "m": 24.0,
     "l": 53.0,
     "xl": 94.0,
+    "v2-b0": 0.72,
+    "v2-b1": 1.2,
+    "v2-b2": 1.7,
+    "v2-b3": 3.0,
+    "lite0": 0.407,
+    "lite1": 0.631,
+    "lite2": 0.899,
+    "lite3": 1.44,
+    "lite4": 2.64,
 }
 PAPER_PARAMS_M = {
     "b0": 5.3,
@@ -41,11 +52,22 @@ PAPER_PARAMS_M = {
     "m": 54.0,
     "l": 120.0,
     "xl": 208.0,
+    "v2-b0": 7.1,
+    "v2-b1": 8.1,
+    "v2-b2": 10.1,
+    "v2-b3": 14.4,
+    "lite0": 4.7,
+    "lite1": 5.4,
+    "lite2": 6.1,
+    "lite3": 8.2,
+    "lite4": 13.0,
 }
 # V2-L: the conv/dense MAC count of this exact architecture (params equal automl's and
 # keras.applications') is 56.08 G at 480, 5.8% above the paper's rounded "53B"; the paper's
-# figure came from TF's profiler on automl's graph. Every other variant is within 5%.
-TOLERANCE = {"l": 0.06}
+# figure came from TF's profiler on automl's graph. The Lite README counts more than conv and
+# dense MACs (Lite0's 407M exceeds B0's 390M although Lite0 is B0 without squeeze-excitation):
+# ours are 3-6% below it (Lite0: 0.385 G). Every other variant is within 5%.
+TOLERANCE = {"l": 0.06, "lite0": 0.06}
 
 
 @pytest.mark.parametrize("variant", variant_params(PAPER_GMACS))

