@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A one-node SLURM cluster (with munge) on this machine, for running the real-launcher tests
-# (tests/test_real_launchers.py) and trying the .sub jobs. Development only: never on a machine
-# that is part of a real SLURM cluster.
+# (tests/scripts/test_real_launchers.py) and trying the .sub jobs. Development only: never on a
+# machine that is part of a real SLURM cluster.
 #
 #   sudo scripts/dev/local_slurm.sh [start]   install (Debian packages), configure, start; idempotent
 #   sudo scripts/dev/local_slurm.sh stop      stop slurmd, slurmctld and munged

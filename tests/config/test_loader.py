@@ -70,7 +70,7 @@ def test_good_overrides_of_every_type_pass():
 def test_input_normalization_names_agree_with_the_model():
     """The loader keeps no copy of the list: it takes every normalization the model's layer
     implements and refuses any other, naming exactly those ("mean_std" needs its values: its
-    own tests are in tests/test_model_lite.py)."""
+    own tests are in tests/model/test_lite.py)."""
     from model.efficientnet import INPUT_NORMALIZATIONS
     from model.schema import INPUT_NORMALIZATION_MODES
 

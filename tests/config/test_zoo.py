@@ -1,11 +1,11 @@
 """The V2-B0..B3 and Lite0..4 config modules: automl's scaling, sizes, dropout and input."""
 
 import pytest
-from model_zoo import cfg_path
 
 from config.efficientnet_v1 import V1_DATA_RECIPE
 from config.efficientnet_v2 import V2_BASE_BLOCKS
 from config.loader import load_config
+from tests.helpers.model_zoo import cfg_path
 
 # automl effnetv2_configs.efficientnetv2_params: (width, depth, train_size, eval_size, dropout).
 V2_BASE = {

@@ -10,11 +10,11 @@ import re
 import keras
 import numpy as np
 import pytest
-from model_zoo import cfg_path, profiled
 
 from config.loader import load_config
 from model import build_model
 from model.efficientnet import InputNormalization, placed_blocks
+from tests.helpers.model_zoo import cfg_path, profiled
 from utils.errors import ConfigError
 
 LITE_PARAMS = {

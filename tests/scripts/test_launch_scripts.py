@@ -280,7 +280,7 @@ def test_launcher_on_cpu_runs_without_xla_and_appends_extra_args():
 def test_multinode_job_on_cpu_with_small_settings():
     result = dry_run(
         ["run_B0_multinode.sub"],
-        SLURM_SUBMIT_DIR=REPO,
+        SLURM_SUBMIT_DIR=ROOT,
         CONTAINER="",
         NUM_GPUS="0",
         PRECISION="FP32",
@@ -309,7 +309,7 @@ def test_submissions_are_requeueable_and_warned_before_the_time_limit(sub):
     assert seconds >= 120
 
 
-REQUEUE_LIB = os.path.join(REPO, "scripts", "slurm_requeue.sh")
+REQUEUE_LIB = os.path.join(ROOT, "scripts", "slurm_requeue.sh")
 
 
 def end_job(status: int, **env: str) -> subprocess.CompletedProcess:

