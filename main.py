@@ -5,7 +5,8 @@
 Every error the user can fix is a `utils.errors.UserError`, caught once here and printed as one
 line: bad flags, configs and paths exit with status 2 before anything is written; a run that
 fails for a reason the user can fix (NaN loss, missing checkpoint, bad data) exits with status
-1. `python main.py --help` lists every flag.
+1; training stopped by SIGTERM, SIGINT or SIGUSR1 writes a checkpoint and exits with status 75
+(runtime/preemption.py). `python main.py --help` lists every flag.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from runtime.lock import ModelDirLock
 
 PROG = "main.py"
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,7 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("absl").setLevel(logging.WARNING)  # TF's per-save sharding INFO lines
+    # TF's per-save sharding lines (absl) and its PreemptionCheckpointHandler's thread notes.
+    for name in ("absl", "tensorflow"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         lock = _check_and_claim(params)
         try:
@@ -44,8 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if lock is not None:
                 lock.release()
     except UserError as err:
-        sys.stderr.write(f"{PROG}: error: {err}\n")
+        sys.stderr.write(f"{PROG}: {err.heading}{err}\n")
         return err.exit_code
+    except KeyboardInterrupt:  # Ctrl-C outside training's graceful stop (runtime.preemption)
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return INTERRUPTED
     return 0
 
 

@@ -33,7 +33,8 @@ from runtime import components, distribute, runtimes, train
 from runtime.checkpoint import restore_for_inference
 from runtime.evaluate import PERCENTILES, evaluate, latency_stats
 from runtime.step import make_train_step
-from utils.dllogger import MetricsLogger, ProgressBar, Verbosity, print_result
+from utils.dllogger import MetricsLogger, Verbosity, print_result
+from utils.progress import ProgressBar
 
 logger = logging.getLogger(__name__)
 

@@ -2,11 +2,18 @@
 
 A training checkpoint holds the model's weights, the optimizer's slots and update count (the
 LR schedule is a function of it), the loss scale of a LossScaleOptimizer (part of the
-optimizer), the EMA shadows, the number of finished epochs (which fixes the stage) and the
-random state: the Keras SeedGenerator states of dropout and stochastic depth (not part of
-`model`'s checkpoint dependencies) and TensorFlow's global tf.random.Generator. With the
-per-epoch data seeds of runtime.train, a killed and resumed seeded run draws the same random
-numbers as the uninterrupted one.
+optimizer), the EMA shadows, the position (finished epochs, which fix the stage, and steps into
+the next epoch), the running train metrics of that epoch, and the random state: the Keras
+SeedGenerator states of dropout and stochastic depth (not part of `model`'s checkpoint
+dependencies) and TensorFlow's global tf.random.Generator. With the per-epoch data seeds of
+runtime.train_input, a resumed seeded run reads and draws what the uninterrupted one did.
+Checkpoints of runs before step-level saves have no position in the epoch: they resume at the
+start of the epoch after their last finished one.
+
+Numbering: `ckpt-N` with N the global step (optimizer updates), or one more than the previous
+checkpoint's when no update happened since (float16 loss scaling skips non-finite steps), so
+that epoch, step and stop checkpoints are numbered in the order they were written. Readers take
+the newest from the `checkpoint` index (tf.train.latest_checkpoint), never from the number.
 
 Atomicity: TensorFlow writes a checkpoint's data files under temporary names, renames them
 when complete, and only then rewrites the `checkpoint` index with
@@ -30,6 +37,7 @@ temporary file renamed when complete, after a free-space check.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -72,6 +80,19 @@ def checkpoint_dir(model_dir: str) -> str:
     return os.path.join(model_dir, CHECKPOINT_SUBDIR)
 
 
+@dataclasses.dataclass(frozen=True)
+class Position:
+    """Where training is: `epoch` finished epochs and `step` steps into the next one."""
+
+    epoch: int = 0
+    step: int = 0
+
+    def __str__(self) -> str:
+        if self.step:
+            return f"epoch {self.epoch + 1} step {self.step}"
+        return f"end of epoch {self.epoch}" if self.epoch else "start"
+
+
 class TrainingCheckpoint:
     """Save and restore the full training state of a run.
 
@@ -87,6 +108,8 @@ class TrainingCheckpoint:
       ema: the ExponentialMovingAverage, or None when EMA is off.
       dist: the run's Distribution (who is chief); None = `Distribution.current()`.
       max_to_keep: how many checkpoints to keep.
+      running: the variables of the epoch's running train metrics (runtime.step.TrainMetrics),
+        saved with the position so that a mid-epoch resume logs what the uninterrupted run did.
     """
 
     def __init__(
@@ -97,8 +120,11 @@ class TrainingCheckpoint:
         ema: ExponentialMovingAverage | None = None,
         dist: distribute.Distribution | None = None,
         max_to_keep: int = 3,
+        running: dict[str, tf.Variable] | None = None,
     ) -> None:
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+        self.optimizer = optimizer
         objects = {
             "model": model,
             "optimizer": optimizer,
@@ -107,7 +133,10 @@ class TrainingCheckpoint:
         }
         if ema is not None:
             objects["ema"] = ema
-        self.checkpoint = tf.train.Checkpoint(**objects)
+        progress = tf.train.Checkpoint(step_in_epoch=self.step_in_epoch, **(running or {}))
+        self.checkpoint = tf.train.Checkpoint(**objects, progress=progress)
+        # Checkpoints written before step-level saves have no `progress`: restored without it.
+        self._without_progress = tf.train.Checkpoint(**objects)
         self.dist = dist or distribute.Distribution.current()
         self.directory = checkpoint_dir(model_dir)
         self._manager = tf.train.CheckpointManager(
@@ -115,14 +144,27 @@ class TrainingCheckpoint:
             distribute.checkpoint_write_dir(self.directory, self.dist),
             max_to_keep,
         )
+        # The newest number in model_dir, the same on every worker (read before any save).
+        self._number = checkpoint_number(self.latest)
+        self._saved: Position | None = None
 
     @property
     def latest(self) -> str | None:
         """Path prefix of the newest complete checkpoint in model_dir, or None."""
         return tf.train.latest_checkpoint(self.directory)
 
+    @property
+    def position(self) -> Position:
+        """The position of the last restored or saved checkpoint (0, 0 before any)."""
+        return Position(int(self.epoch.numpy()), int(self.step_in_epoch.numpy()))
+
+    @property
+    def last_saved(self) -> str:
+        """The chief's path of the newest checkpoint this run wrote or restored (every worker)."""
+        return os.path.join(self.directory, f"ckpt-{self._number}")
+
     def restore_latest(self) -> int | None:
-        """Restore the newest checkpoint if there is one.
+        """Restore the newest checkpoint if there is one (its position: `position`).
 
         Returns:
           The number of epochs it had finished, or None when there is no checkpoint.
@@ -132,46 +174,76 @@ class TrainingCheckpoint:
             return None
         # Values this run does not use (e.g. EMA shadows after turning EMA off) are dropped
         # without a warning; every object of this run must be found, though.
-        reason = restore_or_explain(self.checkpoint, path)
+        reason = restore_or_explain(self._objects_of(path), path)
         if reason is not None:
             raise RunError(
                 f"checkpoint {path} does not match this model/optimizer ({reason}); "
                 "use another --model_dir or --no-resume_checkpoint"
             )
-        epoch = int(self.epoch.numpy())
-        logger.info("resumed from %s (epoch %d)", path, epoch)
-        return epoch
+        self._saved = self.position
+        logger.info("resumed from %s (%s)", path, self._saved)
+        return self._saved.epoch
 
-    def save(self, epoch: int) -> str | None:
-        """Write a checkpoint after `epoch` finished epochs.
+    def _objects_of(self, path: str) -> tf.train.Checkpoint:
+        """What to restore `path` into: without `progress` for a checkpoint that has none."""
+        try:
+            names = [name for name, _ in tf.train.list_variables(path)]
+        except (tf.errors.OpError, ValueError):
+            return self.checkpoint  # unreadable: the restore says why
+        if any(name.startswith("progress/") for name in names):
+            return self.checkpoint
+        self.step_in_epoch.assign(0)
+        return self._without_progress
+
+    def save(self, epoch: int, step_in_epoch: int = 0) -> str | None:
+        """Write a checkpoint after `epoch` finished epochs and `step_in_epoch` steps of the next.
+
+        Nothing is written when the last checkpoint of this run is at the same position (an
+        epoch checkpoint, then a stop before the next step).
 
         Returns:
-          The path written on the chief, None elsewhere.
+          The path written (or already there) on the chief, None elsewhere.
         """
-        self.epoch.assign(epoch)
+        position = Position(epoch, step_in_epoch)
+        if position != self._saved:
+            self._write(position)
+        if not self.dist.is_chief:
+            return None
+        return self.last_saved
+
+    def _write(self, position: Position) -> None:
+        number = max(int(self.optimizer.iterations.numpy()), self._number + 1)
+        self.epoch.assign(position.epoch)
+        self.step_in_epoch.assign(position.step)
         try:
-            path = self._manager.save(checkpoint_number=epoch)
+            path = self._manager.save(checkpoint_number=number)
         except (tf.errors.OpError, OSError) as err:
             write_dir = self._manager.directory
-            _remove_failed_save(write_dir, epoch, self.latest)
+            _remove_failed_save(write_dir, number, self.latest)
             reason = getattr(err, "message", None) or str(err)
             raise RunError(
-                f"cannot write checkpoint {os.path.join(write_dir, f'ckpt-{epoch}')}: "
+                f"cannot write checkpoint {os.path.join(write_dir, f'ckpt-{number}')}: "
                 f"{_first_line(Exception(reason))} ({free_space(write_dir)} free on its "
                 f"filesystem); the latest complete checkpoint is still {self.latest}"
             ) from err
+        self._number, self._saved = number, position
         if not self.dist.is_chief:
             distribute.remove_worker_write_dir(self.directory, self.dist)
-            return None
+            return
         logger.info("saved checkpoint %s", path)
-        return path
 
 
-def _remove_failed_save(directory: str, epoch: int, latest: str | None) -> None:
-    """Delete what a failed save of `ckpt-<epoch>` left in `directory` (never `latest`)."""
+def checkpoint_number(path: str | None) -> int:
+    """N of a `.../ckpt-N` prefix; 0 for None."""
+    match = re.search(r"-(\d+)$", path or "")
+    return int(match.group(1)) if match else 0
+
+
+def _remove_failed_save(directory: str, number: int, latest: str | None) -> None:
+    """Delete what a failed save of `ckpt-<number>` left in `directory` (never `latest`)."""
     if not os.path.isdir(directory):
         return
-    prefix = f"ckpt-{epoch}"
+    prefix = f"ckpt-{number}"
     for entry in os.scandir(directory):
         partial = entry.name.startswith(prefix + ".") and (
             latest is None or os.path.basename(latest) != prefix

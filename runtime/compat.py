@@ -104,3 +104,52 @@ def coordination_config_pb2() -> ModuleType:
             "runtime/compat.py for this TensorFlow"
         )
     return pb2
+
+
+# PreemptionCheckpointHandler (tensorflow/python/distribute/failure_handling/failure_handling.py)
+# platforms on which `run` only calls the step: no signal is ever acted upon there.
+_PASSIVE_PREEMPTION_PLATFORMS = ("GCE_CPU", "GCE_TPU", "INTERNAL_TPU")
+
+
+def preemption_handler_acts(handler) -> bool:
+    """Whether a tf.distribute.experimental.PreemptionCheckpointHandler saves on a signal here.
+
+    TF 2.21's handler detects its platform at construction (`_platform_device`); on GCE CPU and
+    TPU VMs `run` only calls the training step, and on TPUs it uses another mechanism. No
+    public attribute says which.
+
+    Raises:
+      CompatError: the attribute is gone.
+    """
+    platform = getattr(handler, "_platform_device", None)
+    if platform is None or not hasattr(platform, "name"):
+        raise CompatError(
+            "PreemptionCheckpointHandler has no _platform_device: update runtime/compat.py "
+            "for this TensorFlow"
+        )
+    return platform.name not in _PASSIVE_PREEMPTION_PLATFORMS
+
+
+def stop_preemption_watchers(handler) -> None:
+    """Stop a PreemptionCheckpointHandler's watcher threads when training ends without a stop.
+
+    The handler stops them itself before its exit_fn; otherwise only its `__del__` does (the
+    thread watching the peers blocks in the coordination service's key-value store until a
+    worker writes the stop value). Calling them explicitly ends the threads before the process
+    tears the coordination service down.
+
+    Raises:
+      CompatError: the methods are gone.
+    """
+    names = (
+        "_stop_poll_termination_signal_thread",
+        "_stop_cluster_wise_termination_watcher_thread",
+    )
+    missing = [n for n in names if not callable(getattr(handler, n, None))]
+    if missing:
+        raise CompatError(
+            f"PreemptionCheckpointHandler has no {', '.join(missing)}: update "
+            "runtime/compat.py for this TensorFlow"
+        )
+    for name in names:
+        getattr(handler, name)()

@@ -458,6 +458,21 @@ def all_reduce_gradients(grads: Sequence[Any], dist: Distribution) -> list[Any]:
     return reduced
 
 
+def any_worker(flag: bool, dist: Distribution) -> bool:
+    """Whether `flag` is true on any worker; every worker must call this at the same point.
+
+    One all-reduce of one number per replica under MultiWorkerMirroredStrategy (where workers
+    decide by their own clocks or signals but must act together); `flag` itself in one process.
+    """
+    if dist.num_workers == 1:
+        return flag
+    import tensorflow as tf
+
+    strategy = dist.strategy
+    votes = strategy.run(lambda: tf.constant(1.0 if flag else 0.0))
+    return float(strategy.reduce(tf.distribute.ReduceOp.SUM, votes, axis=None)) > 0
+
+
 def describe_worker_failure(exc: BaseException) -> str | None:
     """A one-line explanation when `exc` means a peer worker died or a collective timed out.
 

@@ -1,8 +1,9 @@
-"""Errors the runtime reports to the user as one line (main.py turns them into exit code 1)."""
+"""Errors the runtime reports to the user as one line (main.py turns them into exit code 1, or
+75 for a training run stopped by a signal)."""
 
 from __future__ import annotations
 
-from utils.errors import UserError
+from utils.errors import RESUMABLE, UserError
 
 
 class RunError(UserError, RuntimeError):
@@ -11,3 +12,14 @@ class RunError(UserError, RuntimeError):
 
 class NonFiniteLossError(RunError):
     """The training loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+class TrainingStopped(UserError):
+    """Training stopped on a signal after every worker saved a checkpoint (exit status 75).
+
+    The message is the one line main.py prints: `stopped by SIGTERM at epoch E step S;
+    checkpoint .../ckpt-N; rerun the same command to resume`.
+    """
+
+    exit_code = RESUMABLE
+    heading = ""

@@ -26,7 +26,7 @@ from runtime import components
 from runtime.checkpoint import restore_for_inference
 from runtime.class_names import class_names_for, load_class_names
 from runtime.eval_report import write_eval_report
-from utils.dllogger import ProgressBar
+from utils.progress import ProgressBar
 
 logger = logging.getLogger(__name__)
 

@@ -122,6 +122,7 @@ _POSITIVE_INTS = (
     "predict_top_k",
     "grad_accum_steps",
     "save_checkpoint_freq",
+    "keep_checkpoints",
     "num_epochs_between_eval",
     "n_stages",
     "base_img_size",
@@ -143,6 +144,7 @@ _NON_NEGATIVE = (
     "momentum",
     "benchmark_warmup_steps",
     "raug_num_layers",
+    "save_checkpoint_minutes",
 )
 
 
@@ -161,7 +163,7 @@ def validate(params: dict[str, Any]) -> None:
     for name in _NON_NEGATIVE:
         if params[name] < 0:
             raise FlagError(f"--{name} must be >= 0, got {params[name]}")
-    for name in ("steps_per_epoch", "train_img_size", "eval_img_size"):
+    for name in ("steps_per_epoch", "save_checkpoint_steps", "train_img_size", "eval_img_size"):
         if params[name] is not None and params[name] < 1:
             raise FlagError(f"--{name} must be >= 1, got {params[name]}")
     if params["num_gpus"] is not None and params["num_gpus"] < 0:

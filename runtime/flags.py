@@ -317,6 +317,9 @@ def build_parser() -> FlagParser:
         help="EMA of weights and BN statistics; 0 = off (e.g. 0.9999)",
     )
     g.add_argument("--save_checkpoint_freq", type=int, default=5, help="epochs between checkpoints")
+    g.add_argument("--save_checkpoint_steps", type=int, help="also every N steps (default: off)")
+    g.add_argument("--save_checkpoint_minutes", type=float, default=30.0, help="also every M min")
+    g.add_argument("--keep_checkpoints", type=int, default=3, help="newest checkpoints kept")
     g.add_argument(
         "--resume_checkpoint",
         action=bool_flag,

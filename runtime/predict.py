@@ -29,8 +29,9 @@ from runtime import components, runtimes
 from runtime.checkpoint import restore_for_inference
 from runtime.class_names import trained_classes
 from runtime.errors import RunError
-from utils.dllogger import ProgressBar, print_result
+from utils.dllogger import print_result
 from utils.fileio import atomic_write_text
+from utils.progress import ProgressBar
 
 logger = logging.getLogger(__name__)
 

@@ -115,6 +115,10 @@ class TrainMetrics:
         for var in (self.loss_sum, self.correct, self.count):
             var.assign(0.0)
 
+    def state(self) -> dict[str, tf.Variable]:
+        """The sums by name, for the training checkpoint (a mid-epoch resume keeps them)."""
+        return {"loss_sum": self.loss_sum, "correct": self.correct, "count": self.count}
+
     def result(self) -> dict[str, float]:
         """{"loss", "top1", "count"}; loss is NaN when no step ran."""
         count = float(self.count.numpy())

@@ -2,9 +2,11 @@
 
 `build_run` makes what a run works with (Distribution, model, optimizer with its LR schedule,
 EMA, checkpoint, the stages of runtime.stages, the step configuration of runtime.step);
-`train` runs the epochs: per stage a new input pipeline and a new training step
-(runtime.step.make_train_step), a log line every `log_steps`, a checkpoint and an evaluation
-when due, and at the end the better of the raw and EMA weights exported
+`train` resumes from the newest checkpoint (at its epoch and step) and runs the epochs: per
+stage a new input pipeline (runtime.train_input) and a new training step
+(runtime.step.make_train_step), each step through the graceful stop of runtime.preemption, a
+log line every `log_steps`, a checkpoint (runtime.cadence) and an evaluation when due, and at
+the end the better of the raw and EMA weights exported
 (runtime.checkpoint.save_weights_atomically).
 
 Metric names (DLLogger): train.loss (label-smoothed cross-entropy, without the L2 term),
@@ -26,9 +28,15 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from dataloader import DatasetInfo, build_dataset, dataset_info
+from dataloader import DatasetInfo, dataset_info
 from runtime import advprop, distribute, finetune
-from runtime.checkpoint import TrainingCheckpoint, checkpoint_dir, save_weights_atomically
+from runtime.cadence import CheckpointCadence, after_step
+from runtime.checkpoint import (
+    Position,
+    TrainingCheckpoint,
+    checkpoint_dir,
+    save_weights_atomically,
+)
 from runtime.class_names import save_class_names
 from runtime.components import (
     create_model,
@@ -41,14 +49,17 @@ from runtime.components import (
 )
 from runtime.errors import NonFiniteLossError, RunError
 from runtime.evaluate import evaluate, make_eval_step, without_missing_timing
-from runtime.run_params import TRAINING_MODES, params_filename
-from runtime.stages import Stage, describe_stage, split_at, stage_for_epoch, stages_from_params
+from runtime.preemption import GracefulStop
+from runtime.run_params import params_filename
+from runtime.stages import Stage, split_at, stage_for_epoch, stages_from_params
 from runtime.step import StepConfig, TrainMetrics, make_train_step
-from utils.dllogger import MetricsLogger, ProgressBar
+from runtime.train_input import train_dataset
+from utils.dllogger import MetricsLogger
 from utils.ema import ExponentialMovingAverage
 from utils.fileio import atomic_dir
 from utils.optimizers import OptimizerConfig, build_optimizer, current_learning_rate
 from utils.precision import needs_loss_scaling
+from utils.progress import ProgressBar
 from utils.schedules import build_schedule, with_rewarm
 
 logger = logging.getLogger(__name__)
@@ -83,6 +94,8 @@ class TrainRun:
     num_classes: int
     step_config: StepConfig
     log: MetricsLogger
+    metrics: TrainMetrics
+    cadence: CheckpointCadence
     _eval_step: Callable | None = None
 
     def evaluate(self, desc: str) -> dict[str, float]:
@@ -139,7 +152,16 @@ def build_run(params: Mapping[str, Any]) -> TrainRun:
         )
         decay = params["moving_average_decay"]
         ema = ExponentialMovingAverage(model, decay) if decay > 0 else None
-    checkpoint = TrainingCheckpoint(params["model_dir"], model, optimizer, ema, dist=dist)
+    metrics = TrainMetrics()
+    checkpoint = TrainingCheckpoint(
+        params["model_dir"],
+        model,
+        optimizer,
+        ema,
+        dist=dist,
+        max_to_keep=params["keep_checkpoints"],
+        running=metrics.state(),
+    )
     step_config = StepConfig.from_params(params, advprop_config)
     log = open_metrics_log(
         params, dist.is_chief, append=checkpoint.latest is not None and params["resume_checkpoint"]
@@ -162,6 +184,8 @@ def build_run(params: Mapping[str, Any]) -> TrainRun:
         info.num_classes,
         step_config,
         log,
+        metrics,
+        CheckpointCadence.from_params(params),
     )
 
 
@@ -266,56 +290,6 @@ def _start_from_pretrained(params: Mapping[str, Any], model: keras.Model) -> Non
     finetune.load_pretrained(model, params["pretrained"], params["model"])
 
 
-def epoch_data_seed(seed: int | None, epoch: int | None) -> int | None:
-    """The data seed (shuffle, augmentation, mixing) of 0-based `epoch` of a run seeded `seed`.
-
-    A function of (seed, epoch) only, so a resumed run reads epoch k exactly as the
-    uninterrupted run did; None when the run is not seeded or no epoch is given.
-    """
-    if seed is None or epoch is None:
-        return seed
-    return seed + 7919 * (epoch + 1)
-
-
-def train_dataset(run: TrainRun, stage: Stage, epoch: int | None = None, announce: bool = True):
-    """The distributed, repeated train input of `stage` ([A, B, ...] batches with accumulation).
-
-    With `epoch` (seeded runs) the data seed is that epoch's (`epoch_data_seed`); `announce`
-    logs the stage's settings.
-    """
-    params = run.params
-    defer = params["defer_img_mixing"]
-    cfg = data_config(
-        params,
-        training=True,
-        image_size=stage.image_size,
-        raug_magnitude=stage.raug_magnitude,
-        mixup_alpha=stage.mixup_alpha,
-        cutmix_alpha=stage.cutmix_alpha,
-        seed=epoch_data_seed(params["seed"], epoch),
-    )
-    accum = run.step_config.grad_accum_steps
-
-    def dataset_fn(input_context):
-        dataset = build_dataset(cfg, "train", input_context=input_context, repeat=True)
-        if accum > 1:
-            dataset = dataset.batch(accum, drop_remainder=True)
-        return dataset
-
-    if announce:
-        logger.info(
-            "%s",
-            describe_stage(
-                stage,
-                len(run.stages),
-                params["augmenter_name"],
-                defer,
-                with_epochs=params["mode"] in TRAINING_MODES,
-            ),
-        )
-    return run.dist.strategy.distribute_datasets_from_function(dataset_fn)
-
-
 def _check_finite(loss: float, epoch: int, step: int, run: TrainRun) -> None:
     if not math.isfinite(loss):
         latest = run.checkpoint.latest or "none (no checkpoint was written yet)"
@@ -326,23 +300,26 @@ def _check_finite(loss: float, epoch: int, step: int, run: TrainRun) -> None:
         )
 
 
-def _train_epochs(run: TrainRun, start_epoch: int, with_eval: bool) -> None:
-    """Train from `start_epoch` (finished epochs) to max_epochs, logging and checkpointing."""
-    metrics = TrainMetrics()
+def _train_epochs(run: TrainRun, start: Position, with_eval: bool, stop: GracefulStop) -> None:
+    """Train from `start` (finished epochs, steps into the next) to max_epochs, logging and
+    checkpointing; `stop` saves and raises TrainingStopped on a signal."""
     for stage in run.stages:
-        if stage.end_epoch <= start_epoch:
+        if stage.end_epoch <= start.epoch:
             continue
-        first = max(stage.first_epoch, start_epoch)
+        first = max(stage.first_epoch, start.epoch)
         _apply_freeze(run, stage, first)
         # Seeded runs read every epoch from its own seed, so that a resumed run reads what the
         # uninterrupted one did (the iterator's position is not part of the checkpoint).
         per_epoch = run.params["seed"] is not None
         iterator = None if per_epoch else iter(train_dataset(run, stage))
-        step_fn = _stage_train_step(run, stage, metrics)
+        step_fn = _stage_train_step(run, stage, run.metrics)
         for epoch in range(first, stage.end_epoch):
+            done = start.step if epoch == start.epoch else 0
             if per_epoch:
-                iterator = iter(train_dataset(run, stage, epoch, announce=epoch == first))
-            result, epoch_time = _train_epoch(run, stage, epoch, iterator, step_fn, metrics)
+                iterator = iter(
+                    train_dataset(run, stage, epoch, announce=epoch == first, skip_steps=done)
+                )
+            result, epoch_time = _train_epoch(run, stage, epoch, done, iterator, step_fn, stop)
             _end_epoch(run, stage, epoch + 1, result, epoch_time, with_eval)
         del iterator, step_fn  # drop the stage's pipeline and traced step before the next stage
 
@@ -381,36 +358,45 @@ def _train_epoch(
     run: TrainRun,
     stage: Stage,
     epoch: int,
+    done: int,
     iterator,
     step_fn: Callable,
-    metrics: TrainMetrics,
+    stop: GracefulStop,
 ) -> tuple[dict[str, float], float]:
-    """Run the steps of 0-based `epoch`, logging every log_steps steps and at the end.
+    """Run steps `done` + 1.. of 0-based `epoch`, logging every log_steps steps and at the end,
+    checkpointing when due. With `done` > 0 (resumed mid-epoch) the epoch's running metrics are
+    the checkpoint's.
 
     Returns:
-      The epoch's train metrics (`TrainMetrics.result`) and its wall time in seconds.
+      The epoch's train metrics (`TrainMetrics.result` and the images/s of this process's
+      steps) and the wall time of its steps in seconds.
     """
-    metrics.reset()
+    metrics, steps = run.metrics, run.steps_per_epoch
+    if done == 0:
+        metrics.reset()
     bar = ProgressBar(
-        run.steps_per_epoch,
+        steps,
         desc=f"epoch {epoch + 1}/{run.params['max_epochs']}",
         enabled=run.dist.is_chief,
+        initial=done,
     )
-    interval_start, interval_images, epoch_start = (
-        time.perf_counter(),
-        0.0,
-        time.perf_counter(),
-    )
-    for step in range(1, run.steps_per_epoch + 1):
-        step_fn(next(iterator))
+    interval_start = epoch_start = time.perf_counter()
+    interval_images = 0.0
+    for step in range(done + 1, steps + 1):
+        stop.run(step_fn, next(iterator), Position(epoch, step - 1))
         interval_images += run.global_batch
         bar.update(1)
-        if step % run.params["log_steps"] == 0 or step == run.steps_per_epoch:
+        if step % run.params["log_steps"] == 0 or step == steps:
             now = _log_steps(run, stage, epoch, step, metrics, interval_start, interval_images)
             interval_start, interval_images = now, 0.0
+        if run.cadence.step_due(epoch * steps + step, step, run.dist):
+            position = after_step(epoch, step, steps)
+            run.checkpoint.save(position.epoch, position.step)
+            run.cadence.saved()
     bar.close()
-    result = metrics.result()
-    return result, time.perf_counter() - epoch_start
+    elapsed = time.perf_counter() - epoch_start
+    images_per_sec = (steps - done) * run.global_batch / elapsed if elapsed > 0 else 0.0
+    return {**metrics.result(), "images_per_sec": images_per_sec}, elapsed
 
 
 def _log_steps(
@@ -453,13 +439,14 @@ def _end_epoch(
     """After `done` finished epochs: checkpoint and evaluate when due, log the epoch summary."""
     params = run.params
     max_epochs = params["max_epochs"]
-    if done % params["save_checkpoint_freq"] == 0 or done == max_epochs:
+    if run.cadence.epoch_due(done):
         run.checkpoint.save(done)
+        run.cadence.saved()
     summary = {
         "train.loss": result["loss"],
         "train.top1": result["top1"],
         "train.lr": current_learning_rate(run.optimizer),
-        "train.images_per_sec": run.steps_per_epoch * run.global_batch / epoch_time,
+        "train.images_per_sec": result["images_per_sec"],
         "train.epoch_time_s": epoch_time,
         "stage": stage.index + 1,
     }
@@ -553,22 +540,26 @@ def train(params: Mapping[str, Any], with_eval: bool) -> dict[str, Any]:
     """
     run = build_run(params)
     with run.log:
+        start = Position()
+        if params["resume_checkpoint"] and run.checkpoint.restore_latest() is not None:
+            start = run.checkpoint.position
+            # Records of steps after the checkpoint (a killed run) are logged again below.
+            run.log.drop_after([start.epoch + 1, start.step] if start.step else [start.epoch])
         run.log.log_params(params)
         for name, fmt in _METRIC_FORMATS.items():
             run.log.metadata(name, fmt)
-        start_epoch = 0
-        if params["resume_checkpoint"]:
-            start_epoch = run.checkpoint.restore_latest() or 0
-        if start_epoch:
-            stage = stage_for_epoch(run.stages, start_epoch)
+        if start != Position():
             logger.info(
-                "resuming at epoch %d (stage %d), step %d, learning rate %.6g",
-                start_epoch + 1,
-                stage.index + 1,
+                "resuming at epoch %d step %d (stage %d), global step %d, learning rate %.6g",
+                start.epoch + 1,
+                start.step + 1,
+                stage_for_epoch(run.stages, start.epoch).index + 1,
                 int(run.optimizer.iterations.numpy()),
                 current_learning_rate(run.optimizer),
             )
-        _train_epochs(run, start_epoch, with_eval)
+        with GracefulStop(run.dist, run.checkpoint, run.steps_per_epoch) as stop:
+            _train_epochs(run, start, with_eval, stop)
+            stop.after_training(Position(params["max_epochs"], 0))
         summary = _finish(run, with_eval and not params["skip_eval"])
         run.log.log([], summary)
     return summary

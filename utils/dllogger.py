@@ -18,25 +18,25 @@ builds it for the chief only: other workers get a logger with no sinks, so they 
 
 Every console line takes exactly one of four paths: messages (progress notes, warnings,
 one-line results) go through `logging.getLogger(__name__)` to main.py's stderr handler, metric
-records through a `MetricsLogger` (the `DLL` lines on stdout), progress through a `ProgressBar`
-(stderr), and a mode's result block (a table or summary and where its files went) through
-`print_result` (stdout, for the reader or a pipe); the runtime has no other `print`.
+records through a `MetricsLogger` (the `DLL` lines on stdout), progress through a
+`utils.progress.ProgressBar` (stderr), and a mode's result block (a table or summary and where
+its files went) through `print_result` (stdout, for the reader or a pipe); the runtime has no
+other `print`.
 """
 
 from __future__ import annotations
 
-import collections
 import enum
 import json
 import logging
 import math
 import os
-import statistics
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import IO, Any, Protocol
+
+from utils.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -202,10 +202,52 @@ class JSONStreamSink:
         if self._file is not None:
             self._file.flush()
 
+    def drop_after(self, step: Sequence[int]) -> int:
+        """Remove the progress records after `step` ([epoch, step] or [epoch]: after that epoch's
+        steps) from the file: what a killed run logged past the checkpoint a resumed run starts
+        from (it logs those steps again). Returns how many were removed (a warning says so)."""
+        if self._file is None:
+            raise ValueError(f"metrics log {self.filename} is already closed")
+        self._file.close()
+        with open(self.filename, encoding="utf-8") as f:
+            lines = f.readlines()
+        kept = [line for line in lines if not _logged_after(line, _step_key(step))]
+        if len(kept) < len(lines):
+            atomic_write_text(self.filename, "".join(kept))
+            logger.warning(
+                "%s: removed %d record(s) logged after step %s, where the run resumes",
+                self.filename,
+                len(lines) - len(kept),
+                list(step),
+            )
+        self._file = open(self.filename, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        return len(lines) - len(kept)
+
     def close(self) -> None:  # noqa: D102
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _step_key(step: Sequence[int]) -> tuple[float, float]:
+    """Order of progress steps: [e, s, ...] is step s of epoch e; [e] comes after e's steps."""
+    return (step[0], step[1]) if len(step) > 1 else (step[0], math.inf)
+
+
+def _logged_after(line: str, limit: tuple[float, float]) -> bool:
+    if not line.startswith("DLLL "):
+        return False
+    try:
+        record = json.loads(line[5:])
+    except json.JSONDecodeError:
+        return False
+    step = record.get("step")
+    return (
+        record.get("type") == "LOG"
+        and isinstance(step, list)
+        and bool(step)
+        and (_step_key(step) > limit)
+    )
 
 
 class StdOutSink:
@@ -344,6 +386,11 @@ class MetricsLogger:
         for sink in self.sinks:
             sink.metadata(now, elapsed, metric, meta)
 
+    def drop_after(self, step: Sequence[int]) -> int:
+        """Remove the progress records after `step` from the JSON log (see JSONStreamSink);
+        returns how many were removed."""
+        return sum(s.drop_after(step) for s in self.sinks if hasattr(s, "drop_after"))
+
     def flush(self) -> None:
         """Flush every sink."""
         for sink in self.sinks:
@@ -438,122 +485,3 @@ def print_result(text: str, stream: IO[str] | None = None) -> None:
     stream = stream or sys.stdout
     stream.write(text + "\n")
     stream.flush()
-
-
-def _format_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "--:--"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
-
-
-class ProgressBar:
-    """A console progress bar with rate and ETA: `train 12/50 [#####.....] 3.1 it/s ETA 00:12`.
-
-    The ETA is the median time per step of the last `ETA_WINDOW` updates times the steps left;
-    the first update is left out (it includes tracing / XLA compilation, which made a job of
-    seconds show an ETA of hours), so the ETA is unknown (--:--) until the second update.
-
-    On a terminal it redraws one line; elsewhere (log files, CI) it prints a full line at most
-    every `min_interval` seconds and at the end, so logs stay short.
-
-    Args:
-      total: number of steps, or None when unknown (no bar, no ETA).
-      desc: label at the start of the line.
-      enabled: False on non-chief workers (nothing is printed).
-      stream: where to draw (default sys.stderr at construction).
-      min_interval: seconds between redraws (at least 10 s off a terminal).
-      width: characters of the bar.
-    """
-
-    def __init__(
-        self,
-        total: int | None,
-        desc: str = "",
-        enabled: bool = True,
-        stream: IO[str] | None = None,
-        min_interval: float = 0.5,
-        width: int = 30,
-    ) -> None:
-        self.total = total
-        self.desc = desc
-        self.enabled = enabled
-        self.stream = stream or sys.stderr
-        self._tty = self.stream.isatty()
-        self.min_interval = min_interval if self._tty else max(min_interval, 10.0)
-        self.width = width
-        self.n = 0
-        self.postfix: dict[str, Any] = {}
-        self._start = time.perf_counter()
-        self._last_draw = -math.inf
-        self._closed = False
-        self._drawn_n: int | None = None
-        self._last_update = self._start
-        self._step_times: collections.deque[float] = collections.deque(maxlen=self.ETA_WINDOW)
-
-    ETA_WINDOW = 50
-
-    def eta_seconds(self) -> float:
-        """Seconds left: median seconds per step of recent updates (not the first) x steps left;
-        inf when unknown."""
-        if not self.total or not self._step_times:
-            return math.inf
-        return statistics.median(self._step_times) * max(self.total - self.n, 0)
-
-    def render(self) -> str:
-        """The current line, without carriage return or newline."""
-        elapsed = time.perf_counter() - self._start
-        rate = self.n / elapsed if elapsed > 0 else 0.0
-        parts = [self.desc] if self.desc else []
-        if self.total:
-            filled = int(self.width * min(self.n, self.total) / self.total)
-            parts.append(f"{self.n}/{self.total} [{'#' * filled}{'.' * (self.width - filled)}]")
-        else:
-            parts.append(f"{self.n}")
-        parts.append(f"{rate:.2f} it/s")
-        parts.append(f"elapsed {_format_duration(elapsed)}")
-        if self.total:
-            parts.append(f"ETA {_format_duration(self.eta_seconds())}")
-        parts.extend(
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.postfix.items()
-        )
-        return " ".join(parts)
-
-    def update(self, n: int = 1, **postfix: Any) -> None:
-        """Advance by `n` steps; keyword values (loss=..., lr=...) are shown after the ETA."""
-        now = time.perf_counter()
-        if self.n > 0 and n > 0:
-            self._step_times.append((now - self._last_update) / n)
-        self._last_update = now
-        self.n += n
-        self.postfix.update({k: _to_json_value(v) for k, v in postfix.items()})
-        if not self.enabled:
-            return
-        if now - self._last_draw >= self.min_interval:
-            self._draw(final=False)
-            self._last_draw = now
-
-    def _draw(self, final: bool) -> None:
-        self._drawn_n = self.n
-        line = self.render()
-        if self._tty:
-            # \x1b[K clears what a longer previous line left on the right.
-            self.stream.write("\r" + line + "\x1b[K" + ("\n" if final else ""))
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        """Draw the final state once and end the line."""
-        # Off a terminal, a line already showing the final count is not printed twice.
-        if self.enabled and not self._closed and (self._tty or self._drawn_n != self.n):
-            self._draw(final=True)
-        self._closed = True
-
-    def __enter__(self) -> ProgressBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -7,6 +7,9 @@ once, prints `main.py: error: <message>` and exits with the error's `exit_code`:
 - `BAD_INPUT` (2): bad input found before anything runs or is written. Every user error raised
   inside `before_run()` gets this status, whatever its class.
 - `RUN_FAILED` (1): a run that failed for a reason the user can fix (the default).
+- `RESUMABLE` (75, EX_TEMPFAIL of sysexits.h): training stopped on a signal after writing a
+  checkpoint; running the same command again resumes (runtime/preemption.py). The SLURM jobs
+  requeue themselves on it (scripts/slurm_requeue.sh).
 
 A subclass that callers also catch as a ValueError / OSError / RuntimeError / ImportError keeps
 that class as its second base. This module imports nothing of the project (and no
@@ -21,6 +24,7 @@ from collections.abc import Iterator
 
 BAD_INPUT = 2
 RUN_FAILED = 1
+RESUMABLE = 75
 
 
 class UserError(Exception):
@@ -28,9 +32,11 @@ class UserError(Exception):
 
     Attributes:
       exit_code: the process exit status when this error ends the application.
+      heading: what main.py writes before the message (`main.py: error: <message>`).
     """
 
     exit_code: int = RUN_FAILED
+    heading: str = "error: "
 
 
 class ConfigError(UserError, ValueError):

@@ -29,7 +29,7 @@ def test_roundtrip_restores_weights_optimizer_loss_scale_ema_and_epoch(tmp_path)
         one_step(model, opt, ema)
     opt.dynamic_scale.assign(1024.0)
     path = TrainingCheckpoint(str(tmp_path), model, opt, ema).save(epoch=2)
-    assert path.endswith("ckpt-2")
+    assert path.endswith("ckpt-3")  # numbered by the global step
 
     model2, opt2, ema2 = training_state(1)
     ckpt2 = TrainingCheckpoint(str(tmp_path), model2, opt2, ema2)

@@ -184,7 +184,7 @@ def test_checkpoint_restores_dropout_random_state(tmp_path):
 
 
 def test_epoch_data_seed_depends_only_on_seed_and_epoch():
-    from runtime.train import epoch_data_seed
+    from runtime.train_input import epoch_data_seed
 
     assert epoch_data_seed(None, 3) is None and epoch_data_seed(7, None) == 7
     seeds = {epoch_data_seed(7, e) for e in range(100)}

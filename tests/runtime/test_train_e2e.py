@@ -106,7 +106,8 @@ def check_resumed_run(model_dir, args, saved_epoch):
         # The logged LR is the one of the next update, i.e. schedule(global step).
         assert data["train.lr"] == pytest.approx(float(schedule(global_step)), rel=1e-5)
     assert records[-1]["data"]["global_step"] == 4 * STEPS
-    assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith("ckpt-4")
+    # Numbered by the global step.
+    assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith(f"ckpt-{4 * STEPS}")
 
 
 class _Crash(Exception):
@@ -133,7 +134,7 @@ def test_resume_after_a_crash_continues_step_lr_and_stage(tmp_path, monkeypatch)
     with pytest.raises(_Crash):
         main.main(args)
     monkeypatch.setattr(TrainingCheckpoint, "save", real_save)
-    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-2")
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith(f"ckpt-{2 * STEPS}")
     check_resumed_run(tmp_path, args, saved_epoch=2)
 
 
@@ -150,16 +151,17 @@ def test_resume_after_kill_9_continues_step_lr_and_stage(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    index = tmp_path / "checkpoints" / "ckpt-2.index"
+    index = tmp_path / "checkpoints" / f"ckpt-{2 * STEPS}.index"
     deadline = time.time() + 240
     while not index.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert index.exists(), "the first run never wrote its 2nd checkpoint"
-    # ckpt-2's files may be complete while the `checkpoint` index still names ckpt-1 (killed
-    # in between): then ckpt-1 is the latest, and loadable.
-    saved_epoch = int(tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).rsplit("-", 1)[1])
+    # The 2nd checkpoint's files may be complete while the `checkpoint` index still names the
+    # 1st (killed in between): then the 1st is the latest, and loadable.
+    latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
+    saved_epoch = int(latest.rsplit("-", 1)[1]) // STEPS
     assert saved_epoch in (1, 2, 3)
     check_resumed_run(tmp_path, args, saved_epoch)
 
@@ -167,9 +169,9 @@ def test_resume_after_kill_9_continues_step_lr_and_stage(tmp_path):
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     tmp_path, capsys, monkeypatch
 ):
-    from runtime import train
+    from runtime import train_input
 
-    real_build = train.build_dataset
+    real_build = train_input.build_dataset
     train_builds = []
 
     def poisoned(cfg, split, input_context=None, repeat=None):
@@ -184,7 +186,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
             lambda i, xy: (tf.where(later or i >= STEPS, np.nan, xy[0]), xy[1])
         )
 
-    monkeypatch.setattr(train, "build_dataset", poisoned)
+    monkeypatch.setattr(train_input, "build_dataset", poisoned)
     code = main.main(
         tiny_args(
             tmp_path,
@@ -204,11 +206,13 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
         "main.py: error: training loss became nan at epoch 2, step 2; "
         "stopped without saving. Last good checkpoint: "
     )
-    assert line.endswith("ckpt-1. Lower --lr_init, set --grad_clip_norm, or check the input data")
+    assert line.endswith(
+        f"ckpt-{STEPS}. Lower --lr_init, set --grad_clip_norm, or check the input data"
+    )
     assert sorted(os.listdir(tmp_path / "checkpoints")) == [
         "checkpoint",
-        "ckpt-1.data-00000-of-00001",
-        "ckpt-1.index",
+        f"ckpt-{STEPS}.data-00000-of-00001",
+        f"ckpt-{STEPS}.index",
     ]
     assert not (tmp_path / "model.weights.h5").exists()
     # The epoch before the NaN was logged to TensorBoard too.

@@ -9,13 +9,13 @@ import pytest
 
 from tests.helpers import ROOT
 from utils.dllogger import (
-    ProgressBar,
     Verbosity,
     create_metrics_logger,
     format_step,
     print_result,
     read_log,
 )
+from utils.progress import ProgressBar
 
 
 def _write_run(path, **kwargs):
@@ -173,10 +173,10 @@ def test_progress_bar_redraws_one_line_on_a_terminal():
 
 def test_progress_bar_eta_is_the_median_of_recent_steps_without_the_first(monkeypatch):
     """Step 1 (tracing) takes 100 s, then 1 s per step (one 30 s outlier): ETA = 1 s x steps left."""
-    from utils import dllogger
+    from utils import progress
 
     clock = [0.0]
-    monkeypatch.setattr(dllogger.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
     bar = ProgressBar(total=10, stream=io.StringIO(), enabled=False)
     clock[0] += 100.0
     bar.update()

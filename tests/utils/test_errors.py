@@ -14,7 +14,7 @@ import main
 import runtime
 from runtime import components, distribute
 from tests.helpers import ROOT
-from utils.errors import BAD_INPUT, RUN_FAILED, UserError
+from utils.errors import BAD_INPUT, RESUMABLE, RUN_FAILED, UserError
 
 PACKAGES = ("config", "model", "dataloader", "runtime", "utils", "scripts")
 CFG = os.path.join(ROOT, "config", "efficientnet_v1", "b0_cfg.py")
@@ -84,6 +84,7 @@ def test_the_source_walk_finds_the_known_errors():
         "CompatError",
         "RuntimeUnavailable",
         "ConvertError",
+        "TrainingStopped",
     } <= names, names
 
 
@@ -91,7 +92,7 @@ def test_the_source_walk_finds_the_known_errors():
 def test_every_error_of_the_project_is_a_user_error(module, name):
     cls = user_error(module, name)
     assert issubclass(cls, UserError), f"{module}.{name} does not derive from UserError"
-    assert cls.exit_code in (BAD_INPUT, RUN_FAILED)
+    assert cls.exit_code in (BAD_INPUT, RUN_FAILED, RESUMABLE)
 
 
 @pytest.mark.parametrize(
@@ -129,7 +130,8 @@ def test_main_exits_with_the_errors_status_once_the_run_started(
 
     monkeypatch.setattr(runtime, "run", fail)
     assert run_main(tmp_path / "run") == cls.exit_code
-    assert capsys.readouterr().err == f"main.py: error: {name} raised by the run\n"
+    # "main.py: error: ..."; a run stopped by a signal is no error ("main.py: stopped by ...").
+    assert capsys.readouterr().err == f"main.py: {cls.heading}{name} raised by the run\n"
     assert not (tmp_path / "run" / "train.lock").exists()  # the lock was released
 
 
@@ -144,7 +146,7 @@ def test_main_exits_2_for_any_user_error_before_anything_is_written(
 
     monkeypatch.setattr(components, "data_config", reject)
     assert run_main(tmp_path / "run") == BAD_INPUT
-    assert capsys.readouterr().err == f"main.py: error: {name} found before the run\n"
+    assert capsys.readouterr().err == f"main.py: {cls.heading}{name} found before the run\n"
     assert not (tmp_path / "run").exists()
 
 
@@ -169,3 +171,12 @@ def test_a_bug_is_not_turned_into_a_user_error(monkeypatch, tmp_path):
     with pytest.raises(KeyError, match="a bug"):
         run_main(tmp_path / "run")
     assert not (tmp_path / "run" / "train.lock").exists()
+
+
+def test_only_a_graceful_stop_exits_resumable_and_is_not_called_an_error():
+    """Exit status 75 tells a SLURM job to requeue itself (scripts/slurm_requeue.sh): only the
+    stop on a signal after a checkpoint may use it."""
+    resumable = {n for m, n in USER_ERRORS if user_error(m, n).exit_code == RESUMABLE}
+    assert resumable == {"TrainingStopped"}
+    headings = {user_error(m, n).heading for m, n in USER_ERRORS if n not in resumable}
+    assert headings == {"error: "}
