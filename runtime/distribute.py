@@ -469,7 +469,8 @@ def any_worker(flag: bool, dist: Distribution) -> bool:
     import tensorflow as tf
 
     strategy = dist.strategy
-    votes = strategy.run(lambda: tf.constant(1.0 if flag else 0.0))
+    vote = tf.constant(1.0 if flag else 0.0)
+    votes = strategy.experimental_distribute_values_from_function(lambda _: vote)
     return float(strategy.reduce(tf.distribute.ReduceOp.SUM, votes, axis=None)) > 0
 
 

@@ -7,11 +7,15 @@ with munge, and Open MPI's mpirun, come from `sudo scripts/dev/local_slurm.sh`
 digits, 3 epochs of 100 steps, a checkpoint per epoch.
 
 - `sbatch run_S_multinode.sub` runs to completion;
-- the job cancelled with `scancel` mid-training and submitted again resumes from its last epoch
-  checkpoint and ends with the uninterrupted job's weights, optimizer state and EMA;
+- the job cancelled with `scancel` (SIGTERM) in the middle of epoch 2: both tasks stop at one
+  step with a checkpoint there (runtime/preemption.py); submitted again, it resumes at that step
+  and ends with the uninterrupted job's weights, optimizer state and EMA;
+- `scancel --signal=USR1` (what `#SBATCH --signal=USR1@300` sends before the time limit): the
+  tasks stop likewise and exit 75, and the job requeues itself and resumes;
 - the job requeued by an administrator (`scontrol requeue`, as preemption does) runs again under
   the same job id, resumes, keeps its first run's log, and ends with those weights;
-- `mpirun -np 2 scripts/launch.sh FP32 0 ...` likewise, stopped by SIGTERM to mpirun and rerun;
+- `mpirun -np 2 scripts/launch.sh FP32 0 ...` likewise, stopped by SIGUSR1 or SIGTERM to mpirun
+  (both ranks checkpoint at one step) and rerun;
 - mpirun inside an sbatch job (its ranks inherit the batch shell's SLURM_* variables).
 
 One fast test (no launcher needed) pins the cluster source of mpirun's ranks inside a SLURM
@@ -42,9 +46,10 @@ from tests.helpers.tiny_run import TINY_MPARAMS, TWO_BLOCKS
 
 SUB = "run_S_multinode.sub"
 EPOCHS = 3
+STEPS = 100  # per epoch
 TINY_ARGS = (
     f"--mparams {TINY_MPARAMS},{TWO_BLOCKS} --dataset digits --n_stages 1 --train_img_size 32"
-    f" --eval_img_size 32 --augmenter_name none --max_epochs {EPOCHS} --steps_per_epoch 100"
+    f" --eval_img_size 32 --augmenter_name none --max_epochs {EPOCHS} --steps_per_epoch {STEPS}"
     " --save_checkpoint_freq 1 --log_steps 50 --lr_init 0.05 --lr_warmup_epochs 0"
     " --moving_average_decay 0.99 --seed 1"
 )
@@ -186,23 +191,36 @@ def wait_for_first_checkpoint(results_dir, alive: Callable[[], bool], timeout: f
     deadline = time.monotonic() + timeout
     while True:
         with contextlib.suppress(FileNotFoundError), open(index) as f:
-            if '"ckpt-1"' in f.read():
+            if f'"ckpt-{STEPS}"' in f.read():  # numbered by the global step
                 return
         assert alive(), "the run ended before its epoch-1 checkpoint"
         assert time.monotonic() < deadline, f"no epoch-1 checkpoint after {timeout} s"
         time.sleep(0.2)
 
 
+MID_EPOCH_2 = f"Epoch: 2 Step: {STEPS // 2} "  # the DLL line of step 50 of epoch 2
+
+
+def wait_for_text(read: Callable[[], str], text: str, alive: Callable[[], bool], timeout=600):
+    """Wait until `read()` (a job's output) contains `text`, while `alive()`."""
+    deadline = time.monotonic() + timeout
+    while text not in read():
+        assert alive(), f"the run ended before {text!r}"
+        assert time.monotonic() < deadline, f"no {text!r} after {timeout} s"
+        time.sleep(0.2)
+
+
 def final_state(results_dir) -> dict[str, np.ndarray]:
-    """Every value of the last checkpoint (weights, optimizer slots, EMA, BN statistics, step)."""
+    """Every value of the last checkpoint (weights, optimizer slots, EMA, BN statistics, step,
+    position, running metrics), but the count of saves (a stop adds one)."""
     import tensorflow as tf
 
-    prefix = os.path.join(results_dir, "checkpoints", f"ckpt-{EPOCHS}")
+    prefix = os.path.join(results_dir, "checkpoints", f"ckpt-{EPOCHS * STEPS}")
     reader = tf.train.load_checkpoint(prefix)
     return {
         name: reader.get_tensor(name)
         for name, _ in tf.train.list_variables(prefix)
-        if not name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH")
+        if not name.startswith(("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter"))
     }
 
 
@@ -233,6 +251,34 @@ def assert_same_training(ours_dir, reference_dir) -> float:
     for a, b in zip(exported_weights(ours_dir), exported_weights(reference_dir), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     return largest
+
+
+STOP_LINE = re.compile(
+    r"main\.py: stopped by (SIG\w+|a signal to another worker) at epoch (\d+) step (\d+); "
+    r"checkpoint (\S+); rerun the same command to resume"
+)
+
+
+def assert_stopped_mid_training(log: str, signal_name: str, results_dir) -> str:
+    """Both tasks stopped with one line each, at the same step, with one checkpoint at that step
+    (its recorded position says so) and no lock left; returns "epoch E step S"."""
+    import tensorflow as tf
+
+    lines = STOP_LINE.findall(log)
+    assert len(lines) == 2, log[-6000:]
+    assert signal_name in {name for name, *_ in lines}, lines
+    assert len({tuple(rest) for _, *rest in lines}) == 1, lines  # same epoch, step, checkpoint
+    epoch, step, path = int(lines[0][1]), int(lines[0][2]), lines[0][3]
+    assert 1 <= step <= STEPS and (epoch - 1) * STEPS + step < EPOCHS * STEPS, lines
+    assert path == os.path.join(results_dir, "checkpoints", f"ckpt-{(epoch - 1) * STEPS + step}")
+    reader = tf.train.load_checkpoint(path)
+    at = (
+        int(reader.get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE")),
+        int(reader.get_tensor("progress/step_in_epoch/.ATTRIBUTES/VARIABLE_VALUE")),
+    )
+    assert at in ((epoch - 1, step), (epoch, 0)), at  # (E - 1, S), or the end of epoch E
+    assert not os.path.exists(os.path.join(results_dir, "train.lock"))
+    return f"epoch {epoch} step {step}"
 
 
 def assert_completed(info: dict[str, str], job: Job) -> None:
@@ -269,7 +315,7 @@ def test_sbatch_job_trains_to_completion(slurm_reference):
     # Training moved the weights far beyond the comparison tolerance of the tests below.
     import tensorflow as tf
 
-    first = tf.train.load_checkpoint(str(results / "checkpoints" / "ckpt-1"))
+    first = tf.train.load_checkpoint(str(results / "checkpoints" / f"ckpt-{STEPS}"))
     moved = max(
         float(np.max(np.abs(first.get_tensor(k) - v), initial=0.0))
         for k, v in final_state(results).items()
@@ -286,7 +332,7 @@ def test_scancel_then_resubmit_ends_with_the_uninterrupted_weights(tmp_path, slu
     env = job_env(results)
     first = Job(env, tmp_path / "first.out")
     try:
-        wait_for_first_checkpoint(results, alive=lambda: first.state() in ACTIVE)
+        wait_for_text(first.log, MID_EPOCH_2, alive=lambda: first.state() in ACTIVE)
         first.cancel()
         cancelled_at = time.monotonic()
         info = first.wait_done(timeout=120)
@@ -294,17 +340,19 @@ def test_scancel_then_resubmit_ends_with_the_uninterrupted_weights(tmp_path, slu
     finally:
         first.cancel()
     assert info["JobState"] == "CANCELLED", first.tail()
-    assert not (results / "checkpoints" / f"ckpt-{EPOCHS}.index").exists(), "not mid-training"
+    # SIGTERM to the tasks: both finish their step, checkpoint there and exit (75).
+    stopped_at = assert_stopped_mid_training(first.log(), "SIGTERM", results)
     assert not (results / "model.weights.h5").exists()
 
     again = Job(env, tmp_path / "again.out")
     info = again.wait_done(timeout=600)
     assert_completed(info, again)
-    assert re.search(r"ckpt-\d \(epoch \d\)", again.log()), again.tail()
+    assert f"({stopped_at})" in again.log(), again.tail()  # "resumed from .../ckpt-N (...)"
     largest = assert_same_training(results, reference)
     print(
-        f"job {first.id} gone {stop_s:.1f} s after scancel; resubmitted job {again.id} finished "
-        f"{time.monotonic() - again.submitted:.1f} s after sbatch; largest difference {largest:g}"
+        f"job {first.id} gone {stop_s:.1f} s after scancel, stopped at {stopped_at}; resubmitted "
+        f"job {again.id} finished {time.monotonic() - again.submitted:.1f} s after sbatch; "
+        f"largest difference {largest:g}"
     )
 
 
@@ -374,25 +422,32 @@ def test_job_requeues_itself_on_the_resumable_exit_status(slurm, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 20, next step: main.py does not yet stop on SIGUSR1 with a checkpoint and "
-    "exit 75 (today SIGUSR1 ends it at once), so the job cannot requeue itself",
-)
 def test_warning_signal_checkpoints_and_the_job_requeues_itself(tmp_path, slurm_reference):
-    """What `#SBATCH --signal=USR1@300` does before the time limit, sent now by scancel."""
+    """What `#SBATCH --signal=USR1@300` does before the time limit, sent now by scancel: both
+    tasks stop at one step with a checkpoint and exit 75 (srun --kill-on-bad-exit's SIGTERM to
+    the later one does not turn that into a failure); the job requeues itself and resumes."""
     results = tmp_path / "run"
     job = Job(job_env(results), tmp_path / "job.out")
     try:
-        wait_for_first_checkpoint(results, alive=lambda: job.state() in ACTIVE)
+        wait_for_text(job.log, MID_EPOCH_2, alive=lambda: job.state() in ACTIVE)
         job.cancel("--signal=USR1")  # to the job steps (the training tasks), as --signal does
+        signalled_at = time.monotonic()
         release_requeued(job, timeout=120)
+        requeued_s = time.monotonic() - signalled_at
         info = job.wait_done(timeout=600)
     finally:
         job.cancel()
     assert_completed(info, job)
-    assert "exit 75): requeueing job" in job.log(), job.tail()
-    assert_same_training(results, slurm_reference[0])
+    log = job.log()
+    assert f"(exit 75): requeueing job {job.id}" in log, job.tail()
+    first_run = log[: log.index(f"job {job.id} run 2")]
+    stopped_at = assert_stopped_mid_training(first_run, "SIGUSR1", results)
+    assert f"({stopped_at})" in log[len(first_run) :], job.tail()  # resumed there
+    largest = assert_same_training(results, slurm_reference[0])
+    print(
+        f"job {job.id} stopped at {stopped_at} and was requeued {requeued_s:.1f} s after "
+        f"SIGUSR1; largest difference {largest:g}"
+    )
 
 
 @pytest.mark.slow
@@ -414,13 +469,14 @@ def test_mpirun_inside_an_sbatch_job(slurm, mpirun, tmp_path):
 # --- mpirun -----------------------------------------------------------------------------------
 
 
-def mpirun_command() -> list[str]:
+def mpirun_command(*mpirun_args: str) -> list[str]:
     # --allow-run-as-root: containers and CI often run as root; --oversubscribe: 2 ranks on
     # fewer cores. scripts/launch.sh reads MODEL_DIR, PYTHON and EXTRA_ARGS from the environment.
     return [
         "mpirun",
         "-np",
         "2",
+        *mpirun_args,
         "--allow-run-as-root",
         "--oversubscribe",
         "scripts/launch.sh",
@@ -433,10 +489,10 @@ def mpirun_command() -> list[str]:
     ]
 
 
-def start_mpirun(env: dict[str, str], log_path) -> subprocess.Popen:
+def start_mpirun(env: dict[str, str], log_path, *mpirun_args: str) -> subprocess.Popen:
     log = open(log_path, "w")  # noqa: SIM115 - closed by `finish_mpirun`
     proc = subprocess.Popen(
-        mpirun_command(),
+        mpirun_command(*mpirun_args),
         cwd=ROOT,
         env=env,
         stdout=log,
@@ -476,31 +532,51 @@ def test_mpirun_trains_to_completion(mpirun_reference):
     print(f"mpirun -np 2: {seconds:.1f} s")
 
 
+# Open MPI 4.1's mpirun forwards SIGUSR1 (and SIGUSR2) to the ranks as they are. SIGTERM and
+# SIGINT make it abort the job: SIGCONT to the ranks, then SIGTERM after odls_base_sigkill_timeout
+# seconds (default 1), then SIGKILL after as many more; the ranks need that long to stop.
+MPIRUN_STOPS = {
+    "SIGUSR1": ((), 75),
+    "SIGTERM": (("--mca", "odls_base_sigkill_timeout", "5"), 1),
+}
+
+
 @pytest.mark.slow
-def test_mpirun_stopped_then_rerun_ends_with_the_uninterrupted_weights(tmp_path, mpirun_reference):
+@pytest.mark.parametrize("signal_name", sorted(MPIRUN_STOPS))
+def test_mpirun_stopped_then_rerun_ends_with_the_uninterrupted_weights(
+    tmp_path, mpirun_reference, signal_name
+):
+    """A signal to mpirun reaches both ranks; they stop at one step with a checkpoint; the same
+    command again resumes there and ends with the uninterrupted run's weights."""
+    mpirun_args, status = MPIRUN_STOPS[signal_name]
     results = tmp_path / "run"
     env = job_env(results)
-    proc = start_mpirun(env, tmp_path / "first.log")
+    proc = start_mpirun(env, tmp_path / "first.log", *mpirun_args)
     try:
-        wait_for_first_checkpoint(results, alive=lambda: proc.poll() is None)
-        proc.send_signal(signal.SIGTERM)  # what `kill <mpirun pid>` or a batch system does
-        stopped_at = time.monotonic()
+        wait_for_text(
+            lambda: open(proc.log_file.name).read(),
+            "Epoch: 1 Step: 50 ",
+            alive=lambda: proc.poll() is None,
+        )
+        proc.send_signal(getattr(signal, signal_name))  # `kill -TERM <mpirun pid>`, ...
+        signalled_at = time.monotonic()
         rc, log = finish_mpirun(proc, timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    stop_s = time.monotonic() - stopped_at
-    assert rc != 0, log[-6000:]
-    assert not (results / "checkpoints" / f"ckpt-{EPOCHS}.index").exists(), "not mid-training"
+    stop_s = time.monotonic() - signalled_at
+    assert rc == status, log[-6000:]
+    stopped_at = assert_stopped_mid_training(log, signal_name, results)
 
     started = time.monotonic()
     rc, log = finish_mpirun(start_mpirun(env, tmp_path / "again.log"), timeout=600)
     assert rc == 0, log[-6000:]
-    assert re.search(r"ckpt-\d \(epoch \d\)", log), log[-6000:]
+    assert f"({stopped_at})" in log, log[-6000:]  # "resumed from .../ckpt-N (...)"
     largest = assert_same_training(results, mpirun_reference[0])
     print(
-        f"mpirun exited {stop_s:.1f} s after SIGTERM (status {proc.returncode}); the rerun took "
-        f"{time.monotonic() - started:.1f} s; largest difference {largest:g}"
+        f"mpirun exited {stop_s:.1f} s after {signal_name} (status {status}), stopped at "
+        f"{stopped_at}; the rerun took {time.monotonic() - started:.1f} s; largest difference "
+        f"{largest:g}"
     )
 
 
