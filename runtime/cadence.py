@@ -46,7 +46,10 @@ class CheckpointCadence:
     every_steps: int | None = None
     every_minutes: float = 0.0
     check_every: int = 100
-    _last_save: float = dataclasses.field(default_factory=time.monotonic)
+    _last_save: float = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._last_save = time.monotonic()
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> CheckpointCadence:

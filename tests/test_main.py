@@ -355,6 +355,10 @@ def test_bad_mparams_value_exits_2_and_writes_nothing(run_main, tmp_path, mparam
         (["--log_filename", ".."], r"--log_filename must be a file name"),
         (["--max_image_pixels", "0"], r"--max_image_pixels must be >= 1"),
         (["--raug_num_layers", "-1"], r"--raug_num_layers must be >= 0"),
+        (["--save_checkpoint_steps", "0"], r"--save_checkpoint_steps must be >= 1, got 0"),
+        (["--save_checkpoint_minutes", "-1"], r"--save_checkpoint_minutes must be >= 0"),
+        (["--save_checkpoint_minutes", "inf"], r"--save_checkpoint_minutes must be a finite"),
+        (["--keep_checkpoints", "0"], r"--keep_checkpoints must be >= 1, got 0"),
     ],
 )
 def test_bad_flag_values_exit_2_and_write_nothing(run_main, tmp_path, argv, message):

@@ -1,6 +1,7 @@
 """A small model with BatchNorm, a loss-scaled RMSprop and an EMA: the training state that
 runtime.checkpoint saves and restores (tests/runtime/test_checkpoint.py and the checkpoint
-writer it kills, tests/helpers/programs/checkpoint_writer.py)."""
+writer it kills, tests/helpers/programs/checkpoint_writer.py); `checkpoint_values` reads back
+every value of a checkpoint, `assert_same_values` compares two runs' checkpoints."""
 
 from __future__ import annotations
 
@@ -38,3 +39,24 @@ def one_step(model, opt, ema):
     opt.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
     if ema is not None:
         ema.update(opt.iterations)
+
+
+def checkpoint_values(prefix: str) -> dict[str, np.ndarray]:
+    """Every value of a training checkpoint (weights, optimizer slots, EMA, BN statistics,
+    position, running metrics, random state), without the count of saves (a stop adds one)."""
+    reader = tf.train.load_checkpoint(prefix)
+    return {
+        name: reader.get_tensor(name)
+        for name, _ in tf.train.list_variables(prefix)
+        if not name.startswith(("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter"))
+    }
+
+
+def assert_same_values(prefix: str, reference: str) -> int:
+    """The checkpoint `prefix` holds exactly (bit for bit) the values of `reference`; returns
+    how many numbers were compared."""
+    ours, theirs = checkpoint_values(prefix), checkpoint_values(reference)
+    assert ours.keys() == theirs.keys()
+    for name, value in theirs.items():
+        np.testing.assert_array_equal(ours[name], value, err_msg=name)
+    return sum(v.size for v in theirs.values())

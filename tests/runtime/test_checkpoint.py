@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from runtime.checkpoint import TrainingCheckpoint, restore_for_inference
+from runtime.checkpoint import (
+    Position,
+    TrainingCheckpoint,
+    checkpoint_dir,
+    random_state,
+    restore_for_inference,
+)
 from runtime.errors import RunError
 from tests.helpers import ROOT
 from tests.helpers.checkpoint_state import bn_model, one_step, training_state
@@ -41,6 +47,51 @@ def test_roundtrip_restores_weights_optimizer_loss_scale_ema_and_epoch(tmp_path)
     for a, b in zip(opt.variables, opt2.variables, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     for a, b in zip(ema.shadows, ema2.shadows, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_numbers_follow_the_global_step_and_never_repeat(tmp_path):
+    """Epoch, step and stop checkpoints share one sequence: N = optimizer updates, or one more
+    than the last when no update happened since (float16 skips); the same position twice is
+    written once. A later run in the folder restores the position and continues the numbers."""
+    model, opt, ema = training_state(0)
+    ckpt = TrainingCheckpoint(str(tmp_path), model, opt, ema, max_to_keep=10)
+    for _ in range(2):
+        one_step(model, opt, ema)
+    assert ckpt.save(0, 2).endswith("ckpt-2")
+    assert ckpt.save(0, 2).endswith("ckpt-2")  # nothing trained since: not written again
+    assert ckpt.save(1, 0).endswith("ckpt-3")  # no update since (a skipped step)
+    one_step(model, opt, ema)
+    assert ckpt.save(1, 1).endswith("ckpt-4") and ckpt.last_saved.endswith("ckpt-4")
+    assert sorted(n for n in os.listdir(tmp_path / "checkpoints") if n.endswith(".index")) == [
+        "ckpt-2.index",
+        "ckpt-3.index",
+        "ckpt-4.index",
+    ]
+    model2, opt2, ema2 = training_state(1)
+    again = TrainingCheckpoint(str(tmp_path), model2, opt2, ema2)
+    assert again.restore_latest() == 1 and again.position == Position(1, 1)
+    assert again.save(1, 1).endswith("ckpt-4")  # the restored position: nothing to write
+    assert again.save(1, 2).endswith("ckpt-5")
+
+
+def test_a_checkpoint_without_a_position_in_the_epoch_resumes_at_the_epoch_start(tmp_path):
+    """Checkpoints written before step-level saves have `epoch` but no `progress`: they stay
+    resumable (every object but the new one must still be found)."""
+    model, opt, ema = training_state(0)
+    one_step(model, opt, ema)
+    old_layout = tf.train.Checkpoint(
+        model=model,
+        optimizer=opt,
+        epoch=tf.Variable(4, dtype=tf.int64),
+        rng=random_state(model),
+        ema=ema,
+    )
+    tf.train.CheckpointManager(old_layout, checkpoint_dir(str(tmp_path)), 3).save(4)
+    model2, opt2, ema2 = training_state(1)
+    ckpt = TrainingCheckpoint(str(tmp_path), model2, opt2, ema2)
+    assert ckpt.restore_latest() == 4 and ckpt.position == Position(4, 0)
+    for a, b in zip(model.weights, model2.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 

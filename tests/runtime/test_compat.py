@@ -69,3 +69,26 @@ def test_worker_identity_reads_no_strategy_internals():
     assert dist.strategy is tf.distribute.get_strategy()
     assert dist.num_workers == 1
     assert dist.is_chief
+
+
+def test_preemption_handler_accesses_are_checked(tmp_path):
+    """The platform the handler acts on and its watcher threads, on TF 2.21's handler."""
+    from tensorflow.python.distribute.failure_handling import failure_handling_util
+
+    platforms = {p.name for p in failure_handling_util.PlatformDevice}
+    assert set(compat._PASSIVE_PREEMPTION_PLATFORMS) <= platforms
+    handler = tf.distribute.experimental.PreemptionCheckpointHandler(
+        None,
+        tf.train.CheckpointManager(tf.train.Checkpoint(), str(tmp_path / "unused"), 1),
+        termination_config=tf.distribute.experimental.TerminationConfig(
+            termination_watcher_fn=lambda: False, exit_fn=lambda: None, grace_period=0
+        ),
+    )
+    assert compat.preemption_handler_acts(handler)  # not a GCE CPU/TPU VM
+    compat.stop_preemption_watchers(handler)
+    assert handler._poll_termination_signal_thread is None  # the polling thread ended
+    compat.stop_preemption_watchers(handler)  # again: nothing left to stop
+    with pytest.raises(compat.CompatError, match="no _platform_device"):
+        compat.preemption_handler_acts(object())
+    with pytest.raises(compat.CompatError, match="no _stop_poll_termination_signal_thread"):
+        compat.stop_preemption_watchers(object())

@@ -11,7 +11,9 @@ Slow (`-m slow`), through `python main.py`:
   MirroredStrategy over two logical CPU replicas (tests/helpers/programs/two_replica_main.py):
   the same global batch (2 x 4), the same LR;
 - after a worker is killed mid-epoch, running the same commands again resumes from the last
-  checkpoint on every worker and finishes the run.
+  checkpoint on every worker and finishes the run;
+- SIGTERM to one worker stops both at one step with a checkpoint (runtime/preemption.py); the
+  same commands again end with the uninterrupted run's values.
 
 Synthetic data repeats one seeded batch per replica and dropout / stochastic depth are off, so
 the main.py runs are deterministic and comparable.
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +35,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import ROOT
+from tests.helpers.checkpoint_state import assert_same_values, checkpoint_values
 from tests.helpers.processes import cpu_env
 from tests.helpers.tiny_run import TINY_MPARAMS
 
@@ -133,17 +138,6 @@ def kill_when(ready: Callable[[], bool], workers: list[subprocess.Popen], timeou
     return rc, log, detected_after
 
 
-def checkpoint_values(prefix: str) -> dict[str, np.ndarray]:
-    import tensorflow as tf
-
-    reader = tf.train.load_checkpoint(prefix)
-    return {
-        name: reader.get_tensor(name)
-        for name, _ in tf.train.list_variables(prefix)
-        if not name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH")
-    }
-
-
 def summary(model_dir) -> dict:
     with open(os.path.join(model_dir, "log.json")) as f:
         records = [json.loads(line[len("DLLL ") :]) for line in f if line.startswith("DLLL ")]
@@ -225,7 +219,7 @@ def test_two_workers_match_one_process_with_the_same_global_batch(tmp_path):
     assert "2 worker(s), 2 replica(s) in sync, chief=True" in results[0][1]
     assert "1 worker(s), 2 replica(s) in sync" in results[2][1]
 
-    final = os.path.join("checkpoints", "ckpt-2")
+    final = os.path.join("checkpoints", "ckpt-4")  # numbered by the global step
     ours, reference = (
         checkpoint_values(str(workers_dir / final)),
         checkpoint_values(str(single_dir / final)),
@@ -240,7 +234,7 @@ def test_two_workers_match_one_process_with_the_same_global_batch(tmp_path):
             assert np.array_equal(ours[name], value), name
     assert compared > 30_000  # every weight, optimizer slot and BN statistic
     # Training moved the weights by far more than the tolerance.
-    first = checkpoint_values(str(workers_dir / "checkpoints" / "ckpt-1"))
+    first = checkpoint_values(str(workers_dir / "checkpoints" / "ckpt-2"))
     moved = max(float(np.max(np.abs(first[k] - v))) for k, v in ours.items() if v.dtype.kind == "f")
     assert moved > 1e-3
     # Only the chief keeps files: no per-worker temporary checkpoint directory is left behind.
@@ -258,23 +252,81 @@ def test_killed_worker_fails_fast_and_the_same_command_resumes(tmp_path):
     args = train_args(model_dir, "--max_epochs", "3", "--steps_per_epoch", "60")
     ports = free_ports(2)
     workers = start_workers(ports, lambda i: ["main.py", *args], tmp_path, "first")
-    index = model_dir / "checkpoints" / "checkpoint"  # rewritten last, once ckpt-1 is complete
+    index = model_dir / "checkpoints" / "checkpoint"  # rewritten last, once ckpt-60 is complete
 
     def first_checkpoint_done() -> bool:
-        return index.exists() and '"ckpt-1"' in index.read_text()
+        return index.exists() and '"ckpt-60"' in index.read_text()
 
     rc, log, detected_after = kill_when(first_checkpoint_done, workers, timeout=180)
     assert rc == 1, log[-3000:]
     assert "main.py: error: a worker of the multi-worker job failed or stopped responding" in log
     assert "restart the same command on every worker" in log
-    assert not (model_dir / "checkpoints" / "ckpt-3.index").exists()
+    assert not (model_dir / "checkpoints" / "ckpt-180.index").exists()
 
     # The same commands again: every worker restores epoch 1 and training completes.
     workers = start_workers(ports, lambda i: ["main.py", *args], tmp_path, "again")
     results = [finish(p, timeout=240) for p in workers]
     for rc, log in results:
         assert rc == 0, log[-3000:]
-        assert "ckpt-1 (epoch 1)" in log, log[-3000:]
-    assert (model_dir / "checkpoints" / "ckpt-3.index").exists()
+        assert "ckpt-60 (end of epoch 1)" in log, log[-3000:]
+    assert (model_dir / "checkpoints" / "ckpt-180.index").exists()
     assert summary(model_dir)["global_step"] == 180
     print(f"surviving worker failed {detected_after:.1f}s after the kill")
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_worker_stops_both_at_one_step_and_the_rerun_matches(tmp_path):
+    """SIGTERM to the non-chief worker only: both finish their step, save a checkpoint at the
+    same step (PreemptionCheckpointHandler aligns them) and exit 75 with one line each, the
+    lock released; the same commands again end with the uninterrupted run's values, bit for
+    bit. Before: a multi-worker process ignored SIGTERM (TF's preemption notifier took it)."""
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+
+    def args(model_dir):
+        # The bundled digits (data order matters), a checkpoint per epoch, logs every 10 steps.
+        return [
+            "main.py",
+            *train_args(model_dir, "--max_epochs", "2", "--steps_per_epoch", "40"),
+            *("--dataset", "digits", "--log_steps", "10", "--moving_average_decay", "0.9"),
+        ]
+
+    ports = free_ports(2)
+    for rc, log in [
+        finish(p, 300) for p in start_workers(ports, lambda i: args(reference), tmp_path, "ref")
+    ]:
+        assert rc == 0, log[-3000:]
+    workers = start_workers(ports, lambda i: args(resumed), tmp_path, "first")
+    chief_log = tmp_path / "first_worker0.log"
+    deadline = time.monotonic() + 240
+    while "Epoch: 2 Step: 10 " not in chief_log.read_text():
+        assert all(p.poll() is None for p in workers) and time.monotonic() < deadline
+        time.sleep(0.1)
+    workers[1].send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    results = [finish(p, timeout=120) for p in workers]
+    stop_s = time.monotonic() - sent
+    lines = []
+    for rc, log in results:
+        assert rc == 75, log[-3000:]
+        lines += [line for line in log.splitlines() if line.startswith("main.py:")]
+    assert len(lines) == 2, lines
+    stop = re.compile(r"main\.py: stopped by (.+) at (epoch 2 step \d+); checkpoint (\S+); ")
+    (chief_by, chief_at, chief_path), (worker_by, worker_at, worker_path) = (
+        stop.match(line).groups() for line in lines
+    )
+    assert (chief_by, worker_by) == ("a signal to another worker", "SIGTERM")
+    assert (
+        chief_at == worker_at
+        and chief_path == worker_path
+        and os.path.exists(chief_path + ".index")
+    )
+    assert not (resumed / "train.lock").exists()
+    assert stop_s < 60
+
+    workers = start_workers(ports, lambda i: args(resumed), tmp_path, "again")
+    for rc, log in [finish(p, timeout=300) for p in workers]:
+        assert rc == 0, log[-3000:]
+        assert f"({chief_at})" in log, log[-3000:]  # resumed at that step
+    final = os.path.join("checkpoints", "ckpt-80")
+    assert_same_values(str(resumed / final), str(reference / final))
+    print(f"both workers exited 75 {stop_s:.1f} s after SIGTERM, stopped at {chief_at}")

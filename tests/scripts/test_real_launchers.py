@@ -42,6 +42,7 @@ import pytest
 
 from runtime.cluster import resolve_cluster
 from tests.helpers import ROOT
+from tests.helpers.checkpoint_state import checkpoint_values
 from tests.helpers.tiny_run import TINY_MPARAMS, TWO_BLOCKS
 
 SUB = "run_S_multinode.sub"
@@ -213,15 +214,7 @@ def wait_for_text(read: Callable[[], str], text: str, alive: Callable[[], bool],
 def final_state(results_dir) -> dict[str, np.ndarray]:
     """Every value of the last checkpoint (weights, optimizer slots, EMA, BN statistics, step,
     position, running metrics), but the count of saves (a stop adds one)."""
-    import tensorflow as tf
-
-    prefix = os.path.join(results_dir, "checkpoints", f"ckpt-{EPOCHS * STEPS}")
-    reader = tf.train.load_checkpoint(prefix)
-    return {
-        name: reader.get_tensor(name)
-        for name, _ in tf.train.list_variables(prefix)
-        if not name.startswith(("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter"))
-    }
+    return checkpoint_values(os.path.join(results_dir, "checkpoints", f"ckpt-{EPOCHS * STEPS}"))
 
 
 def exported_weights(results_dir) -> list[np.ndarray]:

@@ -1,7 +1,6 @@
 import ast
 import io
 import json
-import math
 import os
 
 import numpy as np
@@ -15,7 +14,6 @@ from utils.dllogger import (
     print_result,
     read_log,
 )
-from utils.progress import ProgressBar
 
 
 def _write_run(path, **kwargs):
@@ -96,6 +94,34 @@ def test_append_after_a_killed_run_drops_its_torn_line(tmp_path):
     assert path.read_text().count("DLLL ") == 10
 
 
+def test_a_resumed_run_drops_what_the_killed_run_logged_after_its_checkpoint(tmp_path, caplog):
+    """Killed at epoch 2 step 30 after a checkpoint at step 20: the resumed run logs steps 21-30
+    again, so the earlier records of those steps go (a warning says how many); records before
+    the checkpoint, of other kinds and the resumed run's own stay."""
+    path = tmp_path / "log.json"
+    with create_metrics_logger(str(path), stream=io.StringIO()) as mlog:
+        mlog.log_params({"lr_init": 0.1})
+        for epoch, step in ((1, 10), (1, 20), (1, 30)):
+            mlog.log([epoch, step], {"train.loss": float(step)})
+        mlog.log([1], {"val.top1": 0.5})
+        for step in (10, 20, 30):
+            mlog.log([2, step], {"train.loss": float(step)})
+    with create_metrics_logger(str(path), stream=io.StringIO(), append=True) as mlog:
+        assert mlog.drop_after([2, 20]) == 1
+        mlog.log_params({"lr_init": 0.1})
+        mlog.log([2, 30], {"train.loss": 3.0})
+    steps = [r["step"] for r in read_log(str(path))]
+    assert steps == ["PARAMETER", [1, 10], [1, 20], [1, 30], [1], [2, 10], [2, 20]] + [
+        "PARAMETER",
+        [2, 30],
+    ]
+    assert "removed 1 record(s) logged after step [2, 20]" in caplog.text
+    # At an epoch boundary ([1]: after epoch 1's steps) the whole next epoch goes.
+    with create_metrics_logger(str(path), stream=io.StringIO(), append=True) as mlog:
+        assert mlog.drop_after([1]) == 3
+    assert [r["step"] for r in read_log(str(path))][-2:] == [[1], "PARAMETER"]
+
+
 def test_a_new_log_keeps_the_earlier_one_aside(tmp_path):
     path = tmp_path / "log.json"
     _write_run(path, stream=io.StringIO())
@@ -133,61 +159,6 @@ def test_format_step():
     assert format_step([]) == "Summary:"
     assert format_step([2, 30]) == "Epoch: 2 Step: 30"
     assert format_step((1, 5, 7)) == "Epoch: 1 Step: 5 Eval step: 7"
-
-
-def test_progress_bar_eta_and_output():
-    out = io.StringIO()
-    bar = ProgressBar(total=4, desc="train", stream=out, min_interval=0.0)
-    assert bar.eta_seconds() == math.inf
-    for _ in range(2):
-        bar.update(loss=np.float32(1.5))
-    assert 0 <= bar.eta_seconds() < 60
-    bar.update(2)
-    bar.close()
-    lines = out.getvalue().splitlines()
-    assert lines[-1].startswith("train 4/4 [" + "#" * 30 + "]")
-    assert "ETA 00:00" in lines[-1] and "loss=1.5" in lines[-1]
-    once = io.StringIO()
-    with ProgressBar(total=2, stream=once) as bar:
-        bar.update(2)  # drawn at once (first update), so closing adds no duplicate line
-    assert len(once.getvalue().splitlines()) == 1
-    silent = io.StringIO()
-    with ProgressBar(total=3, stream=silent, enabled=False) as quiet:
-        quiet.update(3)
-    assert silent.getvalue() == ""
-
-
-def test_progress_bar_redraws_one_line_on_a_terminal():
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
-
-    term = Terminal()
-    with ProgressBar(total=3, desc="eval", stream=term, min_interval=0.0) as bar:
-        for _ in range(3):
-            bar.update(1)
-    text = term.getvalue()
-    assert text.count("\r") == 4 and text.count("\n") == 1 and text.endswith("\x1b[K\n")
-    assert "eval 3/3" in text.split("\r")[-1]
-
-
-def test_progress_bar_eta_is_the_median_of_recent_steps_without_the_first(monkeypatch):
-    """Step 1 (tracing) takes 100 s, then 1 s per step (one 30 s outlier): ETA = 1 s x steps left."""
-    from utils import progress
-
-    clock = [0.0]
-    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
-    bar = ProgressBar(total=10, stream=io.StringIO(), enabled=False)
-    clock[0] += 100.0
-    bar.update()
-    assert bar.eta_seconds() == math.inf  # only the tracing step so far: unknown
-    for seconds in (1.0, 1.0, 30.0, 1.0):
-        clock[0] += seconds
-        bar.update()
-    assert bar.eta_seconds() == pytest.approx(5 * 1.0)
-    clock[0] += 2.0
-    bar.update(2)  # 1 s per step over a 2-step update
-    assert bar.eta_seconds() == pytest.approx(3 * 1.0)
 
 
 def test_print_result_writes_the_block_once_to_stdout(capsys):

@@ -180,3 +180,15 @@ def test_only_a_graceful_stop_exits_resumable_and_is_not_called_an_error():
     assert resumable == {"TrainingStopped"}
     headings = {user_error(m, n).heading for m, n in USER_ERRORS if n not in resumable}
     assert headings == {"error: "}
+
+
+def test_ctrl_c_outside_training_is_one_line_and_releases_the_lock(monkeypatch, capsys, tmp_path):
+    """Before: SIGINT printed a traceback (training now stops gracefully: runtime.preemption)."""
+
+    def interrupted(mode, params):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runtime, "run", interrupted)
+    assert run_main(tmp_path / "run") == main.INTERRUPTED == 130
+    assert capsys.readouterr().err == "main.py: interrupted\n"
+    assert not (tmp_path / "run" / "train.lock").exists()
