@@ -328,10 +328,12 @@ def build_parser() -> FlagParser:
     g.add_argument(
         "--pretrained",
         default=None,
-        help="start from these weights: a keras.applications EfficientNet(V2) .h5 / "
-        ".weights.h5 file, a PyTorch EfficientNet .pth / .safetensors state dict, or a run "
-        "directory, checkpoint or model.weights.h5 of ours (not a resume: optimizer, step "
-        "and EMA start fresh)",
+        help="start from these weights: imagenet (the keras.applications ImageNet file of "
+        "the model, downloaded once into $KERAS_HOME/models), a keras.applications "
+        "EfficientNet(V2) .h5 / .weights.h5 file, a PyTorch EfficientNet .pth / .safetensors "
+        "state dict, or a run directory, checkpoint or model.weights.h5 of ours (not a resume: "
+        "optimizer, step and EMA start fresh). eval/predict/export: use imagenet or a weights "
+        "file as published, no training (recorded in model_dir/params.json)",
     )
     g.add_argument(
         "--freeze_until",
