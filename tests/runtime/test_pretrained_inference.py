@@ -157,6 +157,32 @@ def test_pretrained_imagenet_flag_errors(tmp_path, main_exit, extra, message):
     assert not (tmp_path / "run").exists()
 
 
+def test_predict_says_how_it_names_the_configs_classes(tmp_path, caplog):
+    """Issue 21 item 7: no class_names.json and no data set: the config's classes, and the log
+    says whether they get ImageNet names (1000) or indices."""
+    from runtime.class_names import trained_classes
+
+    for classes, how in (
+        (1000, "with the ImageNet-1k class names"),
+        (10, "reported as class indices"),
+    ):
+        params = tiny_params(
+            tmp_path,
+            "predict",
+            "--predict_img_dir",
+            str(tmp_path),
+            "--dataset",
+            "imagenet",
+            mparams=TINY_MPARAMS.replace("num_classes=10", f"num_classes={classes}"),
+        )
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            count, names = trained_classes(params)
+        assert count == classes and (names is not None) == (classes == 1000)
+        assert "the dataset gives no classes (" in caplog.text
+        assert f"using the config's {classes} classes, {how}" in caplog.text
+
+
 def test_inference_pretrained_must_be_a_file(tmp_path, main_exit):
     code, err = main_exit(tiny_args(tmp_path / "run", "export", "--pretrained", str(tmp_path)))
     assert_one_line(err, code, 2)
