@@ -185,9 +185,16 @@ def claim_model_dir(params: dict[str, Any]) -> ModelDirLock | None:
 
 
 def _check_resume(params: dict[str, Any]) -> None:
+    """Refuse a resume that cannot fit, without starting TensorFlow's runtime.
+
+    A multi-worker run creates its MultiWorkerMirroredStrategy after this check, and TF refuses
+    it once anything has started the runtime ("Collective ops must be configured at program
+    startup"): so the data set is asked only for its classes (`dataset_classes` reads no
+    record); the label scan runs with the run, after the strategy exists.
+    """
     import tensorflow as tf
 
-    from dataloader import dataset_info
+    from dataloader import dataset_classes
     from runtime import components
     from runtime.checkpoint import check_resume_fits, checkpoint_dir
 
@@ -200,5 +207,5 @@ def _check_resume(params: dict[str, Any]) -> None:
             saved = json.load(f)
     except (OSError, ValueError):
         saved = None  # an older run without params.json: the restore itself checks
-    info = dataset_info(components.data_config(params, training=True))
-    check_resume_fits(params, saved, info.num_classes, info.class_names)
+    num_classes, class_names = dataset_classes(components.data_config(params, training=True))
+    check_resume_fits(params, saved, num_classes, class_names)
