@@ -192,14 +192,12 @@ def _check_resume(params: dict[str, Any]) -> None:
     startup"): so the data set is asked only for its classes (`dataset_classes` reads no
     record); the label scan runs with the run, after the strategy exists.
     """
-    import tensorflow as tf
-
     from dataloader import dataset_classes
     from runtime import components
     from runtime.checkpoint import check_resume_fits, checkpoint_dir
+    from runtime.checkpoint_integrity import listed_checkpoints
 
-    directory = checkpoint_dir(params["model_dir"])
-    if not os.path.isdir(directory) or tf.train.latest_checkpoint(directory) is None:
+    if not listed_checkpoints(checkpoint_dir(params["model_dir"])):
         return
     saved_path = os.path.join(params["model_dir"], "params.json")
     try:
