@@ -587,10 +587,12 @@ def parse(argv: Sequence[str] | None = None) -> dict[str, Any]:
         saved = None
         if run_params.reads_run(args.mode):
             saved = run_params.load_saved_params(args.model_dir)
-        explicit = {}
+        explicit, taken = {}, {}
         if saved is not None:
             explicit = _explicit_flags(argv)
-            args = argparse.Namespace(**run_params.merge(_defaults(parser), saved, explicit))
-        return resolve(args, saved, explicit)
+            taken = run_params.saved_flag_values(saved, parser.actions(), explicit, args.model_dir)
+            args = argparse.Namespace(**{**_defaults(parser), **taken, **explicit})
+        with run_params.naming_the_file(taken, args.model_dir):
+            return resolve(args, saved, explicit)
     except UserError as err:  # FlagError, ConfigError, ...: bad input, exit status 2
         parser.error(str(err))
