@@ -23,3 +23,10 @@ class TrainingStopped(UserError):
 
     exit_code = RESUMABLE
     heading = ""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of `err`'s message (at most 300 characters), or its class name, for one-line
+    messages."""
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
