@@ -130,10 +130,7 @@ def build_parser() -> FlagParser:
         "--seed", type=int, default=_DATA["seed"], help="global random seed (None: not seeded)"
     )
     g.add_argument(
-        "--num_gpus",
-        type=int,
-        default=None,
-        help="GPUs of this process (default: all visible; 0: CPU)",
+        "--num_gpus", type=int, help="GPUs of this process (default: all visible; 0: CPU)"
     )
     g.add_argument(
         "--all_reduce",
