@@ -165,21 +165,20 @@ def stop_preemption_watchers(handler) -> None:
 
     The handler stops them itself before its exit_fn; otherwise only its `__del__` does (the
     thread watching the peers blocks in the coordination service's key-value store until a
-    worker writes the stop value). Calling them explicitly ends the threads before the process
-    tears the coordination service down.
+    worker writes the stop value). This ends that thread now, and tells the thread polling our
+    signal flag to stop without waiting for it: it is a daemon that ends within its one-second
+    sleep, and the handler's own stop method joins it (up to a second at the end of every run).
 
     Raises:
-      CompatError: the methods are gone.
+      CompatError: the attributes are gone.
     """
-    names = (
-        "_stop_poll_termination_signal_thread",
-        "_stop_cluster_wise_termination_watcher_thread",
-    )
-    missing = [n for n in names if not callable(getattr(handler, n, None))]
-    if missing:
+    should_stop = getattr(handler, "_poll_termination_signal_thread_should_stop", None)
+    stop_peer_watcher = getattr(handler, "_stop_cluster_wise_termination_watcher_thread", None)
+    if not hasattr(should_stop, "set") or not callable(stop_peer_watcher):
         raise CompatError(
-            f"PreemptionCheckpointHandler has no {', '.join(missing)}: update "
-            "runtime/compat.py for this TensorFlow"
+            "PreemptionCheckpointHandler has no _poll_termination_signal_thread_should_stop or "
+            "_stop_cluster_wise_termination_watcher_thread: update runtime/compat.py for this "
+            "TensorFlow"
         )
-    for name in names:
-        getattr(handler, name)()
+    should_stop.set()
+    stop_peer_watcher()

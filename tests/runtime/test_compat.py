@@ -85,10 +85,12 @@ def test_preemption_handler_accesses_are_checked(tmp_path):
         ),
     )
     assert compat.preemption_handler_acts(handler)  # not a GCE CPU/TPU VM
+    poller = handler._poll_termination_signal_thread
     compat.stop_preemption_watchers(handler)
-    assert handler._poll_termination_signal_thread is None  # the polling thread ended
+    poller.join(timeout=5)
+    assert not poller.is_alive()  # the thread polling the signal flag ended
     compat.stop_preemption_watchers(handler)  # again: nothing left to stop
     with pytest.raises(compat.CompatError, match="no _platform_device"):
         compat.preemption_handler_acts(object())
-    with pytest.raises(compat.CompatError, match="no _stop_poll_termination_signal_thread"):
+    with pytest.raises(compat.CompatError, match="no _poll_termination_signal_thread_should_stop"):
         compat.stop_preemption_watchers(object())
