@@ -16,6 +16,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from dataloader import layout
 from dataloader.config import DataConfig, DataError, DatasetInfo
 from dataloader.digits import digits_splits
 from dataloader.files import FilePolicy, dir_is_followed, report_skipped, skip_reason
@@ -32,7 +33,6 @@ _MAX_COUNT_BYTES = 2 << 30
 MAX_BAD_LABEL_FRACTION = 0.01
 # Stored-label histograms of scanned TFRecord splits, keyed by (file, size) tuples.
 _LABEL_COUNTS: dict[tuple, collections.Counter] = {}
-_FOLDER_SPLIT_DIRS = {"train": ("train",), "validation": ("val", "validation")}
 
 
 def _shard_list(items: list, input_context, what: str) -> tuple[list, bool]:
@@ -325,12 +325,7 @@ class FolderSource(_NamedClasses):
         return dirs
 
     def _split_dir(self, split: str) -> str:
-        for name in _FOLDER_SPLIT_DIRS[split]:
-            path = os.path.join(self.data_dir, name)
-            if os.path.isdir(path):
-                return path
-        names = " or ".join(os.path.join(self.data_dir, n) for n in _FOLDER_SPLIT_DIRS[split])
-        raise DataError(f"no {split} folder: expected {names}")
+        return layout.split_dir(self.data_dir, split)
 
     def file_list(self, split: str) -> tuple[list[str], list[int]]:
         """All files of a split (sorted) and their 0-based labels."""

@@ -22,7 +22,5 @@ from tests.helpers import ROOT
     ],
 )
 def test_run_outputs_and_weight_files_are_ignored(path):
-    done = subprocess.run(
-        ["git", "check-ignore", "--no-index", "-q", path], cwd=ROOT, check=False
-    )
+    done = subprocess.run(["git", "check-ignore", "--no-index", "-q", path], cwd=ROOT, check=False)
     assert done.returncode == 0, f"{path} is not in .gitignore"
