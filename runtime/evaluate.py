@@ -335,6 +335,15 @@ def without_missing_timing(results: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def describe_speed(results: Mapping[str, Any]) -> str:
+    """`N images/s, p99 latency M ms`, or "too few batches to time" when every batch was
+    warm-up (the timing entries are NaN or absent)."""
+    speed, p99 = results.get("images_per_sec", math.nan), results.get("latency_p99_ms", math.nan)
+    if not (math.isfinite(speed) and math.isfinite(p99)):
+        return "too few batches to time"
+    return f"{speed:.1f} images/s, p99 latency {p99:.2f} ms"
+
+
 def run_eval(params: Mapping[str, Any]) -> dict[str, Any]:
     """`--mode eval`: evaluate the trained model of model_dir on the validation split.
 
@@ -377,15 +386,13 @@ def run_eval(params: Mapping[str, Any]) -> dict[str, Any]:
             | ({"val.mean_class_accuracy": report["mean_class_accuracy"]} if report else {}),
         )
     logger.info(
-        "eval of %s (%s weights): top-1 %.4f, top-5 %.4f, loss %.4f, %.1f images/s, "
-        "p99 latency %.2f ms",
+        "eval of %s (%s weights): top-1 %.4f, top-5 %.4f, loss %.4f, %s",
         loaded["path"],
         loaded["weights"],
         results["top1"],
         results["top5"],
         results["loss"],
-        results["images_per_sec"],
-        results["latency_p99_ms"],
+        describe_speed(results),
     )
     return {**results, "checkpoint": loaded["path"], "weights": loaded["weights"], **report}
 

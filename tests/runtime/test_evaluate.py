@@ -210,6 +210,16 @@ def batch_sums(count: float, top1: float) -> dict[str, float]:
     return {"loss_sum": 0.5 * count, "top1_sum": top1, "top5_sum": count, "count": count}
 
 
+def test_an_untimed_evaluation_says_so_instead_of_nan():
+    from runtime.evaluate import describe_speed, latency_stats
+
+    untimed = {"images_per_sec": math.nan, **latency_stats([])}
+    assert describe_speed(untimed) == "too few batches to time"
+    assert describe_speed({}) == "too few batches to time"
+    timed = {"images_per_sec": 1234.56, **latency_stats([0.002, 0.004])}
+    assert describe_speed(timed) == "1234.6 images/s, p99 latency 3.98 ms"
+
+
 def test_eval_tally_times_full_batches_after_warmup_only():
     tally = _EvalTally(confusion_classes=None, warmup_steps=1)
     tally.add(batch_sums(4, 1), None, wait_s=1.0, step_s=9.0)  # warm-up: counted, not timed
