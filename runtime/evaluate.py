@@ -26,6 +26,7 @@ from runtime import components
 from runtime.checkpoint import restore_for_inference
 from runtime.class_names import class_names_for, load_class_names
 from runtime.eval_report import write_eval_report
+from runtime.train_report import val_prefix, with_prefix
 from utils.dllogger import ProgressBar
 
 logger = logging.getLogger(__name__)
@@ -349,8 +350,9 @@ def run_eval(params: Mapping[str, Any]) -> dict[str, Any]:
 
     Weights: `--predict_ckpt` when given (checkpoint prefix, directory or .weights.h5), else
     the newest training checkpoint of model_dir, EMA weights preferred when it has them.
-    Results are logged as the DLLogger summary (`[]`) with "val." names, appended to the
-    run's log so training history is kept.
+    Results are logged as the DLLogger summary (`[]`), named by the weights as in training
+    (runtime.train_report: "val." raw, "val_ema." EMA), appended to the run's log so training
+    history is kept.
 
     Args:
       params: the resolved configuration (see main.py).
@@ -380,11 +382,8 @@ def run_eval(params: Mapping[str, Any]) -> dict[str, Any]:
         )
         matrix = results.pop("confusion_matrix")
         report = _write_report(params, matrix, info) if is_chief else {}
-        log.log(
-            [],
-            {f"val.{k}": v for k, v in results.items()}
-            | ({"val.mean_class_accuracy": report["mean_class_accuracy"]} if report else {}),
-        )
+        class_mean = {"mean_class_accuracy": report["mean_class_accuracy"]} if report else {}
+        log.log([], with_prefix(results | class_mean, val_prefix(loaded["weights"] == "ema")))
     logger.info(
         "eval of %s (%s weights): top-1 %.4f, top-5 %.4f, loss %.4f, %s",
         loaded["path"],

@@ -285,6 +285,22 @@ class FreezePlan:
     def active(self) -> bool:
         return self.freeze_until is not None or self.freeze_bn
 
+    def describe(self, epoch: int) -> str:
+        """What trains from 0-based `epoch`, for the log: `phase 1/2 (classifier only)`, `phase
+        2/2 (all layers, BatchNorm frozen)`; without --unfreeze_epoch only the parenthesis."""
+        until = self.until_at(epoch)
+        if until is None:
+            what = "all layers"
+        elif until == HEAD_ONLY:
+            what = "classifier only"
+        else:
+            what = f"layers after {until}"
+        if self.freeze_bn:
+            what += ", BatchNorm frozen"
+        if self.unfreeze_epoch is None:
+            return what
+        return f"phase {1 if epoch < self.unfreeze_epoch else 2}/2 ({what})"
+
 
 def describe_trainable(model: keras.Model) -> str:
     """`N of M parameters trainable` for the log."""
