@@ -2,8 +2,9 @@
 
 Each source yields, per pass, a dataset of raw records (serialized Examples, file paths, TFDS
 dicts or in-memory arrays) already sharded for this input pipeline and, for training, with the
-file order reshuffled on every pass, plus a `parse` function turning a raw record into
-(image, 0-based label, origin). Decoding and augmentation are shared (`pipeline.py`).
+file order reshuffled on every pass, plus `origin` (the file a raw record comes from, by which
+dataloader.skipping names bad files) and a `parse` function turning a raw record into (image,
+0-based label, origin). Decoding and augmentation are shared (`pipeline.py`).
 """
 
 from __future__ import annotations
@@ -209,6 +210,10 @@ class TFRecordSource:
             ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
         return ds
 
+    def origin(self, record, path):
+        """The file a raw record comes from (dataloader.skipping names bad files by it)."""
+        return path
+
     def parse(self, record, path):
         features = tf.io.parse_single_example(
             record,
@@ -375,6 +380,9 @@ class FolderSource(_NamedClasses):
             ds = ds.shuffle(len(pairs), seed=self.cfg.seed, reshuffle_each_iteration=True)
         return ds
 
+    def origin(self, path, label):
+        return path
+
     def parse(self, path, label):
         return tf.io.read_file(path), label, path
 
@@ -449,6 +457,9 @@ class TFDSSource:
                 f"{e}".splitlines()[0]
             ) from e
 
+    def origin(self, example):
+        return tf.constant(f"tfds:{self.name}")
+
     def parse(self, example):
         label = tf.cast(example[self.label_key], tf.int32)
         return example[self.image_key], label, tf.constant(f"tfds:{self.name}")
@@ -478,6 +489,9 @@ class DigitsSource(_NamedClasses):
         if train:
             ds = ds.shuffle(len(labels), seed=self.cfg.seed, reshuffle_each_iteration=True)
         return ds
+
+    def origin(self, image, label):
+        return tf.constant("digits")
 
     def parse(self, image, label):
         return image, label, tf.constant("digits")

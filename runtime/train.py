@@ -27,7 +27,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from dataloader import DatasetInfo, build_dataset, dataset_info
+from dataloader import DatasetInfo, build_dataset, dataset_info, skipping
 from runtime import advprop, distribute, finetune, train_report
 from runtime.checkpoint import TrainingCheckpoint, checkpoint_dir, save_weights_atomically
 from runtime.class_names import save_class_names
@@ -433,6 +433,7 @@ def _end_epoch(
     if with_eval and (done % params["num_epochs_between_eval"] == 0 or done == max_epochs):
         summary.update(_evaluate_during_training(run))
     run.log.log([done], summary, global_step=int(run.optimizer.iterations.numpy()))
+    skipping.report_pending(f"epoch {done}")  # the bad records of the train input, once
 
 
 def _evaluate_during_training(run: TrainRun) -> dict[str, float]:
