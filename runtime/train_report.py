@@ -14,7 +14,7 @@ utils/schedules.py), so the peak rate is `lr_init x global batch / 128`.
 `end_of_run` is the short block a training run ends with on stdout (utils.dllogger.print_result):
 the final and best validation top-1 of the raw and EMA weights, where the weights were written
 and the commands to run next. It is made from the run's log records, so a resumed run counts the
-epochs before the resume too. Pure Python: no TensorFlow.
+epochs before the resume too. Pure functions of the params, records and summary.
 """
 
 from __future__ import annotations
@@ -84,6 +84,15 @@ def _decay(params: Mapping[str, Any]) -> str:
     }.get(params["lr_decay"], f"{params['lr_decay']} decay")
 
 
+def _warmup(epochs: float, max_epochs: int | None) -> str:
+    if epochs <= 0:
+        return "no warm-up"
+    text = f"linear warm-up over {epochs:g} epoch(s)"
+    if max_epochs is not None and epochs >= max_epochs:
+        text += f" (not shorter than the {max_epochs}-epoch run: the peak is never reached)"
+    return text
+
+
 def announcement(params: Mapping[str, Any], derived: Mapping[str, Any]) -> list[str]:
     """The log lines that start a run: the cluster and steps, then the learning rate in full."""
     warmup, unfreeze = params["lr_warmup_epochs"], params.get("unfreeze_epoch")
@@ -91,7 +100,7 @@ def announcement(params: Mapping[str, Any], derived: Mapping[str, Any]) -> list[
         f"learning rate: peak {derived['peak_lr']:.6g} = --lr_init {params['lr_init']:g} x "
         f"global batch {derived['global_batch_size']} / {REFERENCE_BATCH_SIZE} (--lr_init is "
         f"the rate for a batch of {REFERENCE_BATCH_SIZE}, the recipes' linear scaling)",
-        f"linear warm-up over {warmup:g} epoch(s)" if warmup > 0 else "no warm-up",
+        _warmup(warmup, params.get("max_epochs")),
         _decay(params),
     ]
     if unfreeze is not None and warmup > 0:
@@ -142,7 +151,7 @@ def _top1_rows(summary: Mapping[str, Any], records: Sequence[Mapping[str, Any]])
         if final is None:
             continue
         best = best_top1(records, prefix)
-        if best is None or final >= best[0]:
+        if best is None or final > best[0]:
             best = (final, summary["epochs"])
         rows.append(f"  {name + ' weights':<18}{final:>8.4f}{best[0]:>8.4f} (epoch {best[1]})")
     return rows

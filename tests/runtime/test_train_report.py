@@ -108,3 +108,5 @@ def test_the_announcement_says_which_learning_rate_and_why():
     params = {**PARAMS, "lr_decay": "cosine", "lr_warmup_epochs": 1.0, "unfreeze_epoch": 2}
     _, lr = train_report.announcement(params, derived)
     assert "; linear warm-up over 1 epoch(s); cosine decay to 0; warm-up again from epoch 3" in lr
+    _, lr = train_report.announcement({**PARAMS, "lr_warmup_epochs": 5.0, "max_epochs": 2}, derived)
+    assert "warm-up over 5 epoch(s) (not shorter than the 2-epoch run: the peak is never" in lr
