@@ -3,8 +3,8 @@
     python scripts/torch_peer.py --model efficientnet_b0 --batch 32 --image_size 224 --phase infer
 
 scripts/bench_model.py and scripts/bench_inference.py load TensorFlow; torch is never imported
-next to it (with both in one process, importing torch after TensorFlow has crashed with a
-segfault, and their two thread pools would compete for the same cores). `TorchPeer` starts this
+next to it (with both in one process, importing torch after TensorFlow crashed the scripts with
+a segfault on a user's machine, and their two thread pools would compete for the same cores). `TorchPeer` starts this
 file as a child process and sends it one command per line on stdin; the child answers one JSON
 line on stdout:
 
