@@ -1,4 +1,4 @@
-"""`build_dataset` and `dataset_info`: the tf.data input pipeline for training and evaluation.
+"""`build_dataset`, `dataset_info` and `dataset_classes`: the tf.data input pipeline for training and evaluation.
 
 Train: shard -> shuffle files per pass -> interleave -> shuffle records -> parse -> skip bad
 records -> decode the random crop window + flip + resize -> AutoAugment/RandAugment ->
@@ -47,6 +47,22 @@ def dataset_info(cfg: DataConfig) -> DatasetInfo:
             cfg.num_classes or IMAGENET_NUM_CLASSES, IMAGENET_NUM_TRAIN, IMAGENET_NUM_EVAL
         )
     return get_source(cfg).info()
+
+
+def dataset_classes(cfg: DataConfig) -> tuple[int, tuple[str, ...] | None]:
+    """The class count and class names (None when the source has none) of the configured source.
+
+    Unlike `dataset_info` it reads no record (no counting, no label scan: no tf.data), so it
+    leaves TensorFlow's runtime uninitialized: runtime.lock checks a resume with it before the
+    run creates its strategy, and a MultiWorkerMirroredStrategy must come first.
+
+    Raises:
+      DataError: missing data_dir or files, or num_classes disagreeing with the source.
+    """
+    if cfg.dataset == "synthetic":
+        return cfg.num_classes or IMAGENET_NUM_CLASSES, None
+    source = get_source(cfg)
+    return source.num_classes, source.class_names
 
 
 def _options(deterministic: bool) -> tf.data.Options:

@@ -116,41 +116,53 @@ def _decode_window(image: tf.Tensor, window_fn) -> tf.Tensor:
 # TF's bicubic kernels look the fractional sample offset up in a table of this many entries.
 _TF_BICUBIC_TABLE = 1024
 _TF1_BICUBIC_A = -0.75
+_TF2_BICUBIC_A = -0.5
 
 
-def _tf1_bicubic_matrix(in_size: tf.Tensor, out_size: int) -> tf.Tensor:
-    """[out_size, in_size] float32 matrix of TF1 resize_bicubic along one axis.
+def _bicubic_matrix(in_size: tf.Tensor, out_size: int, half_pixel: bool) -> tf.Tensor:
+    """[out_size, in_size] float32 matrix of TF's ResizeBicubic along one axis.
 
-    Output pixel o samples the input at o * in / out (no half-pixel centers) with Keys' cubic
-    (a = -0.75) over the four neighbours, border indices clamped, the fractional offset rounded
-    to TF's 1024-entry coefficient table (tensorflow/core/kernels/image/resize_bicubic_op.cc).
+    TF1 `resize_bicubic` (`half_pixel=False`): output pixel o samples the input at
+    o * in / out with Keys' cubic a = -0.75 over the four neighbours, border indices clamped.
+    TF2 `tf.image.resize(method="bicubic")` (`half_pixel=True`): samples at
+    (o + 0.5) * in / out - 0.5 with a = -0.5; neighbours outside the image get weight 0 and the
+    others are renormalized to sum 1. Both round the fractional offset to TF's 1024-entry
+    coefficient table (tensorflow/core/kernels/image/resize_bicubic_op.cc).
     """
     in_size = tf.cast(in_size, tf.int32)
-    x = tf.range(out_size, dtype=tf.float32) * (tf.cast(in_size, tf.float32) / out_size)
+    scale = tf.cast(in_size, tf.float32) / out_size
+    x = tf.range(out_size, dtype=tf.float32)
+    x = (x + 0.5) * scale - 0.5 if half_pixel else x * scale
     base = tf.floor(x)
     frac = tf.round((x - base) * _TF_BICUBIC_TABLE) / _TF_BICUBIC_TABLE
-    a = _TF1_BICUBIC_A
+    a = _TF2_BICUBIC_A if half_pixel else _TF1_BICUBIC_A
     matrix = tf.zeros([out_size, in_size], tf.float32)
     for k in (-1, 0, 1, 2):
         t = tf.abs(frac - k)
         near = ((a + 2.0) * t - (a + 3.0)) * t * t + 1.0
         far = ((a * t - 5.0 * a) * t + 8.0 * a) * t - 4.0 * a
         weight = tf.where(t <= 1.0, near, tf.where(t < 2.0, far, tf.zeros_like(t)))
-        index = tf.clip_by_value(tf.cast(base, tf.int32) + k, 0, in_size - 1)
+        sample = tf.cast(base, tf.int32) + k
+        index = tf.clip_by_value(sample, 0, in_size - 1)
+        if half_pixel:
+            weight = tf.where(index == sample, weight, tf.zeros_like(weight))
         matrix += tf.one_hot(index, in_size) * weight[:, None]
+    if half_pixel:
+        matrix /= tf.reduce_sum(matrix, axis=1, keepdims=True)
     return matrix
 
 
-def _resize_bicubic_tf1_portable(images: tf.Tensor, image_size: int) -> tf.Tensor:
-    """TF1 resize_bicubic of a [B, H, W, C] batch as two matrix products.
+def _resize_bicubic_portable(images: tf.Tensor, image_size: int, half_pixel: bool) -> tf.Tensor:
+    """TF's ResizeBicubic of a [B, H, W, C] batch as two matrix products (`_bicubic_matrix`).
 
     NOTE: hand-written because exported graphs cannot keep TF's op: tf2onnx turns
     ResizeBicubic(half_pixel_centers=False) into ONNX Resize with a = -0.5 (TF1 uses -0.75) and
-    LiteRT has no bicubic builtin. Matrix products, one_hot and elementwise ops convert exactly.
+    LiteRT has no bicubic builtin (TF2's op fails there as an unsupported Flex op). Matrix
+    products, one_hot and elementwise ops convert exactly.
     """
     shape = tf.shape(images)
-    rows = _tf1_bicubic_matrix(shape[1], image_size)  # [S, H]
-    cols = _tf1_bicubic_matrix(shape[2], image_size)  # [S, W]
+    rows = _bicubic_matrix(shape[1], image_size, half_pixel)  # [S, H]
+    cols = _bicubic_matrix(shape[2], image_size, half_pixel)  # [S, W]
     channels_first = tf.transpose(tf.cast(images, tf.float32), [0, 3, 1, 2])  # [B, C, H, W]
     out = tf.matmul(tf.matmul(rows[None, None], channels_first), cols, transpose_b=True)
     return tf.transpose(out, [0, 2, 3, 1])
@@ -166,15 +178,15 @@ def resize(
       image_size: output side in pixels.
       method: "bilinear", "bicubic" (TF2 `tf.image.resize`: half-pixel centers, Keys a = -0.5)
         or "bicubic_tf1" (TF1 `tf.image.resize_bicubic`: no half-pixel centers, a = -0.75).
-      portable: "bicubic_tf1" of a batch as matrix products that ONNX and LiteRT convert
-        exactly (exported graphs); the TF op otherwise (faster in the input pipeline).
+      portable: bicubic of a batch as matrix products that ONNX and LiteRT convert exactly
+        (exported graphs); the TF op otherwise (faster in the input pipeline).
 
     Returns:
       float32 [image_size, image_size, 3] (or batched).
     """
     size = [image_size, image_size]
-    if method == "bicubic_tf1" and portable:
-        out = _resize_bicubic_tf1_portable(image, image_size)
+    if method in ("bicubic", "bicubic_tf1") and portable:
+        out = _resize_bicubic_portable(image, image_size, half_pixel=method == "bicubic")
     elif method == "bicubic_tf1":
         # NOTE: the resize of Google's EfficientNet v1/Lite pipelines (tensorflow/tpu
         # efficientnet/preprocessing.py, automl preprocess_legacy.py), behind the published

@@ -118,17 +118,22 @@ class TFRecordSource:
             )
         return self.cfg.num_classes
 
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """The class names of dataset_info.json, None without them (read no record)."""
+        names = self.meta.get("class_names")
+        return tuple(names) if names else None
+
     def info(self) -> DatasetInfo:
         meta, num_classes = self.meta, self.num_classes
         if "num_train" in meta and "num_eval" in meta:
             num_train, num_eval = meta["num_train"], meta["num_eval"]
         else:
             num_train, num_eval = (self._count(s) for s in ("train", "validation"))
-        names = meta.get("class_names")
         for split in SPLIT_PREFIXES:
             if self._has_files(split):
                 self.check_labels(split)
-        return DatasetInfo(num_classes, num_train, num_eval, tuple(names) if names else None)
+        return DatasetInfo(num_classes, num_train, num_eval, self.class_names)
 
     def _has_files(self, split: str) -> bool:
         pattern = os.path.join(self.data_dir, f"{SPLIT_PREFIXES[split]}-*")
@@ -425,6 +430,10 @@ class TFDSSource:
             raise DataError(f"num_classes={self.cfg.num_classes} but {self.name} has {num_classes}")
         return num_classes
 
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.label_feature.names)
+
     def info(self) -> DatasetInfo:
         splits, num_classes = self.builder.info.splits, self.num_classes
 
@@ -432,9 +441,7 @@ class TFDSSource:
             name = self.split_name(split)
             return splits[name].num_examples if name in splits else 0
 
-        return DatasetInfo(
-            num_classes, size("train"), size("validation"), tuple(self.label_feature.names)
-        )
+        return DatasetInfo(num_classes, size("train"), size("validation"), self.class_names)
 
     def records(self, split: str, input_context, train: bool) -> tf.data.Dataset:
         import tensorflow_datasets as tfds

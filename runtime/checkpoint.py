@@ -22,7 +22,9 @@ stays the latest); `remove_stale_checkpoint_temps` removes those of killed runs 
 
 A resume that cannot work (another architecture, optimizer or class list than the checkpoint's)
 is refused by `check_resume_fits` from the params.json the checkpoint's run wrote, before this
-run writes anything into model_dir.
+run writes anything into model_dir. A checkpoint whose files are damaged (truncated, cut,
+flipped bytes) is told apart from one of another model after a failed restore, and skipped for
+the newest intact one, for training and for inference alike (runtime.checkpoint_integrity).
 
 The final weights of training (`model.weights.h5`) go through `save_weights_atomically`: a
 temporary file renamed when complete, after a free-space check.
@@ -40,8 +42,10 @@ import keras
 import tensorflow as tf
 
 from runtime import distribute
+from runtime.checkpoint_integrity import READ_ERRORS, listed_checkpoints, restore_newest_intact
 from runtime.class_names import load_class_names
 from runtime.errors import RunError
+from runtime.errors import first_line as _first_line
 from utils.ema import ExponentialMovingAverage
 from utils.fileio import atomic_path, check_free_space, free_space, remove_stale_temps
 
@@ -122,17 +126,25 @@ class TrainingCheckpoint:
         return tf.train.latest_checkpoint(self.directory)
 
     def restore_latest(self) -> int | None:
-        """Restore the newest checkpoint if there is one.
+        """Restore the newest intact checkpoint if there is one (damaged newer ones are skipped
+        with a warning naming the file: runtime.checkpoint_integrity).
 
         Returns:
           The number of epochs it had finished, or None when there is no checkpoint.
+
+        Raises:
+          RunError: the checkpoint is another model's, or every checkpoint is damaged.
         """
-        path = self.latest
-        if path is None:
+        paths = listed_checkpoints(self.directory)
+        if not paths:
             return None
         # Values this run does not use (e.g. EMA shadows after turning EMA off) are dropped
         # without a warning; every object of this run must be found, though.
-        reason = restore_or_explain(self.checkpoint, path)
+        path, reason = restore_newest_intact(
+            paths,
+            lambda p: restore_or_explain(self.checkpoint, p),
+            "--no-resume_checkpoint trains from scratch in this --model_dir",
+        )
         if reason is not None:
             raise RunError(
                 f"checkpoint {path} does not match this model/optimizer ({reason}); "
@@ -312,7 +324,7 @@ def restore_or_explain(checkpoint: tf.train.Checkpoint, path: str) -> str | None
         status.expect_partial()
         status.assert_existing_objects_matched()
         return None
-    except (AssertionError, ValueError, tf.errors.OpError) as err:
+    except (AssertionError, *READ_ERRORS) as err:
         reason = _first_line(err)
     # Installed for the rest of the process: the failed restore's bookkeeping may live as long
     # as the model does, and logs when it is collected.
@@ -346,27 +358,23 @@ def random_state(model: keras.Model) -> tf.train.Checkpoint:
     return tf.train.Checkpoint(generator=tf.random.get_global_generator(), **seeds)
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:300] if text else type(err).__name__
-
-
-def _resolve_checkpoint(model_dir: str, checkpoint: str | None) -> str:
-    """Turn `checkpoint` (None, a directory, a prefix or a .weights.h5 file) into one path."""
+def _resolve_checkpoint(model_dir: str, checkpoint: str | None) -> list[str]:
+    """Turn `checkpoint` (None, a directory, a prefix or a .weights.h5 file) into the paths to
+    try: one file or prefix, or a directory's listed checkpoints, newest first."""
     if checkpoint and checkpoint.endswith(".weights.h5"):
         if not os.path.isfile(checkpoint):
             raise RunError(f"weights file not found: {checkpoint}")
-        return checkpoint
+        return [checkpoint]
     if checkpoint is None or os.path.isdir(checkpoint):
         base = checkpoint or model_dir
         for directory in (checkpoint_dir(base), base):
-            latest = tf.train.latest_checkpoint(directory) if os.path.isdir(directory) else None
-            if latest:
-                return latest
+            listed = listed_checkpoints(directory)
+            if listed:
+                return listed
         raise RunError(f"no checkpoint found in {base} (train first, or pass a checkpoint path)")
     if not os.path.isfile(checkpoint + ".index"):
         raise RunError(f"checkpoint not found: {checkpoint} (expected {checkpoint}.index)")
-    return checkpoint
+    return [checkpoint]
 
 
 def restore_for_inference(
@@ -385,20 +393,33 @@ def restore_for_inference(
       {"path": what was loaded, "weights": "ema" | "raw"}.
 
     Raises:
-      RunError: nothing to load, or the checkpoint does not fit the model.
+      RunError: nothing to load, the checkpoint does not fit the model, or every checkpoint is
+        damaged (a damaged newer one is skipped with a warning naming the file).
     """
-    path = _resolve_checkpoint(model_dir, checkpoint)
-    if path.endswith(".weights.h5"):
+    paths = _resolve_checkpoint(model_dir, checkpoint)
+    if paths[0].endswith(".weights.h5"):
+        path = paths[0]
         try:
             model.load_weights(path)
         except ValueError as err:
             raise RunError(f"weights file {path} does not fit this model: {err}") from err
         return {"path": path, "weights": "raw"}
-    keys = {name for name, _ in tf.train.list_variables(path)}
-    has_ema = any(k.startswith(EMA_KEY_PREFIX) for k in keys)
-    ema = ExponentialMovingAverage(model, decay=0.0) if (has_ema and prefer_ema) else None
-    objects = {"model": model} if ema is None else {"model": model, "ema": ema}
-    reason = restore_or_explain(tf.train.Checkpoint(**objects), path)
+    emas: dict[str, ExponentialMovingAverage | None] = {}
+
+    def restore(path: str) -> str | None:
+        try:
+            keys = {name for name, _ in tf.train.list_variables(path)}
+        except READ_ERRORS as err:
+            return _first_line(err)
+        has_ema = any(k.startswith(EMA_KEY_PREFIX) for k in keys)
+        emas[path] = ExponentialMovingAverage(model, 0.0) if (has_ema and prefer_ema) else None
+        objects = {"model": model} if emas[path] is None else {"model": model, "ema": emas[path]}
+        return restore_or_explain(tf.train.Checkpoint(**objects), path)
+
+    path, reason = restore_newest_intact(
+        paths, restore, "pass an intact checkpoint (--predict_ckpt), or train again"
+    )
+    ema = emas.get(path)
     if reason is not None:
         raise RunError(
             f"checkpoint {path} does not fit this model ({reason}): it was trained "

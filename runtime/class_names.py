@@ -80,8 +80,9 @@ def load_class_names(model_dir: str) -> tuple[int, tuple[str, ...] | None] | Non
 def trained_classes(params: Mapping[str, Any]) -> tuple[int, tuple[str, ...] | None]:
     """Class count and names of the trained model (what predict and export use).
 
-    model_dir/class_names.json written by training, else the data set named by the flags, else
-    the model config (names = indices); the names go through `class_names_for`.
+    model_dir/class_names.json written by training; else, for `--pretrained` weights used as
+    published, the model config's classes (ImageNet-1k's for 1000); else the data set named by
+    the flags; else the model config. The names go through `class_names_for`.
 
     Args:
       params: the resolved configuration.
@@ -92,6 +93,8 @@ def trained_classes(params: Mapping[str, Any]) -> tuple[int, tuple[str, ...] | N
     saved = load_class_names(params["model_dir"])
     if saved is not None:
         return saved[0], class_names_for(*saved)
+    if params.get("pretrained"):
+        return _config_classes(params, f"the classes of --pretrained {params['pretrained']}")
     try:
         info = dataset_info(components.data_config(params, training=False))
         logger.warning(
@@ -102,13 +105,27 @@ def trained_classes(params: Mapping[str, Any]) -> tuple[int, tuple[str, ...] | N
         )
         return info.num_classes, class_names_for(info.num_classes, info.class_names)
     except (DataError, OSError) as err:
-        num_classes = int(params["model"]["num_classes"])
-        logger.warning(
-            "%s has no %s and the dataset gives no classes (%s): reporting class "
-            "indices of the config's %d classes",
-            params["model_dir"],
-            CLASS_NAMES_FILE,
-            err,
-            num_classes,
+        return _config_classes(
+            params,
+            f"{params['model_dir']} has no {CLASS_NAMES_FILE} and the dataset gives no "
+            f"classes ({err})",
+            warn=True,
         )
-        return num_classes, class_names_for(num_classes, None)
+
+
+def _config_classes(
+    params: Mapping[str, Any], why: str, warn: bool = False
+) -> tuple[int, tuple[str, ...] | None]:
+    """The model config's class count, named as ImageNet-1k for 1000 classes, else by index;
+    the log says which."""
+    num_classes = int(params["model"]["num_classes"])
+    names = class_names_for(num_classes, None)
+    how = "with the ImageNet-1k class names" if names else "reported as class indices"
+    logger.log(
+        logging.WARNING if warn else logging.INFO,
+        "%s: using the config's %d classes, %s",
+        why,
+        num_classes,
+        how,
+    )
+    return num_classes, names

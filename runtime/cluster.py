@@ -12,7 +12,10 @@ Cluster sources, first match wins (see `resolve_cluster`):
   2. Open MPI's mpirun / horovodrun: OMPI_COMM_WORLD_{RANK,SIZE,LOCAL_RANK,LOCAL_SIZE} (before
      SLURM: mpirun inside an sbatch job passes the batch shell's SLURM_* variables on).
   3. SLURM under `srun`: SLURM_PROCID, SLURM_NTASKS (SLURM_STEP_NUM_TASKS), SLURM_STEP_NODELIST
-     (or SLURM_JOB_NODELIST), SLURM_STEP_TASKS_PER_NODE (or SLURM_TASKS_PER_NODE), SLURM_LOCALID.
+     (or SLURM_JOB_NODELIST), SLURM_STEP_TASKS_PER_NODE (or SLURM_TASKS_PER_NODE), SLURM_LOCALID;
+     only inside a job step (SLURM_STEP_ID set): a batch script's shell has SLURM_PROCID=0 and
+     the job's SLURM_NTASKS but no step, so `python main.py` run there without srun is one
+     process, not rank 0 of a cluster whose other ranks never start.
   4. Other MPI launchers: PMI_RANK / PMI_SIZE with MPI_LOCALRANKID / MPI_LOCALNRANKS (MPICH,
      Intel MPI).
 MPI does not publish the host list: WORKER_HOSTS (comma-separated or a SLURM-style hostlist,
@@ -216,9 +219,9 @@ def resolve_cluster(environ: Mapping[str, str]) -> ClusterSpec:
             "OMPI_COMM_WORLD_LOCAL_RANK",
             "OMPI_COMM_WORLD_LOCAL_SIZE",
         )
-    if "SLURM_PROCID" in environ and (
-        "SLURM_STEP_NUM_TASKS" in environ or "SLURM_NTASKS" in environ
-    ):
+    # NOTE: measured on slurm-wlm 22.05: srun's tasks have SLURM_STEP_ID; the batch shell of
+    # `sbatch --ntasks=8` has SLURM_PROCID=0 and SLURM_NTASKS=8 but no SLURM_STEP_ID.
+    if "SLURM_STEP_ID" in environ and "SLURM_PROCID" in environ:
         return _from_slurm(environ)
     if "PMI_RANK" in environ:
         return _from_mpi(environ, "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS")

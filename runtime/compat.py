@@ -89,6 +89,36 @@ def eager_context() -> ModuleType:
     return context
 
 
+def runtime_started() -> bool:
+    """Whether TensorFlow's eager runtime has started (devices and collectives configured).
+
+    No public API tells. A MultiWorkerMirroredStrategy must be created before the runtime
+    starts (TF: "Collective ops must be configured at program startup"): runtime.distribute
+    checks it first, tests check that the pre-run checks never start it.
+    """
+    try:
+        from tensorflow.python.eager import context
+    except ImportError as err:
+        raise CompatError(
+            f"tensorflow.python.eager.context is gone ({err}): update "
+            "runtime/compat.py for this TensorFlow"
+        ) from err
+    if not hasattr(context, "context_safe"):
+        raise CompatError(
+            "tensorflow.python.eager.context.context_safe is gone: update "
+            "runtime/compat.py for this TensorFlow"
+        )
+    ctx = context.context_safe()
+    if ctx is None:
+        return False
+    if not isinstance(getattr(ctx, "_initialized", None), bool):
+        raise CompatError(
+            "TF's eager context has no _initialized flag: update runtime/compat.py for this "
+            "TensorFlow"
+        )
+    return ctx._initialized
+
+
 def coordination_config_pb2() -> ModuleType:
     """The coordination-service protobufs (`CoordinatedJob`) that eager_context() takes."""
     try:

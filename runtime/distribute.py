@@ -302,6 +302,14 @@ def _multi_worker_strategy(
 ):
     from runtime import compat
 
+    if compat.runtime_started():
+        # Something before the strategy ran TensorFlow (a pre-run check that read data through
+        # tf.data): TF would refuse the strategy with an opaque "Collective ops must be
+        # configured at program startup" while the peers wait for the startup timeout.
+        raise RuntimeError(
+            "TensorFlow's runtime started before the MultiWorkerMirroredStrategy was created: "
+            "nothing may run TensorFlow ops before runtime.distribute.create_strategy"
+        )
     context = compat.eager_context()
     if all_reduce == "nccl" and not gpus:
         raise ClusterError("all_reduce='nccl' needs GPUs; this worker has none (use auto or ring)")

@@ -11,3 +11,10 @@ class RunError(UserError, RuntimeError):
 
 class NonFiniteLossError(RunError):
     """The training loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of `err`'s message (at most 300 characters), or its class name, for one-line
+    messages."""
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__

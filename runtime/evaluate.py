@@ -23,9 +23,9 @@ import tensorflow as tf
 
 from dataloader import dataset_info
 from runtime import components
-from runtime.checkpoint import restore_for_inference
 from runtime.class_names import class_names_for, load_class_names
 from runtime.eval_report import write_eval_report
+from runtime.finetune import load_for_inference
 from runtime.train_report import val_prefix, with_prefix
 from utils.dllogger import ProgressBar
 
@@ -348,8 +348,9 @@ def describe_speed(results: Mapping[str, Any]) -> str:
 def run_eval(params: Mapping[str, Any]) -> dict[str, Any]:
     """`--mode eval`: evaluate the trained model of model_dir on the validation split.
 
-    Weights: `--predict_ckpt` when given (checkpoint prefix, directory or .weights.h5), else
-    the newest training checkpoint of model_dir, EMA weights preferred when it has them.
+    Weights: `--pretrained` as published (runtime.finetune.load_for_inference); else
+    `--predict_ckpt` when given (checkpoint prefix, directory or .weights.h5), else the newest
+    training checkpoint of model_dir, EMA weights preferred when it has them.
     Results are logged as the DLLogger summary (`[]`), named by the weights as in training
     (runtime.train_report: "val." raw, "val_ema." EMA), appended to the run's log so training
     history is kept.
@@ -368,7 +369,7 @@ def run_eval(params: Mapping[str, Any]) -> dict[str, Any]:
     info = dataset_info(components.data_config(params, training=False))
     with strategy.scope():
         model = components.create_model(params, info.num_classes)
-    loaded = restore_for_inference(model, params["model_dir"], params["predict_ckpt"])
+    loaded = load_for_inference(model, params, is_chief)
     with components.open_metrics_log(params, is_chief, append=True) as log:
         log.log_params(params)
         results = evaluate(

@@ -30,9 +30,9 @@ import tensorflow as tf
 from dataloader import DataError, build_dataset
 from dataloader.preprocessing import preprocess_for_eval
 from runtime import components, runtimes
-from runtime.checkpoint import restore_for_inference
 from runtime.class_names import trained_classes
 from runtime.errors import RunError
+from runtime.finetune import load_for_inference
 from runtime.runtimes import artifact_name, export_dir, planned_artifacts
 from runtime.serving import serving_model, signature, write_saved_model
 from utils.dllogger import print_result
@@ -219,7 +219,8 @@ def verify_serve_bytes(
 def run_export(params: Mapping[str, Any]) -> dict[str, Any]:
     """`--mode export`: write `--export_format` artifacts of the trained model and self-check them.
 
-    Weights: `--predict_ckpt` or the newest checkpoint of model_dir (EMA preferred), as eval.
+    Weights: `--pretrained` as published, else `--predict_ckpt` or the newest checkpoint of
+    model_dir (EMA preferred), as eval.
     Artifacts go to `--export_dir` (default model_dir/export) with export.json describing each
     one (signature, eval transform, classes, weights, self-check results).
 
@@ -243,7 +244,7 @@ def run_export(params: Mapping[str, Any]) -> dict[str, Any]:
     is_chief = components.setup_run({**params, "use_amp": False}).is_chief
     num_classes, class_names = trained_classes(params)
     model = components.create_model(params, num_classes)
-    loaded = restore_for_inference(model, params["model_dir"], params["predict_ckpt"])
+    loaded = load_for_inference(model, params, is_chief)
     cfg = components.data_config(params, training=False)
     crop_fraction = cfg.eval_crop_fraction
     preprocessing = bool(params["export_preprocessing"])

@@ -2,11 +2,20 @@
 
 `--pretrained PATH` starts training from a keras.applications EfficientNet(V2) weight file
 (`.h5` full model or weights, `_notop.h5`, Keras 3 `.weights.h5`; model.weights), a PyTorch
-EfficientNet state dict (`.pth`/`.safetensors`; model.torch_weights) or from one of our own runs (a run directory, its `checkpoints/` folder, a checkpoint prefix or its
-`model.weights.h5`; EMA weights preferred). Every layer but the classifier must load, shapes
-checked; when the class count differs the classifier keeps its fresh initialization and the log
-says so in one line. A pretrained start is not a resume: the optimizer, its step count (so the
-learning-rate schedule) and the EMA start fresh.
+EfficientNet state dict (`.pth`/`.safetensors`; model.torch_weights) or from one of our own
+runs (a run directory, its `checkpoints/` folder, a checkpoint prefix or its
+`model.weights.h5`; EMA weights preferred). `--pretrained imagenet` is the keras.applications
+ImageNet file of the config's model, downloaded once into the Keras cache
+(runtime.imagenet_weights). Every layer but the classifier must load, shapes checked; when the
+class count differs the classifier keeps its fresh initialization and the log says so in one
+line. A pretrained start is not a resume: the optimizer, its step count (so the learning-rate
+schedule) and the EMA start fresh.
+
+Eval, predict and export given `--pretrained` (a weight file or `imagenet`) use the model as
+published, without training (`load_for_inference`): then the classifier must load too. The run
+records itself: a model_dir without a params.json gets one naming the weights, so later modes
+on that model_dir need only `--model_dir` (runtime.flag_checks keeps a trained run's checkpoints
+apart from such a record).
 
 Freezing (`--freeze_until`, `--freeze_bn`) sets `trainable = False` on layers before the
 training step is built; the step differentiates `model.trainable_variables` only, so frozen
@@ -39,6 +48,7 @@ import tensorflow as tf
 from config.loader import ConfigError
 from model import build_model
 from model.weights import load_weights_file
+from runtime import components, imagenet_weights, run_params
 from runtime.checkpoint import restore_for_inference
 from runtime.errors import RunError
 
@@ -149,26 +159,35 @@ def copy_matching_layers(model: keras.Model, source: keras.Model) -> dict[str, A
     return {"layers": layers, "weights": copied, "skipped": skipped}
 
 
-def load_pretrained(model: keras.Model, path: str, model_config: Mapping[str, Any]) -> dict:
+def load_pretrained(
+    model: keras.Model, path: str, model_config: Mapping[str, Any], inference: bool = False
+) -> dict:
     """Load `--pretrained` weights into a freshly built model (see the module docstring).
 
     Args:
       model: the run's model (built, possibly under a distribution strategy).
-      path: a keras.applications weight file, a PyTorch .pth/.safetensors state dict, or a run
-        dir / checkpoint / .weights.h5 of ours.
+      path: a keras.applications weight file, a PyTorch .pth/.safetensors state dict, a run
+        dir / checkpoint / .weights.h5 of ours, or "imagenet" (runtime.imagenet_weights).
       model_config: the run's model config (builds the twin that reads our own files).
+      inference: the weights are used as they are (eval, predict, export): the classifier
+        must load too.
 
     Returns:
       {"source", "kind" ("keras.applications" | "pytorch" | "checkpoint"), "layers", "weights",
        "skipped"}.
 
     Raises:
-      RunError / ConfigError: unreadable file, other architecture, backbone shape mismatch.
+      RunError / ConfigError: unreadable file, other architecture, backbone shape mismatch,
+        (inference) no classifier for this model's classes.
+      WeightsDownloadError: "imagenet" could not be downloaded.
     """
+    classes = int(model.output_shape[-1])
+    if path == imagenet_weights.IMAGENET:
+        include_top = inference or classes == imagenet_weights.IMAGENET_CLASSES
+        path = imagenet_weights.fetch(model_config.get("name"), include_top)
     if _is_our_checkpoint(path) or (path.endswith(".weights.h5") and _is_our_weights_file(path)):
         source_path = _our_source_path(path)
-        classes = _classifier_classes(source_path) or int(model.output_shape[-1])
-        twin = build_model(model_config, num_classes=classes)
+        twin = build_model(model_config, num_classes=_classifier_classes(source_path) or classes)
         loaded = restore_for_inference(twin, "", source_path)
         summary = {
             **copy_matching_layers(model, twin),
@@ -180,15 +199,62 @@ def load_pretrained(model: keras.Model, path: str, model_config: Mapping[str, An
         summary = {**imported, "kind": imported["format"], "source": path}
     else:
         raise ConfigError(f"--pretrained {path}: no such file, run directory or checkpoint")
+    if inference and summary["skipped"]:
+        raise RunError(
+            f"--pretrained {path} has no classifier for this model's {classes} classes: "
+            "eval, predict and export use the weights as they are; fine-tune them first "
+            "(--mode train_and_eval --pretrained ...)"
+        )
     logger.info(
-        "pretrained start from %s: loaded %d tensors into %d layers%s; optimizer, "
-        "step and EMA start fresh",
+        "%s %s: loaded %d tensors into %d layers%s%s",
+        "using the weights of" if inference else "pretrained start from",
         summary["source"],
         summary["weights"],
         summary["layers"],
         f", re-initialized {', '.join(summary['skipped'])}" if summary["skipped"] else "",
+        "" if inference else "; optimizer, step and EMA start fresh",
     )
     return summary
+
+
+def load_for_inference(model: keras.Model, params: Mapping[str, Any], is_chief: bool) -> dict:
+    """The weights of eval / predict / export: `--pretrained` as published, else the run's.
+
+    With `--pretrained` (params after runtime.flag_checks: given for this model_dir, or recorded
+    by an earlier run of it), the weights are imported as they are and, when model_dir has no
+    params.json yet, the chief writes one naming them (`record_pretrained_run`). Otherwise
+    `--predict_ckpt` or the newest checkpoint of model_dir (runtime.checkpoint).
+
+    Returns:
+      {"path": what was loaded, "weights": "pretrained" | "ema" | "raw"}.
+
+    Raises:
+      RunError / ConfigError / WeightsDownloadError: as `load_pretrained` and
+        `restore_for_inference`.
+    """
+    if not params.get("pretrained"):
+        return restore_for_inference(model, params["model_dir"], params["predict_ckpt"])
+    summary = load_pretrained(model, params["pretrained"], params["model"], inference=True)
+    if is_chief:
+        record_pretrained_run(params)
+    return {"path": summary["source"], "weights": "pretrained"}
+
+
+def record_pretrained_run(params: Mapping[str, Any]) -> str | None:
+    """Write model_dir/params.json for a model used as published, unless model_dir has one.
+
+    Eval, predict and export read a model_dir's params.json (runtime.run_params): with this
+    record they find the config and `--pretrained` again from `--model_dir` alone.
+
+    Returns:
+      The path written, or None when model_dir already had a params.json.
+    """
+    path = os.path.join(params["model_dir"], run_params.PARAMS_FILE)
+    if os.path.exists(path):
+        return None
+    components.write_json(path, params)
+    logger.info("recorded the model (config and --pretrained %s) in %s", params["pretrained"], path)
+    return path
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any
 from config.loader import load_config
 from dataloader import layout
 from dataloader.config import SOURCES
-from runtime import run_params, runtimes
+from runtime import imagenet_weights, run_params, runtimes
 from utils.errors import BAD_INPUT, UserError
 
 DATASETS_NEEDING_DIR = ("imagenet", "folder")
@@ -104,6 +104,7 @@ def resolve(
         raise FlagError(_missing_cfg(args.mode, args.model_dir))
     else:
         params["model"] = load_config(args.cfg, args.mparams)
+    params["pretrained"] = pretrained_source(params, saved, explicit or {})
     for flag, key in (("train_img_size", "train_img_size"), ("eval_img_size", "eval_img_size")):
         if params[flag] is None:
             if key not in params["model"]:
@@ -281,16 +282,79 @@ def _validate_export(params: dict[str, Any]) -> None:
 _FREEZE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
+def pretrained_source(
+    params: dict[str, Any], saved: dict[str, Any] | None, explicit: dict[str, Any]
+) -> str | None:
+    """`--pretrained` as this run uses it: "imagenet", an absolute path, or None.
+
+    Training starts from it. Eval, predict and export (INFERENCE_MODES) use it as published,
+    which a model_dir remembers (runtime.finetune.record_pretrained_run): a params.json that
+    training wrote names where training started, not the weights to use, so it is not inherited
+    then (the run's checkpoints are), and giving it is an error; a params.json recorded for a
+    published model is inherited, and another `--pretrained` is an error.
+
+    Raises:
+      FlagError: `--pretrained` for a model_dir whose params.json says otherwise.
+    """
+    source = params["pretrained"]
+    if source is not None and source != imagenet_weights.IMAGENET:
+        source = os.path.abspath(source)
+    if saved is None or params["mode"] in run_params.TRAINING_MODES:
+        return source
+    model_dir = params["model_dir"]
+    if saved.get("mode", run_params.TRAINING_MODES[0]) in run_params.TRAINING_MODES:
+        if "pretrained" in explicit:
+            raise FlagError(
+                f"--pretrained: {model_dir} holds a training run (its {run_params.PARAMS_FILE}); "
+                "leave --pretrained out to use its checkpoints, or use another --model_dir "
+                "for the published weights"
+            )
+        return None
+    if "pretrained" in explicit and source != saved.get("pretrained"):
+        raise FlagError(
+            f"--pretrained {source}: {model_dir} holds the model of --pretrained "
+            f"{saved.get('pretrained')} (its {run_params.PARAMS_FILE}); leave --pretrained "
+            "out, or use another --model_dir"
+        )
+    return source
+
+
+# The modes that use --pretrained weights as published (no training).
+INFERENCE_MODES = ("eval", "predict", "export")
+
+
+def _validate_pretrained(params: dict[str, Any]) -> None:
+    """--pretrained: imagenet (a file exists for the model) or a path of the mode's kind."""
+    source, mode = params["pretrained"], params["mode"]
+    if source is None or mode not in (*run_params.TRAINING_MODES, *INFERENCE_MODES):
+        return
+    if source == imagenet_weights.IMAGENET:
+        reason = imagenet_weights.unavailable(params["model"].get("name"))
+        if reason is not None:
+            raise FlagError(f"--pretrained imagenet: {reason}")
+    elif mode in run_params.TRAINING_MODES:
+        if not (os.path.exists(source) or os.path.isfile(source + ".index")):
+            raise FlagError(
+                f"--pretrained {source} does not exist (a weights file, run directory, "
+                "checkpoint prefix or imagenet)"
+            )
+    elif not os.path.isfile(source):
+        raise FlagError(
+            f"--pretrained {source} is not a file: --mode {mode} takes a weights file or "
+            "imagenet (for a run of ours: --model_dir, or --predict_ckpt for one checkpoint)"
+        )
+    if mode in INFERENCE_MODES and params["predict_ckpt"]:
+        raise FlagError(
+            "--predict_ckpt and --pretrained name two sets of weights; give one "
+            "(--pretrained: weights as published, --predict_ckpt: a checkpoint of a run)"
+        )
+
+
 def _validate_finetune(params: dict[str, Any]) -> None:
-    """--pretrained, --freeze_until, --unfreeze_epoch (training modes only)."""
+    """--pretrained; --freeze_until, --unfreeze_epoch (training modes only)."""
+    _validate_pretrained(params)
     if params["mode"] not in run_params.TRAINING_MODES:
         return
-    path = params["pretrained"]
-    if path is not None and not (os.path.exists(path) or os.path.isfile(path + ".index")):
-        raise FlagError(
-            f"--pretrained {path} does not exist (a weights file, run directory "
-            "or checkpoint prefix)"
-        )
     until = params["freeze_until"]
     if until is not None:
         stage = re.match(r"^stage(\d+)(_|$)", until)

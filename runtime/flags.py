@@ -328,10 +328,12 @@ def build_parser() -> FlagParser:
     g.add_argument(
         "--pretrained",
         default=None,
-        help="start from these weights: a keras.applications EfficientNet(V2) .h5 / "
-        ".weights.h5 file, a PyTorch EfficientNet .pth / .safetensors state dict, or a run "
-        "directory, checkpoint or model.weights.h5 of ours (not a resume: optimizer, step "
-        "and EMA start fresh)",
+        help="start from these weights: imagenet (the keras.applications ImageNet file of "
+        "the model, downloaded once into $KERAS_HOME/models), a keras.applications "
+        "EfficientNet(V2) .h5 / .weights.h5 file, a PyTorch EfficientNet .pth / .safetensors "
+        "state dict, or a run directory, checkpoint or model.weights.h5 of ours (not a resume: "
+        "optimizer, step and EMA start fresh). eval/predict/export: use imagenet or a weights "
+        "file as published, no training (recorded in model_dir/params.json)",
     )
     g.add_argument(
         "--freeze_until",
@@ -585,10 +587,12 @@ def parse(argv: Sequence[str] | None = None) -> dict[str, Any]:
         saved = None
         if run_params.reads_run(args.mode):
             saved = run_params.load_saved_params(args.model_dir)
-        explicit = {}
+        explicit, taken = {}, {}
         if saved is not None:
             explicit = _explicit_flags(argv)
-            args = argparse.Namespace(**run_params.merge(_defaults(parser), saved, explicit))
-        return resolve(args, saved, explicit)
+            taken = run_params.saved_flag_values(saved, parser.actions(), explicit, args.model_dir)
+            args = argparse.Namespace(**{**_defaults(parser), **taken, **explicit})
+        with run_params.naming_the_file(taken, args.model_dir):
+            return resolve(args, saved, explicit)
     except UserError as err:  # FlagError, ConfigError, ...: bad input, exit status 2
         parser.error(str(err))

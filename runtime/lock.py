@@ -185,14 +185,19 @@ def claim_model_dir(params: dict[str, Any]) -> ModelDirLock | None:
 
 
 def _check_resume(params: dict[str, Any]) -> None:
-    import tensorflow as tf
+    """Refuse a resume that cannot fit, without starting TensorFlow's runtime.
 
-    from dataloader import dataset_info
+    A multi-worker run creates its MultiWorkerMirroredStrategy after this check, and TF refuses
+    it once anything has started the runtime ("Collective ops must be configured at program
+    startup"): so the data set is asked only for its classes (`dataset_classes` reads no
+    record); the label scan runs with the run, after the strategy exists.
+    """
+    from dataloader import dataset_classes
     from runtime import components
     from runtime.checkpoint import check_resume_fits, checkpoint_dir
+    from runtime.checkpoint_integrity import listed_checkpoints
 
-    directory = checkpoint_dir(params["model_dir"])
-    if not os.path.isdir(directory) or tf.train.latest_checkpoint(directory) is None:
+    if not listed_checkpoints(checkpoint_dir(params["model_dir"])):
         return
     saved_path = os.path.join(params["model_dir"], "params.json")
     try:
@@ -200,5 +205,5 @@ def _check_resume(params: dict[str, Any]) -> None:
             saved = json.load(f)
     except (OSError, ValueError):
         saved = None  # an older run without params.json: the restore itself checks
-    info = dataset_info(components.data_config(params, training=True))
-    check_resume_fits(params, saved, info.num_classes, info.class_names)
+    num_classes, class_names = dataset_classes(components.data_config(params, training=True))
+    check_resume_fits(params, saved, num_classes, class_names)

@@ -26,9 +26,9 @@ import tensorflow as tf
 from dataloader.files import FilePolicy, skip_reason
 from dataloader.preprocessing import preprocess_for_eval
 from runtime import components, runtimes
-from runtime.checkpoint import restore_for_inference
 from runtime.class_names import trained_classes
 from runtime.errors import RunError
+from runtime.finetune import load_for_inference
 from utils.dllogger import ProgressBar, print_result
 from utils.fileio import atomic_write_text
 
@@ -328,7 +328,8 @@ def run_predict(params: Mapping[str, Any]) -> dict[str, Any]:
     """`--mode predict`: classify `--predict_img_dir` (a folder, any depth, or one image).
 
     Writes model_dir/predictions.csv and predictions.json, prints a summary table. Weights:
-    `--predict_ckpt` or the newest checkpoint of model_dir (EMA preferred).
+    `--pretrained` as published (runtime.finetune.load_for_inference), else `--predict_ckpt`
+    or the newest checkpoint of model_dir (EMA preferred).
 
     Args:
       params: the resolved configuration (see main.py).
@@ -352,7 +353,7 @@ def run_predict(params: Mapping[str, Any]) -> dict[str, Any]:
     if params["runtime"] == "keras":
         with dist.strategy.scope():
             model = components.create_model(params, num_classes)
-        loaded = restore_for_inference(model, params["model_dir"], params["predict_ckpt"])
+        loaded = load_for_inference(model, params, is_chief)
     else:
         model, loaded = runtimes.open_exported(params, num_classes)
     folder = params["predict_img_dir"] if os.path.isdir(params["predict_img_dir"]) else None

@@ -14,18 +14,31 @@ then; a `--cfg` or `--mparams` that would build a different architecture than th
 is refused in one line (it could not load the checkpoint). Settings that do not change the
 weights (dropout, image sizes, crop fraction, batch sizes) may be overridden.
 
+A hand-edited file is checked like the command line (exit status 2, one line naming the key and
+the file): each value the mode takes goes through its flag's type and choices
+(`saved_flag_values`, from the parser's actions) and keeps its JSON type (`"100"` is no
+integer, `"no"` no boolean); the range checks of runtime.flag_checks name the file when the
+value came from it (`naming_the_file`); the model config goes through model.schema. A key that
+is no flag is an error with the closest flag (a typo would otherwise be dropped silently), as
+an unknown `--mparams` key is.
+
 This module does not import TensorFlow (main.py parses flags before it loads TensorFlow).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import difflib
 import json
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 from config.loader import ConfigError, apply_overrides, load_config, parse_mparams
-from model.schema import MODEL_KEYS
+from model.schema import MODEL_KEYS, is_int, is_number, validate_model_config
+from utils.errors import UserError
 
 PARAMS_FILE = "params.json"
 # The modes that train (and write PARAMS_FILE); every other mode writes params_<mode>.json.
@@ -45,6 +58,8 @@ RUN_LOCAL_KEYS = (
     "predict_ckpt",
     "resume_checkpoint",
 )
+# The keys of params.json that are not flags: the model config and what training derived.
+NON_FLAG_KEYS = ("model", "derived")
 # The model-config keys that change the weights or an inference output; dropout_rate,
 # drop_connect_rate and bn_momentum act only in training.
 ARCHITECTURE_KEYS = tuple(
@@ -79,6 +94,10 @@ def load_saved_params(model_dir: str) -> dict[str, Any] | None:
         raise ConfigError(f"cannot read {path}: {err}") from err
     if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
         raise ConfigError(f"{path} is not a training run's params.json (no 'model' config)")
+    try:
+        validate_model_config(saved["model"], complete=True)
+    except ConfigError as err:
+        raise ConfigError(f'"model" in {path}: {err}') from err
     return saved
 
 
@@ -130,17 +149,111 @@ def model_config(
     return requested
 
 
-def merge(
-    defaults: Mapping[str, Any], saved: Mapping[str, Any], explicit: Mapping[str, Any]
+def saved_flag_values(
+    saved: Mapping[str, Any],
+    actions: Sequence[argparse.Action],
+    explicit: Collection[str],
+    model_dir: str,
 ) -> dict[str, Any]:
-    """parser defaults <- saved run (except RUN_LOCAL_KEYS) <- flags given on the command line.
+    """The flag values a run-reading mode takes from the run's params.json, checked as flags.
 
-    Keys of the saved file that the parser does not know (written by another version) are
-    dropped; lists are turned back into the tuples the parser produces.
+    Keys given on the command line (`explicit`) and RUN_LOCAL_KEYS are not taken, so their
+    values are not checked either.
+
+    Args:
+      saved: the params.json (`load_saved_params`).
+      actions: the flag parser's actions (runtime.flags).
+      explicit: the flags given on the command line.
+      model_dir: for the messages.
+
+    Returns:
+      {flag: value} as the parser would produce it (lists as tuples, ints of float flags as
+      floats).
+
+    Raises:
+      ConfigError: a key that is no flag, or a value its flag refuses; one line naming the key
+        and the file.
     """
-    inherited = {
-        k: tuple(v) if isinstance(v, list) else v
-        for k, v in saved.items()
-        if k in defaults and k not in RUN_LOCAL_KEYS
-    }
-    return {**defaults, **inherited, **explicit}
+    path = os.path.join(model_dir, PARAMS_FILE)
+    by_dest = {a.dest: a for a in actions if a.dest != "help"}
+    taken = {}
+    for key, value in saved.items():
+        if key in NON_FLAG_KEYS:
+            continue
+        if key not in by_dest:
+            close = difflib.get_close_matches(key, list(by_dest), n=1)
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            raise ConfigError(f'"{key}" in {path} is not a flag{hint}; rename or remove it')
+        if key in RUN_LOCAL_KEYS or key in explicit:
+            continue
+        try:
+            taken[key] = flag_value(by_dest[key], value)
+        except ValueError as err:
+            raise ConfigError(f'"{key}" in {path} {err} ({_override_hint(by_dest[key])})') from None
+    return taken
+
+
+def flag_value(action: argparse.Action, value: Any) -> Any:
+    """What the parser makes of flag `action` set to `value`, the JSON form training wrote.
+
+    The value goes through the flag's own `type` and `choices` and must keep the JSON type of
+    what the parser produces: true/false for a --x/--no-x flag, a number for an int or float
+    flag, a string, the text or its list for a comma-separated flag, null only for a flag
+    whose default is unset.
+
+    Raises:
+      ValueError: "must be ..., got ..." (the end of a sentence that starts with the key).
+    """
+    shown = json.dumps(value)
+    if value is None:
+        if action.default is None:
+            return None
+        raise ValueError(f"must not be null (the flag's default is {action.default!r})")
+    if isinstance(action, argparse.BooleanOptionalAction):
+        ok, wanted = isinstance(value, bool), "true or false"
+    elif action.type in (int, float):
+        ok = is_int(value) if action.type is int else is_number(value)
+        wanted = "an integer" if action.type is int else "a finite number"
+    elif action.type is None:
+        ok, wanted = isinstance(value, str), "a string"
+    else:  # a flag that parses text (--dataset, comma-separated lists): the text or its list
+        ok = isinstance(value, str) or (
+            isinstance(value, list) and all(isinstance(v, str) or is_int(v) for v in value)
+        )
+        wanted = "the flag's text (a string, or a list of its comma-separated values)"
+    if not ok:
+        raise ValueError(f"must be {wanted}, got {shown}")
+    parsed = value
+    if action.type is not None:
+        text = ",".join(map(str, value)) if isinstance(value, list) else value
+        try:
+            parsed = action.type(text)
+        except argparse.ArgumentTypeError as err:
+            raise ValueError(f"is not a valid {action.option_strings[0]} value: {err}") from None
+    if action.choices is not None and parsed not in action.choices:
+        choices = ", ".join(map(str, action.choices))
+        raise ValueError(f"must be one of {choices}, got {shown}")
+    return parsed
+
+
+def _override_hint(action: argparse.Action) -> str:
+    return f"fix the file, or override it with {' / '.join(action.option_strings)}"
+
+
+@contextlib.contextmanager
+def naming_the_file(taken: Collection[str], model_dir: str) -> Iterator[None]:
+    """A flag error raised inside about a value taken from params.json names the key and file.
+
+    The range and combination checks (runtime.flag_checks) name flags as `--flag`; when the
+    first one they name came from the file (`taken`), the message says so.
+    """
+    try:
+        yield
+    except UserError as err:
+        named = [k for k in re.findall(r"--(\w+)", str(err)) if k in taken]
+        if not named:
+            raise
+        path = os.path.join(model_dir, PARAMS_FILE)
+        raise ConfigError(
+            f'"{named[0]}" in {path}: {err} (fix the file, or override the flag)'
+        ) from err

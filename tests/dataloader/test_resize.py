@@ -79,3 +79,14 @@ def test_eval_crop_of_a_photo_differs_from_tf2_bicubic():
 def test_bicubic_tf1_is_a_data_config_choice():
     assert "bicubic_tf1" in RESIZE_METHODS
     DataConfig(dataset="synthetic", image_size=32, batch_size=2, resize_method="bicubic_tf1")
+
+
+@pytest.mark.parametrize("shape, size", [((37, 53, 3), 24), ((10, 13, 3), 31), ((5, 64, 3), 16)])
+def test_portable_bicubic_is_tf2_resize(shape, size):
+    """Exported graphs resize TF2's bicubic as matrix products too (LiteRT has no bicubic op):
+    half-pixel centers, a = -0.5, samples outside the image weighted 0 and the rest renormalized,
+    as TF's kernel does when downscaling and upscaling."""
+    images = np.random.default_rng(1).integers(0, 256, (2, *shape)).astype(np.float32)
+    portable = resize(tf.constant(images), size, "bicubic", portable=True).numpy()
+    reference = tf.clip_by_value(tf.image.resize(images, [size, size], "bicubic"), 0, 255)
+    np.testing.assert_allclose(portable, reference.numpy(), atol=1e-3)

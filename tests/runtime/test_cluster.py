@@ -181,11 +181,13 @@ def test_tf_config_errors(text, message):
 
 
 def slurm(procid, ntasks, nodelist, per_node=None, localid=None, **extra):
+    """The environment of task `procid` of an srun job step (SLURM_STEP_ID is srun's)."""
     env = {
         "SLURM_PROCID": str(procid),
         "SLURM_NTASKS": str(ntasks),
         "SLURM_JOB_NODELIST": nodelist,
         "SLURM_JOB_ID": "42",
+        "SLURM_STEP_ID": "0",
         **extra,
     }
     if per_node is not None:
@@ -236,6 +238,17 @@ def test_slurm_single_task_is_local():
     assert resolve_cluster(slurm(0, 1, "n1")) == ClusterSpec()
 
 
+def test_a_batch_script_without_srun_is_one_process():
+    """What the batch shell of `sbatch --ntasks-per-node=8` sees (slurm-wlm 22.05): rank 0 of
+    8 tasks, but no job step. Before: `python main.py` run there took itself for rank 0 of an
+    8-worker cluster and waited 300 s for peers that never start."""
+    batch_shell = slurm(0, 8, "vm", SLURM_TASKS_PER_NODE="8", SLURM_LOCALID="0")
+    del batch_shell["SLURM_STEP_ID"]
+    assert resolve_cluster(batch_shell) == ClusterSpec()
+    step = {**batch_shell, "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "8"}
+    assert resolve_cluster(step).num_workers == 8
+
+
 @pytest.mark.parametrize(
     "env, message",
     [
@@ -244,7 +257,7 @@ def test_slurm_single_task_is_local():
         (slurm(2, 2, "a,b"), "SLURM_PROCID=2 is not below SLURM_NTASKS=2"),
         (slurm(0, 0, "a,b"), "SLURM_NTASKS=0 must be >= 1"),
         (
-            {"SLURM_PROCID": "0", "SLURM_NTASKS": "2"},
+            {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_STEP_ID": "0"},
             "neither SLURM_STEP_NODELIST nor SLURM_JOB_NODELIST",
         ),
         (slurm(0, 3, "a,b"), "3 tasks do not divide over 2 nodes"),

@@ -140,6 +140,19 @@ def test_missing_worker_fails_at_startup_instead_of_hanging():
     assert time.monotonic() - started < 90
 
 
+def test_multi_worker_strategy_after_tensorflow_started_names_the_cause():
+    """TF's own refusal ("Collective ops must be configured at program startup") does not say
+    that an op ran too early; tests/runtime/test_lock.py checks that the pre-run checks run none."""
+    import tensorflow as tf
+
+    from runtime import compat, distribute
+
+    tf.add(1, 1)
+    assert compat.runtime_started()
+    with pytest.raises(RuntimeError, match="runtime started before the MultiWorkerMirrored"):
+        distribute.create_strategy(num_gpus=0, environ=tf_config({"worker": ["a:1", "b:1"]}))
+
+
 def test_fp16_all_reduce_is_scale_aware_in_both_precisions():
     """A bare float16 cast overflowed the *sum* of loss-scaled gradients (x32768 under AMP: each
     replica's float16 gradient fits, two of them near the top do not: inf, a skipped step) and

@@ -260,12 +260,16 @@ def test_export_with_preprocessing_takes_uint8_and_jpeg_bytes(tmp_path):
     np.testing.assert_allclose(probabilities.sum(-1), 1.0, rtol=1e-5)
 
 
-@pytest.mark.slow
-def test_litert_export_with_preprocessing(tmp_path):
+@pytest.mark.parametrize(
+    "resize_method", [pytest.param("bilinear", marks=pytest.mark.slow), "bicubic"]
+)
+def test_litert_export_with_preprocessing(tmp_path, resize_method):
+    """TF2 bicubic included: LiteRT has no bicubic op (before: a Flex-op traceback); the
+    graph resizes with matrix products (dataloader.preprocessing.resize, portable)."""
     skip_without("ai_edge_litert")
     save_random_checkpoint(tiny_params(tmp_path, "export"))
     argv = tiny_args(tmp_path, "export", "--export_format", "tflite", "--export_preprocessing")
-    assert main.main(argv) == 0
+    assert main.main([*argv, "--resize_method", resize_method]) == 0
     (artifact,) = _manifest(tmp_path)["artifacts"]
     assert artifact["path"].endswith("model_preprocessing.tflite") and artifact["passed"]
     assert artifact["signature"]["input"]["dtype"] == "uint8"

@@ -9,8 +9,12 @@ import subprocess
 import pytest
 
 from runtime.lock import LockError, ModelDirLock, claim_model_dir, lock_path
+from tests.helpers import ROOT
 from tests.helpers.cli import assert_one_line
-from tests.helpers.tiny_run import tiny_args
+from tests.helpers.cluster_env import tf_config
+from tests.helpers.data_fixtures import make_folder_tree, write_tfrecords
+from tests.helpers.processes import cpu_env, program
+from tests.helpers.tiny_run import save_random_checkpoint, tiny_args, tiny_params
 from utils import fileio
 
 
@@ -88,3 +92,50 @@ def test_start_up_removes_stale_temporary_files(tmp_path):
         assert sorted(os.listdir(model_dir)) == ["checkpoints", "train.lock"]
     finally:
         lock.release()
+
+
+def test_resume_checks_do_not_start_tensorflow_on_any_data_source(tmp_path):
+    """Before: resuming a multi-worker run on TFRecords, the resume check scanned the labels
+    with tf.data, which started TensorFlow's runtime; the chief's MultiWorkerMirroredStrategy
+    then failed ("Collective ops must be configured at program startup") and its peer waited
+    for the 300 s start-up timeout."""
+    from dataloader.tfrecord_format import write_metadata
+    from runtime.class_names import save_class_names
+    from runtime.components import write_json
+
+    labels = [list(range(10)), list(range(10))]
+    write_tfrecords(str(tmp_path / "shards"), "train", labels)
+    write_tfrecords(str(tmp_path / "shards"), "validation", labels[:1])
+    write_tfrecords(str(tmp_path / "shards_meta"), "train", labels)
+    write_tfrecords(str(tmp_path / "shards_meta"), "validation", labels[:1])
+    write_metadata(str(tmp_path / "shards_meta"), 10, 20, 10, [str(i) for i in range(10)])
+    make_folder_tree(str(tmp_path / "tree"), [f"c{i}" for i in range(10)], {"train": 1, "val": 1})
+    data = {  # once started, the runtime stays started: the TFRecord sets come last
+        "digits": (),
+        "synthetic": (),
+        "folder": ("--data_dir", str(tmp_path / "tree")),
+        "imagenet_meta": ("--data_dir", str(tmp_path / "shards_meta")),
+        "imagenet": ("--data_dir", str(tmp_path / "shards")),
+    }
+    runs = []
+    for name, data_args in data.items():
+        model_dir = tmp_path / f"run_{name}"
+        args = ["--dataset", name.split("_")[0], *data_args, "--num_gpus", "0"]
+        params = tiny_params(model_dir, "train", *args)
+        save_random_checkpoint(params)
+        write_json(str(model_dir / "params.json"), params)
+        save_class_names(str(model_dir), 10, None)
+        runs.append(tiny_args(model_dir, "train", *args))
+    env = cpu_env(**tf_config({"worker": ["127.0.0.1:1", "127.0.0.1:2"]}))
+    proc = subprocess.run(
+        program("prerun_checks", json.dumps(runs)),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    started = json.loads(proc.stdout.splitlines()[-1])
+    assert started == {f"run_{name}": False for name in data}
+    assert "checking the labels" not in proc.stderr

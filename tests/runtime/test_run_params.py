@@ -3,6 +3,8 @@
 import json
 import os
 
+import pytest
+
 import main
 from runtime import flags, run_params
 from runtime.components import write_json
@@ -165,3 +167,80 @@ def test_wrong_model_checkpoint_is_one_line_without_tf_warnings(tmp_path, capsys
     assert code == 1 and err.count("main.py: error:") == 1
     assert "does not fit this model" in err and "another architecture or class count" in err
     assert "could not be found" not in caplog.text + err
+
+
+# ---------------------------------------------------------------------------------------------
+# A hand-edited params.json is checked like the command line (issue 20)
+
+
+def edited_run(tmp_path, **edits):
+    """A trained run's params.json with `edits` applied to the saved values."""
+    trained = json.loads(json.dumps(trained_run(tmp_path)))
+    with open(tmp_path / run_params.PARAMS_FILE, "w") as f:
+        json.dump({**trained, **edits}, f)
+    return str(tmp_path / run_params.PARAMS_FILE)
+
+
+@pytest.mark.parametrize(
+    "edit, problem",
+    [
+        # Before: a TypeError traceback when the mode compared or used the value.
+        ({"eval_batch_size": "100"}, 'must be an integer, got "100"'),
+        ({"eval_batch_size": 12.5}, "must be an integer, got 12.5"),
+        ({"dataset": 5}, "must be the flag's text (a string, or a list"),
+        # Before: "no" is a true string, and the run silently used mixed_float16.
+        ({"use_amp": "no"}, 'must be true or false, got "no"'),
+        ({"eval_batch_size": None}, "must not be null"),
+        (
+            {"optimizer": "rmsprp"},
+            'must be one of rmsprop, sgd, momentum, adam, adamw, lamb, got "rmsprp"',
+        ),
+        ({"dataset": "imagenet2"}, "is not a valid --dataset value: invalid dataset 'imagenet2'"),
+        ({"export_format": ["onnx", "pdf"]}, "invalid export format 'pdf'"),
+        ({"label_offset": 2}, "must be one of 0, 1, got 2"),
+    ],
+)
+def test_a_bad_saved_value_exits_2_naming_the_key_and_the_file(tmp_path, main_exit, edit, problem):
+    path = edited_run(tmp_path, **edit)
+    (key,) = edit
+    code, err = main_exit(["--mode", "eval", "--model_dir", str(tmp_path)])
+    assert_one_line(err, code, 2)
+    assert err.startswith(f'main.py: error: "{key}" in {path} ') and problem in err
+    assert f"fix the file, or override it with --{key}" in err
+
+
+def test_saved_values_get_the_range_checks_of_their_flags(tmp_path, main_exit):
+    path = edited_run(tmp_path, eval_batch_size=0, crop_fraction=1.5)
+    code, err = main_exit(["--mode", "eval", "--model_dir", str(tmp_path)])
+    assert_one_line(err, code, 2)
+    assert f'"eval_batch_size" in {path}: --eval_batch_size must be >= 1, got 0' in err
+    # The model config goes through model.schema, the one validator of its values.
+    trained = json.load(open(path))
+    edited_run(tmp_path, model={**trained["model"], "width_coefficient": "abc"})
+    code, err = main_exit(["--mode", "eval", "--model_dir", str(tmp_path)])
+    assert_one_line(err, code, 2)
+    assert f'"model" in {path}: width_coefficient must be a positive number' in err
+
+
+def test_a_bad_saved_value_overridden_on_the_command_line_is_not_used(tmp_path):
+    edited_run(tmp_path, eval_batch_size="100", use_amp="no", lr_init=1)
+    params = flags.parse(
+        ["--mode", "eval", "--model_dir", str(tmp_path), "--eval_batch_size", "7", "--no-use_amp"]
+    )
+    assert (params["eval_batch_size"], params["use_amp"]) == (7, False)
+    assert params["lr_init"] == 1.0 and isinstance(params["lr_init"], float)
+
+
+def test_a_key_that_is_no_flag_is_an_error_with_the_closest_flag(tmp_path, main_exit):
+    """Before: dropped without a word, so a typo'd edit silently kept the trained value."""
+    path = edited_run(tmp_path, eval_bach_size=50)
+    code, err = main_exit(["--mode", "eval", "--model_dir", str(tmp_path)])
+    assert_one_line(err, code, 2)
+    assert f'"eval_bach_size" in {path} is not a flag (did you mean "eval_batch_size"?)' in err
+    edited_run(tmp_path, colour="blue")
+    code, err = main_exit(["--mode", "eval", "--model_dir", str(tmp_path)])
+    assert_one_line(err, code, 2)
+    assert err.endswith("is not a flag; rename or remove it\n")
+    # What training adds besides the flags is no flag, and fine.
+    edited_run(tmp_path, derived={"steps_per_epoch": 3})
+    assert flags.parse(["--mode", "eval", "--model_dir", str(tmp_path)])["eval_batch_size"] == 100

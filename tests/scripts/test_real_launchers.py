@@ -411,6 +411,27 @@ def test_mpirun_inside_an_sbatch_job(slurm, mpirun, tmp_path):
     print(f"mpirun in sbatch job {job.id}: {time.monotonic() - job.submitted:.1f} s")
 
 
+@pytest.mark.slow
+def test_main_in_a_multi_task_batch_script_without_srun_is_one_process(slurm, tmp_path):
+    """`sbatch --ntasks=2 --wrap "python main.py ..."`: the batch shell has SLURM_PROCID=0 and
+    SLURM_NTASKS=2 but no job step. Before: main.py took itself for rank 0 of a 2-worker cluster
+    and waited 300 s for a peer that never starts."""
+    results = tmp_path / "run"
+    args = TINY_ARGS.replace("--max_epochs 3", "--max_epochs 1").replace(
+        "--steps_per_epoch 100", "--steps_per_epoch 2"
+    )
+    argv = [sys.executable, "main.py", "--cfg", "config/efficientnet_v2/s_cfg.py"]
+    argv += ["--mode", "train", "--model_dir", str(results), "--num_gpus", "0", "--no-use_xla"]
+    command = " ".join(shlex.quote(w) for w in argv + args.split())
+    job = Job(job_env(results), tmp_path / "job.out", f"--wrap={command}", script=None)
+    info = job.wait_done(timeout=280)
+    assert_completed(info, job)
+    assert "1 worker(s), 1 replica(s) in sync, chief=True, cluster from local" in job.log(), (
+        job.tail()
+    )
+    print(f"main.py in the batch shell of job {job.id}: {time.monotonic() - job.submitted:.1f} s")
+
+
 # --- mpirun -----------------------------------------------------------------------------------
 
 
@@ -531,5 +552,11 @@ def test_mpirun_ranks_inside_a_slurm_job_use_open_mpi_variables():
     assert [(r.source, r.rank, r.is_chief) for r in ranks] == [("mpi", 0, True), ("mpi", 1, False)]
     assert ranks[1].jobs["worker"] == ("localhost:4000", "localhost:4001")
     # srun's own tasks keep the SLURM source.
-    step = {**batch_shell, "SLURM_PROCID": "1", "SLURM_LOCALID": "1", "SLURM_STEP_NUM_TASKS": "2"}
+    step = {
+        **batch_shell,
+        "SLURM_PROCID": "1",
+        "SLURM_LOCALID": "1",
+        "SLURM_STEP_ID": "0",
+        "SLURM_STEP_NUM_TASKS": "2",
+    }
     assert (resolve_cluster(step).source, resolve_cluster(step).rank) == ("slurm", 1)
