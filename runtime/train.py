@@ -45,7 +45,6 @@ from runtime.evaluate import evaluate, make_eval_step, without_missing_timing
 from runtime.run_params import TRAINING_MODES, params_filename
 from runtime.stages import Stage, describe_stage, split_at, stage_for_epoch, stages_from_params
 from runtime.step import StepConfig, TrainMetrics, make_train_step
-from runtime.train_report import val_prefix, with_prefix
 from utils.dllogger import MetricsLogger, ProgressBar, Verbosity, print_result, read_log
 from utils.ema import ExponentialMovingAverage
 from utils.fileio import atomic_dir
@@ -439,9 +438,9 @@ def _end_epoch(
 def _evaluate_during_training(run: TrainRun) -> dict[str, float]:
     """Evaluation during training uses the EMA weights when EMA is on (val_ema.* keys)."""
     if run.ema is None:
-        return with_prefix(run.evaluate("eval"), val_prefix(ema=False))
+        return train_report.with_prefix(run.evaluate("eval"), train_report.RAW)
     with run.ema.averaged_weights():
-        return with_prefix(run.evaluate("eval (EMA)"), val_prefix(ema=True))
+        return train_report.with_prefix(run.evaluate("eval (EMA)"), train_report.EMA)
 
 
 def _finish(run: TrainRun, with_eval: bool) -> dict[str, Any]:
@@ -459,11 +458,11 @@ def _finish(run: TrainRun, with_eval: bool) -> dict[str, Any]:
             "raw and EMA" if use_ema else "raw",
         )
         raw = run.evaluate("final eval (raw)")
-        summary.update(with_prefix(raw, val_prefix(ema=False)))
+        summary.update(train_report.with_prefix(raw, train_report.RAW))
         if run.ema is not None:
             with run.ema.averaged_weights():
                 averaged = run.evaluate("final eval (EMA)")
-            summary.update(with_prefix(averaged, val_prefix(ema=True)))
+            summary.update(train_report.with_prefix(averaged, train_report.EMA))
             use_ema = averaged["top1"] >= raw["top1"]
             best = averaged if use_ema else raw
             summary.update({f"best.{k}": v for k, v in best.items()})

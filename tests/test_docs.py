@@ -147,7 +147,7 @@ def test_model_tables_are_current(variant):
 
 # An issue number means nothing to a reader of the docs (issues are closed, renumbered, or live
 # in another tracker); another project's issue (keras-team/keras#20585) is a citation.
-ISSUE_NUMBER = re.compile(r"\bissues? ?#?\d+\b|(?<![\w/.-])#\d+\b", re.IGNORECASE)
+ISSUE_NUMBER = re.compile(r"\bissues? ?#?\d+\b|(?<![\w/.-])#\d+(?![\w-])", re.IGNORECASE)
 
 
 def test_no_page_names_an_issue_number():
@@ -170,7 +170,13 @@ def test_issue_number_pattern_catches(text):
 
 
 @pytest.mark.parametrize(
-    "text", ["keras-team/keras#20585", "`#SBATCH --signal`", "[x](finetune.md#3-the-weights)"]
+    "text",
+    [
+        "keras-team/keras#20585",
+        "`#SBATCH --signal`",
+        "[x](finetune.md#3-the-weights)",
+        "[section 8](#8-an-imagenet-model-as-it-is)",
+    ],
 )
 def test_issue_number_pattern_spares_citations_and_anchors(text):
     assert not ISSUE_NUMBER.search(text)
