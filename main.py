@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("absl").setLevel(logging.WARNING)  # TF's per-save sharding INFO lines
     try:
-        lock = _check_and_claim(params)
+        lock = check_and_claim(params)
         try:
             _write_params_and_run(params)
         finally:
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _check_and_claim(params: dict) -> ModelDirLock | None:
+def check_and_claim(params: dict) -> ModelDirLock | None:
     """Before anything is written: check the data settings; for training, lock model_dir.
 
     Returns:

@@ -144,7 +144,7 @@ def _eval_map(source, cfg: DataConfig):
     return fn
 
 
-def _stream_seeds(
+def stream_seeds(
     cfg: DataConfig, input_context: tf.distribute.InputContext | None
 ) -> tuple[int | None, int | None]:
     """(augmentation, mixing) seeds: distinct per input pipeline and per purpose."""
@@ -289,7 +289,7 @@ def build_dataset(
         f"{cfg.dataset}/{split}", source.origin, report_passes=not repeat, scope=cfg.data_dir
     )
     deterministic = not train or cfg.seed is not None
-    aug_seed, mix_seed = _stream_seeds(cfg, input_context)
+    aug_seed, mix_seed = stream_seeds(cfg, input_context)
     ds = _checked_records(source, cfg, split, input_context, num_classes, counter, deterministic)
     ds = _preprocessed(ds, source, cfg, train, aug_seed, counter, deterministic)
     ds = _batched(ds, cfg, train, repeat, num_classes, mix_seed, deterministic)

@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 
 @functools.cache
-def _warn_untimed(steps: int, warmup_steps: int) -> None:
+def warn_untimed(steps: int, warmup_steps: int) -> None:
     """Once per process and size: a small validation set would repeat it every epoch."""
     logger.warning(
         "all %d evaluation steps were warm-up: no timing reported; evaluate more "
@@ -192,7 +192,7 @@ def _num_steps(dataset: Any, num_steps: int | None) -> int | None:
     return None
 
 
-class _EvalTally:
+class EvalTally:
     """What `evaluate` accumulates over batches: global sums, confusion matrix and timing.
 
     Timing covers full batches after `warmup_steps`: a smaller last batch retraces and is not
@@ -300,7 +300,7 @@ def evaluate(
         jit_compile=jit_compile,
         confusion_classes=num_classes if confusion else None,
     )
-    tally = _EvalTally(num_classes if confusion else None, warmup_steps)
+    tally = EvalTally(num_classes if confusion else None, warmup_steps)
     bar = ProgressBar(total_steps, desc=desc, enabled=progress)
     iterator = iter(dataset)
     while num_steps is None or tally.steps < num_steps:
@@ -321,7 +321,7 @@ def evaluate(
     if tally.steps == 0:
         raise ValueError("evaluation dataset is empty: no batch to evaluate")
     if not tally.latencies:
-        _warn_untimed(tally.steps, warmup_steps)
+        warn_untimed(tally.steps, warmup_steps)
     return tally.results(strategy.num_replicas_in_sync)
 
 
