@@ -59,6 +59,7 @@ def check_and_claim(params: dict) -> ModelDirLock | None:
       UserError: with exit status 2 (bad input).
     """
     from runtime import components
+    from runtime.finetune import fetch_imagenet_before_run
     from runtime.lock import claim_model_dir
     from utils.precision import default_use_xla
 
@@ -68,6 +69,8 @@ def check_and_claim(params: dict) -> ModelDirLock | None:
         components.data_config(params, training=False)
         if params["use_xla"] is None:
             params["use_xla"] = default_use_xla()
+        # --pretrained imagenet: the download fails (offline, bad MD5) before anything is written.
+        fetch_imagenet_before_run(params)
         # Training: lock model_dir and refuse a resume that cannot fit, before writing there.
         with _writing_model_dir(params):
             return claim_model_dir(params)
