@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("absl", "tensorflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        lock = _check_and_claim(params)
+        lock = check_and_claim(params)
         try:
             _write_params_and_run(params)
         finally:
@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _check_and_claim(params: dict) -> ModelDirLock | None:
+def check_and_claim(params: dict) -> ModelDirLock | None:
     """Before anything is written: check the data settings; for training, lock model_dir.
 
     Returns:
@@ -66,6 +66,7 @@ def _check_and_claim(params: dict) -> ModelDirLock | None:
       UserError: with exit status 2 (bad input).
     """
     from runtime import components
+    from runtime.finetune import fetch_imagenet_before_run
     from runtime.lock import claim_model_dir
     from utils.precision import default_use_xla
 
@@ -75,6 +76,8 @@ def _check_and_claim(params: dict) -> ModelDirLock | None:
         components.data_config(params, training=False)
         if params["use_xla"] is None:
             params["use_xla"] = default_use_xla()
+        # --pretrained imagenet: the download fails (offline, bad MD5) before anything is written.
+        fetch_imagenet_before_run(params)
         # Training: lock model_dir and refuse a resume that cannot fit, before writing there.
         with _writing_model_dir(params):
             return claim_model_dir(params)

@@ -89,7 +89,17 @@ def apply_overrides(
         raise ConfigError(
             f"unknown {what} key {key!r}{hint}; valid keys: {', '.join(sorted(base))}"
         )
-    return {**base, **overrides}
+    return {**base, **{k: _none_word(k, v, base[k]) for k, v in overrides.items()}}
+
+
+def _none_word(key: str, value: Any, like: Any) -> Any:
+    """`key=none` parses as None; for a string key that takes the word "none"
+    (`input_normalization=none`), the word is what the user meant."""
+    rule = RULES.get(key)
+    if value is None and isinstance(like, str) and rule is not None and not rule.none_ok:
+        if rule.accepts("none"):
+            return "none"
+    return value
 
 
 def load_module_config(path: str) -> dict[str, Any]:
@@ -171,7 +181,7 @@ def validate_values(
     """
     overrides, base = overrides or {}, base or {}
     for key, value in overrides.items():
-        _check_type(key, value, base.get(key), what)
+        _check_type(key, _none_word(key, value, base.get(key)), base.get(key), what)
     validate_model_config(config)
     if "activation" in overrides:
         check_activation(config["activation"])

@@ -43,7 +43,7 @@ def _blend(degenerate, image, factor):
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # ITU-R 601-2 luma, as tf.image.rgb_to_grayscale
 
 
-def _grayscale(image):
+def grayscale(image):
     # Same weights as tf.image.rgb_to_grayscale; channel slices are ~2x faster than its
     # tensordot on a single image (measured, TF 2.21 CPU).
     r, g, b = GRAY_WEIGHTS
@@ -100,7 +100,7 @@ def _signed(value, seed):
     return tf.where(negate, -value, value)
 
 
-def _nearest_source(coords, size):
+def nearest_source(coords, size):
     """Integer source index and in-bounds mask for float source coordinates on one axis.
 
     ImageProjectiveTransformV3 rounds half away from zero and fills outside [0, size). A
@@ -111,7 +111,7 @@ def _nearest_source(coords, size):
     return tf.cast(coords + 0.5, tf.int32), inside
 
 
-def _transform(image, transform):
+def projective_transform(image, transform):
     """Affine warp, nearest neighbour, gray outside: ImageProjectiveTransformV3's result.
 
     `transform` is [a0, a1, a2, b0, b1, b2, 0, 0]: output pixel (x, y) reads input pixel
@@ -124,8 +124,8 @@ def _transform(image, transform):
     t = tf.unstack(tf.cast(tf.reshape(transform, [8]), tf.float32))
     x = tf.cast(tf.range(width), tf.float32)[None, :]
     y = tf.cast(tf.range(height), tf.float32)[:, None]
-    in_x, inside_x = _nearest_source(t[0] * x + (t[1] * y + t[2]), width)
-    in_y, inside_y = _nearest_source(t[3] * x + (t[4] * y + t[5]), height)
+    in_x, inside_x = nearest_source(t[0] * x + (t[1] * y + t[2]), width)
+    in_y, inside_y = nearest_source(t[3] * x + (t[4] * y + t[5]), height)
     index = tf.where(inside_x & inside_y, in_y * width + in_x, height * width)  # fill pixel
     pixels = tf.concat(
         [tf.reshape(image, [-1, 3]), tf.fill([1, 3], tf.cast(FILL_VALUE, image.dtype))], 0
@@ -140,17 +140,19 @@ def rotate(image, level, seed):
     cos, sin = tf.cos(radians), tf.sin(radians)
     x_offset = (w - (cos * w - sin * h)) / 2.0
     y_offset = (h - (sin * w + cos * h)) / 2.0
-    return _transform(image, tf.stack([cos, -sin, x_offset, sin, cos, y_offset, 0.0, 0.0]))
+    return projective_transform(
+        image, tf.stack([cos, -sin, x_offset, sin, cos, y_offset, 0.0, 0.0])
+    )
 
 
 def shear_x(image, level, seed):
     s = _signed(level / MAX_LEVEL * 0.3, seed)
-    return _transform(image, tf.stack([1.0, s, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]))
+    return projective_transform(image, tf.stack([1.0, s, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]))
 
 
 def shear_y(image, level, seed):
     s = _signed(level / MAX_LEVEL * 0.3, seed)
-    return _transform(image, tf.stack([1.0, 0.0, 0.0, s, 1.0, 0.0, 0.0, 0.0]))
+    return projective_transform(image, tf.stack([1.0, 0.0, 0.0, s, 1.0, 0.0, 0.0, 0.0]))
 
 
 def _shift(image, level, seed, axis):
@@ -204,7 +206,7 @@ def color(image, level, seed):
 
 
 def contrast(image, level, seed):
-    mean = tf.reduce_mean(_grayscale(image))
+    mean = tf.reduce_mean(grayscale(image))
     return _blend(mean, image, _enhance_factor(level))
 
 

@@ -146,17 +146,25 @@ def dir_is_followed(path: str, root: str, policy: FilePolicy) -> bool:
     return not os.path.islink(path) or policy.follow_symlinks or _inside(path, root)
 
 
+# (where, path) of every skipped file logged by this process: a folder listed again (the train
+# input of every epoch of a seeded run) names its skipped files once per run.
+_REPORTED: set[tuple[str, str]] = set()
+
+
 def report_skipped(skipped: Iterable[tuple[str, str]], where: str, max_lines: int = 10) -> Counter:
-    """Log the skipped (path, reason) pairs: the first few one per line, then the totals.
+    """Log the skipped (path, reason) pairs not logged before in this run: the first few one per
+    line, then the totals.
 
     Returns:
-      Counts per reason kind (the text before " (").
+      Counts per reason kind (the text before " ("), of all of `skipped`.
     """
     skipped = list(skipped)
     counts = Counter(reason.split(" (", 1)[0] for _, reason in skipped)
-    for path, reason in skipped[:max_lines]:
+    new = [(path, reason) for path, reason in skipped if (where, path) not in _REPORTED]
+    _REPORTED.update((where, path) for path, _ in new)
+    for path, reason in new[:max_lines]:
         logger.warning("%s: skipping %s: %s", where, path, reason)
-    if skipped:
+    if new:
         logger.warning(
             "%s: skipped %d file(s): %s",
             where,

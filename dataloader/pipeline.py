@@ -144,7 +144,7 @@ def _eval_map(source, cfg: DataConfig):
     return fn
 
 
-def _stream_seeds(
+def stream_seeds(
     cfg: DataConfig, input_context: tf.distribute.InputContext | None
 ) -> tuple[int | None, int | None]:
     """(augmentation, mixing) seeds: distinct per input pipeline and per purpose."""
@@ -170,7 +170,7 @@ def _checked_records(
     counter: skipping.SkipCounter,
     deterministic: bool,
 ) -> tf.data.Dataset:
-    """Read (train: cache, shuffle), parse and keep the valid (image, label) records."""
+    """Read (train: cache, shuffle), parse and keep the valid (image, label, origin) records."""
     train = split == "train"
     ds = source.records(split, input_context, train)
     if cfg.cache and train:
@@ -183,8 +183,7 @@ def _checked_records(
     check = functools.partial(
         skipping.check_record, num_classes=num_classes, is_image_fn=preprocessing.is_image
     )
-    ds = ds.filter(lambda image, label, origin: counter.keep(check(image, label), label, origin))
-    return ds.map(lambda image, label, origin: (image, label))
+    return ds.filter(lambda image, label, origin: counter.keep(check(image, label), label, origin))
 
 
 def _preprocessed(
@@ -196,16 +195,28 @@ def _preprocessed(
     counter: skipping.SkipCounter,
     deterministic: bool,
 ) -> tf.data.Dataset:
-    """Decode and transform every image (train: random crop + augmentation), counting drops."""
+    """Decode and transform every image (train: random crop + augmentation), counting drops.
+
+    The origin travels with each image until it is counted, so that an image that fails to
+    decode is named by its file at the end of the pass (dataloader.skipping).
+    """
     if train:
-        ds = _with_seeds(ds, aug_seed).map(lambda x, s: (*x, s))
-        fn = _train_map(source, cfg)
+        train_fn = _train_map(source, cfg)
+        ds = _with_seeds(ds, aug_seed)
+
+        def fn(record, seed):
+            image, label, origin = record
+            return (*train_fn(image, label, seed), origin)
     else:
-        fn = _eval_map(source, cfg)
+        eval_fn = _eval_map(source, cfg)
+
+        def fn(image, label, origin):
+            return (*eval_fn(image, label), origin)
+
     ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     # Corrupt or truncated image data fails in decode: drop it (counted by difference).
     ds = ds.ignore_errors()
-    ds = ds.map(counter.count_produced)
+    ds = ds.map(counter.count_produced)  # also drops the origin
     return ds.concatenate(counter.end_of_pass(ds.element_spec))
 
 
@@ -274,9 +285,11 @@ def build_dataset(
 
     source = get_source(cfg)
     num_classes = source.num_classes
-    counter = skipping.SkipCounter(f"{cfg.dataset}/{split}")
+    counter = skipping.SkipCounter(
+        f"{cfg.dataset}/{split}", source.origin, report_passes=not repeat, scope=cfg.data_dir
+    )
     deterministic = not train or cfg.seed is not None
-    aug_seed, mix_seed = _stream_seeds(cfg, input_context)
+    aug_seed, mix_seed = stream_seeds(cfg, input_context)
     ds = _checked_records(source, cfg, split, input_context, num_classes, counter, deterministic)
     ds = _preprocessed(ds, source, cfg, train, aug_seed, counter, deterministic)
     ds = _batched(ds, cfg, train, repeat, num_classes, mix_seed, deterministic)

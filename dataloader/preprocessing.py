@@ -63,7 +63,7 @@ EVAL_CROPS = ("crop", "squash")
 CROP_MAX_ATTEMPTS = 10
 
 
-def _random_window(
+def random_window(
     height, width, seed, area_min, aspect_range, crop_fraction, min_object_covered=0.1
 ):
     """Inception-style random crop window; the center crop when sampling fails.
@@ -234,7 +234,7 @@ def preprocess_for_train(
     fallback = image_size / (image_size + 32)
     cropped = _decode_window(
         image,
-        lambda h, w: _random_window(
+        lambda h, w: random_window(
             h, w, crop_seed, area_min, aspect_range, fallback, min_object_covered
         ),
     )

@@ -2,8 +2,9 @@
 
 Each source yields, per pass, a dataset of raw records (serialized Examples, file paths, TFDS
 dicts or in-memory arrays) already sharded for this input pipeline and, for training, with the
-file order reshuffled on every pass, plus a `parse` function turning a raw record into
-(image, 0-based label, origin). Decoding and augmentation are shared (`pipeline.py`).
+file order reshuffled on every pass, plus `origin` (the file a raw record comes from, by which
+dataloader.skipping names bad files) and a `parse` function turning a raw record into (image,
+0-based label, origin). Decoding and augmentation are shared (`pipeline.py`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from dataloader import layout
 from dataloader.config import DataConfig, DataError, DatasetInfo
 from dataloader.digits import digits_splits
 from dataloader.files import FilePolicy, dir_is_followed, report_skipped, skip_reason
@@ -32,7 +34,6 @@ _MAX_COUNT_BYTES = 2 << 30
 MAX_BAD_LABEL_FRACTION = 0.01
 # Stored-label histograms of scanned TFRecord splits, keyed by (file, size) tuples.
 _LABEL_COUNTS: dict[tuple, collections.Counter] = {}
-_FOLDER_SPLIT_DIRS = {"train": ("train",), "validation": ("val", "validation")}
 
 
 def _shard_list(items: list, input_context, what: str) -> tuple[list, bool]:
@@ -214,6 +215,10 @@ class TFRecordSource:
             ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
         return ds
 
+    def origin(self, record, path):
+        """The file a raw record comes from (dataloader.skipping names bad files by it)."""
+        return path
+
     def parse(self, record, path):
         features = tf.io.parse_single_example(
             record,
@@ -330,12 +335,7 @@ class FolderSource(_NamedClasses):
         return dirs
 
     def _split_dir(self, split: str) -> str:
-        for name in _FOLDER_SPLIT_DIRS[split]:
-            path = os.path.join(self.data_dir, name)
-            if os.path.isdir(path):
-                return path
-        names = " or ".join(os.path.join(self.data_dir, n) for n in _FOLDER_SPLIT_DIRS[split])
-        raise DataError(f"no {split} folder: expected {names}")
+        return layout.split_dir(self.data_dir, split)
 
     def file_list(self, split: str) -> tuple[list[str], list[int]]:
         """All files of a split (sorted) and their 0-based labels."""
@@ -384,6 +384,9 @@ class FolderSource(_NamedClasses):
         if train:
             ds = ds.shuffle(len(pairs), seed=self.cfg.seed, reshuffle_each_iteration=True)
         return ds
+
+    def origin(self, path, label):
+        return path
 
     def parse(self, path, label):
         return tf.io.read_file(path), label, path
@@ -461,6 +464,9 @@ class TFDSSource:
                 f"{e}".splitlines()[0]
             ) from e
 
+    def origin(self, example):
+        return tf.constant(f"tfds:{self.name}")
+
     def parse(self, example):
         label = tf.cast(example[self.label_key], tf.int32)
         return example[self.image_key], label, tf.constant(f"tfds:{self.name}")
@@ -490,6 +496,9 @@ class DigitsSource(_NamedClasses):
         if train:
             ds = ds.shuffle(len(labels), seed=self.cfg.seed, reshuffle_each_iteration=True)
         return ds
+
+    def origin(self, image, label):
+        return tf.constant("digits")
 
     def parse(self, image, label):
         return image, label, tf.constant("digits")

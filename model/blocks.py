@@ -194,7 +194,7 @@ class SqueezeExcite(layers.Layer):
         }
 
 
-class _BaseBlock(layers.Layer):
+class BaseBlock(layers.Layer):
     """Arguments and residual logic shared by MBConv and fused-MBConv.
 
     No argument repeats a config default: the geometry comes from the block's `BlockSpec`,
@@ -299,7 +299,7 @@ class _BaseBlock(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="efficientnet")
-class MBConvBlock(_BaseBlock):
+class MBConvBlock(BaseBlock):
     """Mobile inverted bottleneck: [1x1 expand] -> kxk depthwise -> [SE] -> 1x1 project."""
 
     def __init__(self, *args, **kwargs):
@@ -342,7 +342,7 @@ class MBConvBlock(_BaseBlock):
 
 
 @keras.saving.register_keras_serializable(package="efficientnet")
-class FusedMBConvBlock(_BaseBlock):
+class FusedMBConvBlock(BaseBlock):
     """Fused-MBConv: kxk expand conv -> [SE] -> 1x1 project; with expand=1 a single kxk conv.
 
     With expand=1 the kxk conv is the `project_conv` and is followed by BN + activation, as

@@ -26,13 +26,14 @@ from runtime import components
 from runtime.class_names import class_names_for, load_class_names
 from runtime.eval_report import write_eval_report
 from runtime.finetune import load_for_inference
+from runtime.train_report import val_prefix, with_prefix
 from utils.progress import ProgressBar
 
 logger = logging.getLogger(__name__)
 
 
 @functools.cache
-def _warn_untimed(steps: int, warmup_steps: int) -> None:
+def warn_untimed(steps: int, warmup_steps: int) -> None:
     """Once per process and size: a small validation set would repeat it every epoch."""
     logger.warning(
         "all %d evaluation steps were warm-up: no timing reported; evaluate more "
@@ -191,7 +192,7 @@ def _num_steps(dataset: Any, num_steps: int | None) -> int | None:
     return None
 
 
-class _EvalTally:
+class EvalTally:
     """What `evaluate` accumulates over batches: global sums, confusion matrix and timing.
 
     Timing covers full batches after `warmup_steps`: a smaller last batch retraces and is not
@@ -299,7 +300,7 @@ def evaluate(
         jit_compile=jit_compile,
         confusion_classes=num_classes if confusion else None,
     )
-    tally = _EvalTally(num_classes if confusion else None, warmup_steps)
+    tally = EvalTally(num_classes if confusion else None, warmup_steps)
     bar = ProgressBar(total_steps, desc=desc, enabled=progress)
     iterator = iter(dataset)
     while num_steps is None or tally.steps < num_steps:
@@ -320,7 +321,7 @@ def evaluate(
     if tally.steps == 0:
         raise ValueError("evaluation dataset is empty: no batch to evaluate")
     if not tally.latencies:
-        _warn_untimed(tally.steps, warmup_steps)
+        warn_untimed(tally.steps, warmup_steps)
     return tally.results(strategy.num_replicas_in_sync)
 
 
@@ -335,14 +336,24 @@ def without_missing_timing(results: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def describe_speed(results: Mapping[str, Any]) -> str:
+    """`N images/s, p99 latency M ms`, or "too few batches to time" when every batch was
+    warm-up (the timing entries are NaN or absent)."""
+    speed, p99 = results.get("images_per_sec", math.nan), results.get("latency_p99_ms", math.nan)
+    if not (math.isfinite(speed) and math.isfinite(p99)):
+        return "too few batches to time"
+    return f"{speed:.1f} images/s, p99 latency {p99:.2f} ms"
+
+
 def run_eval(params: Mapping[str, Any]) -> dict[str, Any]:
     """`--mode eval`: evaluate the trained model of model_dir on the validation split.
 
     Weights: `--pretrained` as published (runtime.finetune.load_for_inference); else
     `--predict_ckpt` when given (checkpoint prefix, directory or .weights.h5), else the newest
     training checkpoint of model_dir, EMA weights preferred when it has them.
-    Results are logged as the DLLogger summary (`[]`) with "val." names, appended to the
-    run's log so training history is kept.
+    Results are logged as the DLLogger summary (`[]`), named by the weights as in training
+    (runtime.train_report: "val." raw, "val_ema." EMA), appended to the run's log so training
+    history is kept.
 
     Args:
       params: the resolved configuration (see main.py).
@@ -372,21 +383,16 @@ def run_eval(params: Mapping[str, Any]) -> dict[str, Any]:
         )
         matrix = results.pop("confusion_matrix")
         report = _write_report(params, matrix, info) if is_chief else {}
-        log.log(
-            [],
-            {f"val.{k}": v for k, v in results.items()}
-            | ({"val.mean_class_accuracy": report["mean_class_accuracy"]} if report else {}),
-        )
+        class_mean = {"mean_class_accuracy": report["mean_class_accuracy"]} if report else {}
+        log.log([], with_prefix(results | class_mean, val_prefix(loaded["weights"] == "ema")))
     logger.info(
-        "eval of %s (%s weights): top-1 %.4f, top-5 %.4f, loss %.4f, %.1f images/s, "
-        "p99 latency %.2f ms",
+        "eval of %s (%s weights): top-1 %.4f, top-5 %.4f, loss %.4f, %s",
         loaded["path"],
         loaded["weights"],
         results["top1"],
         results["top5"],
         results["loss"],
-        results["images_per_sec"],
-        results["latency_p99_ms"],
+        describe_speed(results),
     )
     return {**results, "checkpoint": loaded["path"], "weights": loaded["weights"], **report}
 

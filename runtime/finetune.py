@@ -49,7 +49,7 @@ from config.loader import ConfigError
 from model import build_model
 from model.weights import load_weights_file
 from runtime import components, imagenet_weights, run_params
-from runtime.checkpoint import restore_for_inference
+from runtime.checkpoint import CHECKPOINT_SUBDIR, restore_for_inference
 from runtime.errors import RunError
 
 logger = logging.getLogger(__name__)
@@ -217,6 +217,40 @@ def load_pretrained(
     return summary
 
 
+def fetch_imagenet_before_run(params: Mapping[str, Any]) -> str | None:
+    """`--pretrained imagenet`: have the file in the Keras cache before anything is written.
+
+    Called by main.py's pre-run checks, so that no network, a stalled server or a bad MD5 ends
+    the run with exit 2 and nothing in model_dir (the run's own load then finds the cached
+    file). Nothing is fetched for a training run that resumes from its own checkpoint (it does
+    not load `--pretrained`) or for the benchmark modes. The class count is the data source's
+    (read without touching TensorFlow's runtime), which picks the file with or without the
+    classifier exactly as `load_pretrained` does.
+
+    Returns:
+      The cached file's path, or None when nothing was needed.
+
+    Raises:
+      WeightsDownloadError: the download failed (exit 2, one line).
+    """
+    from dataloader import dataset_classes
+
+    if params.get("pretrained") != imagenet_weights.IMAGENET:
+        return None
+    mode = params["mode"]
+    if mode in run_params.TRAINING_MODES:
+        index = os.path.join(params["model_dir"], CHECKPOINT_SUBDIR, "checkpoint")
+        if params["resume_checkpoint"] and os.path.isfile(index):
+            return None
+        classes, _ = dataset_classes(components.data_config(params, training=True))
+        include_top = classes == imagenet_weights.IMAGENET_CLASSES
+    elif mode in ("eval", "predict", "export"):
+        include_top = True
+    else:
+        return None
+    return imagenet_weights.fetch(params["model"].get("name"), include_top)
+
+
 def load_for_inference(model: keras.Model, params: Mapping[str, Any], is_chief: bool) -> dict:
     """The weights of eval / predict / export: `--pretrained` as published, else the run's.
 
@@ -350,6 +384,22 @@ class FreezePlan:
     @property
     def active(self) -> bool:
         return self.freeze_until is not None or self.freeze_bn
+
+    def describe(self, epoch: int) -> str:
+        """What trains from 0-based `epoch`, for the log: `phase 1/2 (classifier only)`, `phase
+        2/2 (all layers, BatchNorm frozen)`; without --unfreeze_epoch only the parenthesis."""
+        until = self.until_at(epoch)
+        if until is None:
+            what = "all layers"
+        elif until == HEAD_ONLY:
+            what = "classifier only"
+        else:
+            what = f"layers after {until}"
+        if self.freeze_bn:
+            what += ", BatchNorm frozen"
+        if self.unfreeze_epoch is None:
+            return what
+        return f"phase {1 if epoch < self.unfreeze_epoch else 2}/2 ({what})"
 
 
 def describe_trainable(model: keras.Model) -> str:

@@ -5,8 +5,8 @@ it (`dataset_name`, `batch_size_list`, `export_formats`). `resolve` turns the pa
 the params dict: the model config of --cfg (or of the run's params.json) loaded and the image
 sizes filled from it; `validate` then checks what needs the values together or the model
 config: ranges, flags that need another flag or a mode, paths that must exist (a data
-directory, the predict input, a --runtime's export) or must not (an export that would be
-overwritten). Each problem is a `FlagError` whose message names the flag; runtime.flags.parse
+directory and, for `--dataset folder`, its train/ and val/ class folders; the predict input;
+a --runtime's export) or must not (an export that would be overwritten). Each problem is a `FlagError` whose message names the flag; runtime.flags.parse
 prints it as `main.py: error: ...` and exits with status 2 before anything is written. This
 module does not import TensorFlow.
 """
@@ -20,11 +20,15 @@ import re
 from typing import Any
 
 from config.loader import load_config
+from dataloader import layout
 from dataloader.config import SOURCES
 from runtime import imagenet_weights, run_params, runtimes
 from utils.errors import BAD_INPUT, UserError
 
 DATASETS_NEEDING_DIR = ("imagenet", "folder")
+# The modes that read --data_dir (predict reads --predict_img_dir; export checks its files on
+# validation images when it can read them, on random ones otherwise).
+_READS_DATA = (*run_params.TRAINING_MODES, "eval", "training_benchmark", "inference_benchmark")
 
 
 class FlagError(UserError, ValueError):
@@ -97,11 +101,7 @@ def resolve(
             if flag not in explicit and ("cfg" in explicit or "mparams" in explicit):
                 params[flag] = None
     elif args.cfg is None:
-        raise FlagError(
-            "the following arguments are required: --cfg (or, for --mode "
-            f"{'/'.join(run_params.RUN_READING_MODES)}, a --model_dir holding a "
-            f"training run's {run_params.PARAMS_FILE})"
-        )
+        raise FlagError(_missing_cfg(args.mode, args.model_dir))
     else:
         params["model"] = load_config(args.cfg, args.mparams)
     params["pretrained"] = pretrained_source(params, saved, explicit or {})
@@ -112,6 +112,20 @@ def resolve(
             params[flag] = int(params["model"][key])
     validate(params)
     return params
+
+
+def _missing_cfg(mode: str, model_dir: str) -> str:
+    """Why --cfg is needed: for a mode that reads a run, what --model_dir lacks."""
+    if not run_params.reads_run(mode):
+        return "the following arguments are required: --cfg"
+    if not os.path.isdir(model_dir):
+        lack = f"--model_dir {model_dir} does not exist"
+    else:
+        lack = f"--model_dir {model_dir} holds no {run_params.PARAMS_FILE} (not a training run)"
+    return (
+        f"{lack}: give the --model_dir of a training run, or --cfg (and --mparams) to "
+        f"{mode} without one"
+    )
 
 
 _POSITIVE_INTS = (
@@ -204,6 +218,11 @@ def validate(params: dict[str, Any]) -> None:
         and not os.path.isdir(params["data_dir"])
     ):
         raise FlagError(f"--data_dir {params['data_dir']} is not a directory")
+    if params["dataset"] == "folder" and params["data_dir"] and params["mode"] in _READS_DATA:
+        try:
+            layout.check_layout(params["data_dir"])
+        except UserError as err:
+            raise FlagError(f"--data_dir {params['data_dir']}: {err}") from err
     _validate_finetune(params)
     _validate_advprop(params)
     if params["mode"] == "predict":

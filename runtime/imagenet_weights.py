@@ -49,8 +49,8 @@ CACHE_SUBDIR = "models"  # keras.applications' cache_subdir
 TIMEOUT_S = 60.0
 IMAGENET_CLASSES = 1000
 
-_V1_URL = "https://storage.googleapis.com/keras-applications/"
-_V2_URL = "https://storage.googleapis.com/tensorflow/keras-applications/efficientnet_v2/"
+V1_URL = "https://storage.googleapis.com/keras-applications/"
+V2_URL = "https://storage.googleapis.com/tensorflow/keras-applications/efficientnet_v2/"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +83,7 @@ class WeightsFile:
 
 # keras.applications' WEIGHTS_HASHES (keras 3.15, keras/src/applications/efficientnet.py and
 # efficientnet_v2.py), keyed as there: MD5 of the file with and without the classifier.
-_V1_MD5 = {
+V1_MD5 = {
     "b0": ("902e53a9f72be733fc0bcb005b3ebbac", "50bc09e76180e00e4465e1a485ddc09d"),
     "b1": ("1d254153d4ab51201f1646940f018540", "74c4e6b3e1f6a1eea24c589628592432"),
     "b2": ("b15cce36ff4dcbd00b6dd88e7857a6ad", "111f8e2ac8aa800a7a99e3239f7bfb39"),
@@ -93,7 +93,7 @@ _V1_MD5 = {
     "b6": ("165f6e37dce68623721b423839de8be5", "9ecce42647a20130c1f39a5d4cb75743"),
     "b7": ("8c03f828fec3ef71311cd463b6759d99", "cbcfe4450ddf6f3ad90b1b398090fe4a"),
 }
-_V2_MD5 = {
+V2_MD5 = {
     "b0": ("21ecbf6da12460d5c40bb2f29ceb2188", "893217f2bb855e2983157299931e43ff"),
     "b1": ("069f0534ff22adf035c89e2d9547a9dc", "0e80663031ca32d657f9caa404b6ec37"),
     "b2": ("424e49f28180edbde1e94797771950a7", "1dfe2e7a5d45b6632553a8961ea609eb"),
@@ -106,14 +106,14 @@ _V2_MD5 = {
 # "efficientnetb0" (our "efficientnet-b0"), "efficientnetv2-s" (ours too).
 FILES = {
     **{
-        f"efficientnet-{k}": WeightsFile(f"efficientnet{k}", _V1_URL, *md5)
-        for k, md5 in _V1_MD5.items()
+        f"efficientnet-{k}": WeightsFile(f"efficientnet{k}", V1_URL, *md5)
+        for k, md5 in V1_MD5.items()
     },
     **{
         f"efficientnetv2-{k.lstrip('-')}": WeightsFile(
-            f"efficientnetv2-{k.lstrip('-')}", _V2_URL, *md5
+            f"efficientnetv2-{k.lstrip('-')}", V2_URL, *md5
         )
-        for k, md5 in _V2_MD5.items()
+        for k, md5 in V2_MD5.items()
     },
 }
 

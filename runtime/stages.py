@@ -136,7 +136,11 @@ def stage_for_epoch(stages: Sequence[Stage], epoch: int) -> Stage:
 def describe_stage(
     stage: Stage, n_stages: int, augmenter: str, defer: bool, with_epochs: bool = True
 ) -> str:
-    """One log line of what a stage trains on: only the settings that are in effect."""
+    """One log line of what a stage trains on: only the settings that are in effect.
+
+    `stage i/n: ` leads the line of a stage-wise run (n_stages > 1) only: a fine-tuning run cut
+    at --unfreeze_epoch has phases (runtime/finetune.py), not more image-size stages.
+    """
     parts = [f"epochs {stage.first_epoch + 1}-{stage.end_epoch}"] if with_epochs else []
     parts.append(f"image size {stage.image_size}")
     if augmenter == "randaugment":
@@ -149,4 +153,5 @@ def describe_stage(
         for name, alpha in (("mixup", stage.mixup_alpha), ("cutmix", stage.cutmix_alpha))
         if alpha > 0
     ]
-    return f"stage {stage.index + 1}/{n_stages}: " + ", ".join(parts)
+    text = ", ".join(parts)
+    return f"stage {stage.index + 1}/{n_stages}: {text}" if n_stages > 1 else text

@@ -11,8 +11,9 @@ the end the better of the raw and EMA weights exported
 
 Metric names (DLLogger): train.loss (label-smoothed cross-entropy, without the L2 term),
 train.top1 (against the argmax of the possibly mixed labels), train.lr (of the next update),
-train.images_per_sec, and the eval results of runtime.evaluate prefixed with "val." (val.top1,
-val.top5, val.loss, ...); the final summary adds val_ema.* and best.* when EMA is on.
+train.images_per_sec, and the eval results of runtime.evaluate named by the weights evaluated
+(runtime.train_report): val.* raw, val_ema.* EMA (val.top1, val_ema.top5, ...); the final
+summary has both and best.* when EMA is on. The run ends with runtime.train_report's block.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import keras
 import tensorflow as tf
 
-from dataloader import DatasetInfo, dataset_info
-from runtime import advprop, distribute, finetune
+from dataloader import DatasetInfo, dataset_info, skipping
+from runtime import advprop, distribute, finetune, train_report
 from runtime.cadence import CheckpointCadence, after_step
 from runtime.checkpoint import (
     Position,
@@ -54,7 +55,7 @@ from runtime.run_params import params_filename
 from runtime.stages import Stage, split_at, stage_for_epoch, stages_from_params
 from runtime.step import StepConfig, TrainMetrics, make_train_step
 from runtime.train_input import train_dataset
-from utils.dllogger import MetricsLogger
+from utils.dllogger import MetricsLogger, Verbosity, print_result, read_log
 from utils.ema import ExponentialMovingAverage
 from utils.fileio import atomic_dir
 from utils.optimizers import OptimizerConfig, build_optimizer, current_learning_rate
@@ -74,6 +75,9 @@ _METRIC_FORMATS = {
     "val.top1": {"format": ":.4f"},
     "val.top5": {"format": ":.4f"},
     "val.loss": {"format": ":.4f"},
+    "val_ema.top1": {"format": ":.4f"},
+    "val_ema.top5": {"format": ":.4f"},
+    "val_ema.loss": {"format": ":.4f"},
 }
 SAVED_MODEL_DIR = "saved_model"
 
@@ -167,7 +171,7 @@ def build_run(params: Mapping[str, Any]) -> TrainRun:
         params, dist.is_chief, append=checkpoint.latest is not None and params["resume_checkpoint"]
     )
     stages = split_at(stages_from_params(params), freeze.unfreeze_epoch)
-    derived = derived_values(
+    derived = train_report.derived_values(
         dist, global_batch, steps_per_epoch, schedule, stages, params["max_epochs"]
     )
     _announce_run(params, dist, info, derived)
@@ -229,16 +233,8 @@ def _announce_run(
 ) -> None:
     """Log the derived values once; on the chief write class_names.json and add them to
     params.json (written before the strategy existed)."""
-    logger.info(
-        "run: %d replica(s) on %d worker(s), global batch %d, %d steps/epoch, %d steps, "
-        "peak LR %.6g",
-        derived["num_replicas"],
-        derived["num_workers"],
-        derived["global_batch_size"],
-        derived["steps_per_epoch"],
-        derived["total_steps"],
-        derived["peak_lr"],
-    )
+    for line in train_report.announcement(params, derived):
+        logger.info("%s", line)
     if dist.is_chief:
         save_class_names(params["model_dir"], info.num_classes, info.class_names)
         # params.json was written before the strategy existed; add what a user checks a run by.
@@ -246,37 +242,6 @@ def _announce_run(
             os.path.join(params["model_dir"], params_filename(params["mode"])),
             {**params, "derived": derived},
         )
-
-
-def derived_values(
-    dist: distribute.Distribution,
-    global_batch: int,
-    steps_per_epoch: int,
-    schedule,
-    stages: Sequence[Stage],
-    max_epochs: int,
-) -> dict[str, Any]:
-    """The values a run derives from its flags and cluster (params.json's "derived" entry)."""
-    while not hasattr(schedule, "peak_lr") and hasattr(schedule, "base"):  # RewarmSchedule
-        schedule = schedule.base
-    return {
-        "num_replicas": dist.num_replicas,
-        "num_workers": dist.num_workers,
-        "global_batch_size": global_batch,
-        "steps_per_epoch": steps_per_epoch,
-        "total_steps": steps_per_epoch * max_epochs,
-        "peak_lr": float(schedule.peak_lr),
-        "stages": [
-            {
-                "epochs": [st.first_epoch + 1, st.end_epoch],
-                "image_size": st.image_size,
-                "raug_magnitude": st.raug_magnitude,
-                "mixup_alpha": st.mixup_alpha,
-                "cutmix_alpha": st.cutmix_alpha,
-            }
-            for st in stages
-        ],
-    }
 
 
 def _start_from_pretrained(params: Mapping[str, Any], model: keras.Model) -> None:
@@ -330,7 +295,8 @@ def _apply_freeze(run: TrainRun, stage: Stage, first_epoch: int) -> None:
     if freeze.active:
         freeze.apply(run.model, first_epoch)
         logger.info(
-            "epochs %d-%d: %s",
+            "%s, epochs %d-%d: %s",
+            freeze.describe(first_epoch),
             first_epoch + 1,
             stage.end_epoch,
             finetune.describe_trainable(run.model),
@@ -451,16 +417,17 @@ def _end_epoch(
         "stage": stage.index + 1,
     }
     if with_eval and (done % params["num_epochs_between_eval"] == 0 or done == max_epochs):
-        summary.update({f"val.{k}": v for k, v in _evaluate_during_training(run).items()})
+        summary.update(_evaluate_during_training(run))
     run.log.log([done], summary, global_step=int(run.optimizer.iterations.numpy()))
+    skipping.report_pending(f"epoch {done}")  # the bad records of the train input, once
 
 
 def _evaluate_during_training(run: TrainRun) -> dict[str, float]:
-    """Evaluation during training uses the EMA weights when EMA is on."""
+    """Evaluation during training uses the EMA weights when EMA is on (val_ema.* keys)."""
     if run.ema is None:
-        return run.evaluate("eval")
+        return train_report.with_prefix(run.evaluate("eval"), train_report.RAW)
     with run.ema.averaged_weights():
-        return run.evaluate("eval (EMA)")
+        return train_report.with_prefix(run.evaluate("eval (EMA)"), train_report.EMA)
 
 
 def _finish(run: TrainRun, with_eval: bool) -> dict[str, Any]:
@@ -478,11 +445,11 @@ def _finish(run: TrainRun, with_eval: bool) -> dict[str, Any]:
             "raw and EMA" if use_ema else "raw",
         )
         raw = run.evaluate("final eval (raw)")
-        summary.update({f"val.{k}": v for k, v in raw.items()})
+        summary.update(train_report.with_prefix(raw, train_report.RAW))
         if run.ema is not None:
             with run.ema.averaged_weights():
                 averaged = run.evaluate("final eval (EMA)")
-            summary.update({f"val_ema.{k}": v for k, v in averaged.items()})
+            summary.update(train_report.with_prefix(averaged, train_report.EMA))
             use_ema = averaged["top1"] >= raw["top1"]
             best = averaged if use_ema else raw
             summary.update({f"best.{k}": v for k, v in best.items()})
@@ -499,6 +466,8 @@ def _finish(run: TrainRun, with_eval: bool) -> dict[str, Any]:
             run.model.export(tmp, verbose=False)
     if run.dist.is_chief:
         summary["weights_path"] = weights_path
+        if params["export_SavedModel"]:
+            summary["saved_model_path"] = os.path.join(export_dir, SAVED_MODEL_DIR)
         logger.info("exported %s weights to %s", summary["exported_weights"], weights_path)
     return summary
 
@@ -561,7 +530,11 @@ def train(params: Mapping[str, Any], with_eval: bool) -> dict[str, Any]:
             _train_epochs(run, start, with_eval, stop)
             stop.after_training(Position(params["max_epochs"], 0))
         summary = _finish(run, with_eval and not params["skip_eval"])
-        run.log.log([], summary)
+        # File only: the console gets the end-of-run block instead of a 1,000-character line.
+        run.log.log([], summary, verbosity=Verbosity.VERBOSE)
+    if run.dist.is_chief:
+        records = read_log(os.path.join(params["model_dir"], params["log_filename"]))
+        print_result(train_report.end_of_run(summary, records, params))
     return summary
 
 

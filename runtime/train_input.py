@@ -78,7 +78,7 @@ def train_dataset(
             "%s",
             describe_stage(
                 stage,
-                len(run.stages),
+                params["n_stages"],
                 params["augmenter_name"],
                 defer,
                 with_epochs=params["mode"] in TRAINING_MODES,

@@ -6,7 +6,10 @@
 For each model, our network (random weights: speed does not depend on them) is exported with
 runtime.export to a temporary folder (SavedModel, ONNX, LiteRT; optionally a dynamic-range int8
 LiteRT file) and timed next to keras.applications' EfficientNet (TensorFlow backend) and, when
-torch and timm are installed, timm's (PyTorch CPU). Runtimes take turns: `--rounds` rounds of
+torch and timm are installed, timm's (PyTorch CPU) in channels_last memory format, the fast one
+on CPU (`--timm_layouts channels_last,nchw` adds the NCHW row). PyTorch runs in its own process
+(scripts/torch_peer.py), never next to TensorFlow, and times its own calls. Runtimes take
+turns: `--rounds` rounds of
 `--steps` calls each, so a change in machine load hits every runtime alike; after one untimed
 warm-up call per runtime. Latency is one call on a host batch (random 0..255 images); img/s is
 batch / median latency. ONNX Runtime and LiteRT are timed at each `--runtime_batches` setting
@@ -32,6 +35,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from scripts.torch_peer import LAYOUTS, PeerError, TorchPeer  # noqa: E402
 
 MODELS = {
     # name: (our config, image size, keras.applications constructor, timm model name)
@@ -104,20 +109,22 @@ def tf_runner(model):
     return lambda images: np.asarray(forward(tf.constant(images)))
 
 
-def timm_runner(name: str, image_size: int, threads: int | None):
-    import timm
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    model = timm.create_model(name, pretrained=False).eval()
-
-    def run(images):
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
-            return model(x).numpy()
-
-    return run
+def timm_peers(
+    key: str, batch: int, threads: int | None, layouts: list[str]
+) -> dict[str, TorchPeer]:
+    """{label: timm model in its own process} per memory layout; {} without torch / timm."""
+    if not (importlib.util.find_spec("timm") and importlib.util.find_spec("torch")):
+        return {}
+    _, size, _, timm_name = MODELS[key]
+    peers = {}
+    for layout in layouts:
+        try:
+            peers[f"timm (PyTorch, {layout})"] = TorchPeer(
+                timm_name, batch, size, layout=layout, threads=threads
+            )
+        except PeerError as err:
+            print(f"  timm ({layout}): not run: {err}", flush=True)
+    return peers
 
 
 def build_runners(
@@ -133,7 +140,7 @@ def build_runners(
     from runtime import export, runtimes
     from runtime.serving import serving_model
 
-    cfg_path, size, app_name, timm_name = MODELS[key]
+    cfg_path, size, app_name, _ = MODELS[key]
     config = load_config(cfg_path, None)
     keras.utils.set_random_seed(0)
     ours = build_model(config, num_classes=1000)
@@ -173,8 +180,6 @@ def build_runners(
             runners[f"{label} [{slices}]"] = runtimes.load_runtime(
                 runtime_name, path, threads, micro
             )
-    if importlib.util.find_spec("timm") and importlib.util.find_spec("torch"):
-        runners["timm (PyTorch)"] = timm_runner(timm_name, size, threads)
     return runners, macs
 
 
@@ -191,11 +196,19 @@ def runners_for_batch(runners: dict, batch: int) -> dict:
 
 
 def measure(runners: dict, images: np.ndarray, steps: int, rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each runner, rounds alternating between them (a TorchPeer times its
+    calls in its own process, on its own random batch of the same shape)."""
     times: dict[str, list[float]] = {name: [] for name in runners}
     for run in runners.values():  # warm-up: tracing, memory planning
-        run(images)
+        if isinstance(run, TorchPeer):
+            run.warmup(1)
+        else:
+            run(images)
     for _ in range(rounds):
         for name, run in runners.items():
+            if isinstance(run, TorchPeer):
+                times[name].extend(run.time_calls(steps))
+                continue
             for _ in range(steps):
                 start = time.perf_counter()
                 run(images)
@@ -227,6 +240,11 @@ def main(argv=None) -> int:
         help="also time a dynamic-range int8 LiteRT file",
     )
     parser.add_argument(
+        "--timm_layouts",
+        default="channels_last",
+        help="timm memory layouts to time, comma-separated: channels_last, nchw",
+    )
+    parser.add_argument(
         "--runtime_batches",
         default="8,0",
         help="--runtime_batch settings to time ONNX Runtime and LiteRT at (0: whole batch)",
@@ -237,6 +255,9 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown model(s) {','.join(unknown)}; choose from {','.join(MODELS)}")
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    layouts = [v for v in args.timm_layouts.split(",") if v]
+    if any(v not in LAYOUTS for v in layouts):
+        parser.error(f"unknown --timm_layouts {args.timm_layouts}; choose from {','.join(LAYOUTS)}")
     runtime_batches = [int(b) for b in args.runtime_batches.split(",")]
 
     import keras
@@ -269,7 +290,13 @@ def main(argv=None) -> int:
                     f"{key} @ {size}, batch {batch}: {args.rounds} x {steps} calls per runtime",
                     flush=True,
                 )
-                times = measure(runners_for_batch(all_runners, batch), images, steps, args.rounds)
+                peers = timm_peers(key, batch, args.threads, layouts)
+                runners = {**runners_for_batch(all_runners, batch), **peers}
+                try:
+                    times = measure(runners, images, steps, args.rounds)
+                finally:
+                    for peer in peers.values():
+                        peer.close()
                 base = batch / np.median(times[BASELINE])
                 for name, values in times.items():
                     ms = np.percentile(np.asarray(values) * 1000, [50, 90, 99])

@@ -15,8 +15,10 @@ Variants (train: one optimizer update on one synthetic batch; infer: one forward
 - `ours_keras_bn`: the same with Keras' own BatchNormalization instead of the fused kernel
   (`model.blocks.FusedBatchNormalization` falls back to it).
 - `keras.applications`: the reference constructor in the same bare step.
-- `timm`: `timm.create_model(--timm_model)` on PyTorch CPU (channels_last), when torch and
-  timm are installed.
+- `timm`: `timm.create_model(--timm_model)` on PyTorch CPU in channels_last memory format (the
+  fast one on CPU), when torch and timm are installed; `timm_nchw` (not run unless named in
+  `--variants`) the same in NCHW. PyTorch runs in its own process (scripts/torch_peer.py),
+  never next to TensorFlow; it times its own calls.
 
 Timing rounds alternate between the variants so that load from other processes hits all alike;
 each round times `--steps` calls after `--warmup` untimed ones (tracing). The report prints the
@@ -29,6 +31,7 @@ inherit from its parent, unlike ru_maxrss). This prints measurements; it asserts
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -47,9 +50,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from scripts.torch_peer import PeerError, TorchPeer  # noqa: E402
+
 logger = logging.getLogger("bench_model")
 
-VARIANTS = ("runtime", "ours", "ours_keras_bn", "keras.applications", "timm")
+VARIANTS = ("runtime", "ours", "ours_keras_bn", "keras.applications", "timm", "timm_nchw")
+DEFAULT_VARIANTS = VARIANTS[:-1]
+TIMM_LAYOUTS = {"timm": "channels_last", "timm_nchw": "nchw"}
 REFERENCE = "keras.applications"
 
 
@@ -101,35 +108,22 @@ def _runtime_variant(args: argparse.Namespace, model_dir: str) -> Callable:
     return one_step
 
 
-def _timm_variant(args: argparse.Namespace, classes: int, train: bool) -> Callable | None:
-    try:
-        import timm
-        import torch
-    except ImportError:
+def _timm_variant(args: argparse.Namespace, name: str, classes: int, train: bool):
+    """The timm peer (scripts/torch_peer.py) of variant `name`, or None without torch / timm."""
+    if not (importlib.util.find_spec("torch") and importlib.util.find_spec("timm")):
         return None
-    model = timm.create_model(args.timm_model, num_classes=classes, pretrained=False)
-    model = model.to(memory_format=torch.channels_last)
-    x = torch.rand(args.batch_size, 3, args.image_size, args.image_size).to(
-        memory_format=torch.channels_last
-    )
-    y = torch.randint(0, classes, (args.batch_size,))
-    if not train:
-        model.eval()
-
-        def forward():
-            with torch.inference_mode():
-                model(x)
-
-        return forward
-    model.train()
-    optimizer = torch.optim.RMSprop(model.parameters(), lr=0.01, alpha=0.9, momentum=0.9, eps=1e-3)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-
-    return step
+    try:
+        return TorchPeer(
+            args.timm_model,
+            args.batch_size,
+            args.image_size,
+            phase="train" if train else "infer",
+            layout=TIMM_LAYOUTS[name],
+            num_classes=classes,
+        )
+    except PeerError as err:
+        logger.warning("%s: not run: %s", name, err)
+        return None
 
 
 def build_variant(
@@ -144,8 +138,8 @@ def build_variant(
     classes = config["num_classes"]
     if name == "runtime":
         return _runtime_variant(args, model_dir) if train else None
-    if name == "timm":
-        return _timm_variant(args, classes, train)
+    if name in TIMM_LAYOUTS:
+        return _timm_variant(args, name, classes, train)
     x, y = _synthetic(args.batch_size, args.image_size, classes)
     if name == REFERENCE:
         model = getattr(keras.applications, args.reference)(
@@ -166,14 +160,21 @@ def build_variant(
 def time_rounds(
     steps: dict[str, Callable], warmup: int, rounds: int, n: int, batch: int
 ) -> dict[str, list[float]]:
-    """Images/s of each variant per round, rounds alternating between variants."""
+    """Images/s of each variant per round, rounds alternating between variants (a TorchPeer
+    times its calls in its own process)."""
     for name, fn in steps.items():
         logger.info("warming up %s (%d steps)", name, warmup)
+        if isinstance(fn, TorchPeer):
+            fn.warmup(warmup)
+            continue
         for _ in range(warmup):
             fn()
     rates: dict[str, list[float]] = {name: [] for name in steps}
     for r in range(rounds):
         for name, fn in steps.items():
+            if isinstance(fn, TorchPeer):
+                rates[name].append(n * batch / sum(fn.time_calls(n)))
+                continue
             start = time.perf_counter()
             for _ in range(n):
                 fn()
@@ -284,8 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2, help="steps per variant per round")
     parser.add_argument(
         "--variants",
-        default=",".join(VARIANTS),
-        help="comma-separated subset of: " + ", ".join(VARIANTS),
+        default=",".join(DEFAULT_VARIANTS),
+        help="comma-separated subset of: " + ", ".join(VARIANTS) + " (default: all but timm_nchw)",
     )
     parser.add_argument("--phases", default="train,infer", help="train, infer or both")
     parser.add_argument(
@@ -332,14 +333,18 @@ def main(argv: list[str] | None = None) -> int:
                         "%s: not run for %s (%s)",
                         name,
                         phase,
-                        "torch or timm not installed" if name == "timm" else "training only",
+                        "no torch / timm" if name in TIMM_LAYOUTS else "training only",
                     )
                     continue
                 steps[name] = fn
             rates = time_rounds(steps, args.warmup, args.rounds, args.steps, args.batch_size)
+            peers = {k: v for k, v in steps.items() if isinstance(v, TorchPeer)}
             if args._rss_child:
-                print(json.dumps({"peak_rss_gb": peak_rss_gb()}))
+                peak = next(iter(peers.values())).peak_rss_gb() if peers else peak_rss_gb()
+                print(json.dumps({"peak_rss_gb": peak}))
                 return 0
+            for peer in peers.values():
+                peer.close()
             rss = {}
             if args.rss:
                 for name in steps:

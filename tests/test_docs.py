@@ -143,3 +143,40 @@ def test_model_tables_are_current(variant):
                 f"{page}: model table is stale ({row}): paste the output of "
                 "python scripts/model_table.py --format markdown"
             )
+
+
+# An issue number means nothing to a reader of the docs (issues are closed, renumbered, or live
+# in another tracker); another project's issue (keras-team/keras#20585) is a citation.
+ISSUE_NUMBER = re.compile(r"\bissues? ?#?\d+\b|(?<![\w/.-])#\d+(?![\w-])", re.IGNORECASE)
+
+
+def test_no_page_names_an_issue_number():
+    named = []
+    for page in _pages():
+        with open(page, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                named += [
+                    f"{os.path.relpath(page, ROOT)}:{number}: {m[0]}"
+                    for m in ISSUE_NUMBER.finditer(line)
+                ]
+    assert not named, "say what the code does instead: " + "; ".join(named)
+
+
+@pytest.mark.parametrize(
+    "text", ["(issue #10)", "issue 20's next step", "(#7)", "see #12", "Issues 3"]
+)
+def test_issue_number_pattern_catches(text):
+    assert ISSUE_NUMBER.search(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "keras-team/keras#20585",
+        "`#SBATCH --signal`",
+        "[x](finetune.md#3-the-weights)",
+        "[section 8](#8-an-imagenet-model-as-it-is)",
+    ],
+)
+def test_issue_number_pattern_spares_citations_and_anchors(text):
+    assert not ISSUE_NUMBER.search(text)

@@ -291,29 +291,71 @@ def test_the_runtime_reads_resolved_params_never_the_command_line_module():
     assert "runtime.flags" in _imports(os.path.join(ROOT, "main.py"))  # the check sees imports
 
 
-def test_runtime_data_error_is_one_line_exit_1(capsys, tmp_path):
-    """A data directory without the expected layout is found when training starts: exit 1."""
+def _folder_run(tmp_path, *extra):
+    """main.py arguments of a tiny training run on the folder data set tmp_path/data."""
+    return [
+        "--cfg",
+        CFG,
+        "--mparams",
+        TINY,
+        "--dataset",
+        "folder",
+        "--data_dir",
+        str(tmp_path / "data"),
+        "--mode",
+        "train",
+        "--model_dir",
+        str(tmp_path / "run"),
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize(
+    "folders, message",
+    [
+        ([], "no train folder: expected {data}/train, with one sub-folder per class"),
+        (["val/cat"], "no train folder: expected {data}/train"),
+        (["train", "val/cat"], "no class folders in {data}/train: put each class's images in"),
+        (["train/cat"], "no validation folder: expected {data}/val or {data}/validation"),
+    ],
+)
+def test_a_folder_data_set_without_its_layout_is_exit_2_and_writes_nothing(
+    main_exit, tmp_path, folders, message
+):
+    """Before: exit 1 once TensorFlow had started, with params.json left in model_dir."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for folder in folders:
+        (data / folder).mkdir(parents=True)
+    code, err = main_exit(_folder_run(tmp_path))
+    assert_one_line(err, code, 2)
+    assert f"--data_dir {data}: " + message.format(data=data) in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_folder_layout_is_checked_without_tensorflow(tmp_path):
     (tmp_path / "data").mkdir()
-    code = main.main(
-        [
-            "--cfg",
-            CFG,
-            "--mparams",
-            TINY,
-            "--dataset",
-            "folder",
-            "--data_dir",
-            str(tmp_path / "data"),
-            "--mode",
-            "train",
-            "--model_dir",
-            str(tmp_path / "run"),
-        ]
+    done = subprocess.run(
+        program("parse_without_tensorflow", *_folder_run(tmp_path)),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
+    assert done.returncode == 2, done.stderr  # 3: TensorFlow was loaded
+    assert "no train folder" in done.stderr
+
+
+def test_runtime_data_error_is_one_line_exit_1(capsys, tmp_path):
+    """A data problem found when training starts (an empty class folder): exit 1."""
+    for folder in ("train/cat", "train/dog", "val/cat"):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+    (tmp_path / "data" / "train" / "cat" / "0.jpg").write_bytes(b"not read")
+    code = main.main(_folder_run(tmp_path))
     err = capsys.readouterr().err
     assert code == 1
     assert err.startswith("main.py: error: ") and err.count("\n") == 1, err
-    assert str(tmp_path / "data") in err
+    assert f"class folder {tmp_path / 'data' / 'train' / 'dog'} holds no usable file" in err
 
 
 # ---------------------------------------------------------------------------------------------

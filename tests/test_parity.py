@@ -209,7 +209,7 @@ def test_v2_train_crop_samples_small_windows_without_the_coverage_floor():
     for i in range(300):
         _, _, h, w = (
             int(v)
-            for v in preprocessing._random_window(
+            for v in preprocessing.random_window(
                 tf.constant(300),
                 tf.constant(400),
                 tf.constant([i, 3]),

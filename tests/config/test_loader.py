@@ -80,3 +80,17 @@ def test_input_normalization_names_agree_with_the_model():
     with pytest.raises(ConfigError) as info:
         load_config(path, "input_normalization=zscore")
     assert str(info.value).endswith("choose from " + ", ".join(INPUT_NORMALIZATION_MODES))
+
+
+@pytest.mark.parametrize("word", ["none", "None", "'none'"])
+def test_the_word_none_is_a_string_value_where_the_key_takes_it(word):
+    """docs/models.md writes `input_normalization=none`; bare none parses as Python None."""
+    config = load_config("config/efficientnet_v1/b0_cfg.py", f"input_normalization={word}")
+    assert config["input_normalization"] == "none"
+
+
+def test_none_stays_none_where_the_key_takes_none_and_is_a_bad_value_elsewhere():
+    config = load_config("config/efficientnet_v1/b0_cfg.py", "min_depth=none")
+    assert config["min_depth"] is None
+    with pytest.raises(ConfigError, match="unknown activation 'none'"):
+        load_config("config/efficientnet_v1/b0_cfg.py", "activation=none")

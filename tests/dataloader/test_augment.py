@@ -170,13 +170,13 @@ def test_solarize_add_and_cutout_values():
 def test_geometric_ops_match_image_projective_transform(name, level, monkeypatch):
     # The gather-based warp must give ImageProjectiveTransformV3's NEAREST / CONSTANT result.
     transforms = []
-    original = augment._transform
+    original = augment.projective_transform
 
     def capture(image, transform):
         transforms.append(transform)
         return original(image, transform)
 
-    monkeypatch.setattr(augment, "_transform", capture)
+    monkeypatch.setattr(augment, "projective_transform", capture)
     image = tf.constant(np.random.RandomState(3).uniform(0, 255, (21, 34, 3)), tf.float32)
     for i in range(4):
         out = augment.OPS[name](image, level, tf.constant([i, 9]))
@@ -195,7 +195,7 @@ def test_geometric_ops_match_image_projective_transform(name, level, monkeypatch
 def test_grayscale_matches_tf_image():
     image = random_image(4)
     np.testing.assert_allclose(
-        augment._grayscale(image), tf.image.rgb_to_grayscale(image), rtol=1e-5, atol=1e-3
+        augment.grayscale(image), tf.image.rgb_to_grayscale(image), rtol=1e-5, atol=1e-3
     )
 
 
@@ -234,6 +234,6 @@ def test_randaugment_applies_each_layer_about_half_the_time():
 
 def test_nearest_source_rounds_half_away_and_masks_outside():
     coords = tf.constant([-0.5, -0.49, 0.5, 1.49, 3.49, 3.5])
-    index, inside = augment._nearest_source(coords, 4)
+    index, inside = augment.nearest_source(coords, 4)
     np.testing.assert_array_equal(inside.numpy(), [False, True, True, True, True, False])
     np.testing.assert_array_equal(index.numpy()[1:5], [0, 1, 1, 3])

@@ -357,11 +357,11 @@ def test_requested_num_classes_disagreeing_with_metadata_is_an_error(records_dir
 
 
 def test_augmentation_and_mixing_seeds_differ_per_input_pipeline():
-    from dataloader.pipeline import _stream_seeds
+    from dataloader.pipeline import stream_seeds
 
     cfg = DataConfig(dataset="synthetic", seed=3)
     contexts = [tf.distribute.InputContext(2, i, 1) for i in (0, 1)]
-    seeds = [s for ctx in contexts for s in _stream_seeds(cfg, ctx)]
+    seeds = [s for ctx in contexts for s in stream_seeds(cfg, ctx)]
     assert len(set(seeds)) == 4 and all(isinstance(s, int) for s in seeds)
-    assert _stream_seeds(cfg, None) == _stream_seeds(cfg, contexts[0])
-    assert _stream_seeds(dataclasses.replace(cfg, seed=None), contexts[1]) == (None, None)
+    assert stream_seeds(cfg, None) == stream_seeds(cfg, contexts[0])
+    assert stream_seeds(dataclasses.replace(cfg, seed=None), contexts[1]) == (None, None)

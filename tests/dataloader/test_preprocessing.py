@@ -65,7 +65,7 @@ def test_train_crop_windows_respect_area_and_aspect_ranges():
     for i in range(40):
         y, x, h, w = (
             int(v)
-            for v in preprocessing._random_window(
+            for v in preprocessing.random_window(
                 tf.constant(300), tf.constant(400), tf.constant([i, 1]), 0.08, (0.75, 4 / 3), 0.875
             )
         )

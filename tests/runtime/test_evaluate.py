@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from runtime.evaluate import _EvalTally, evaluate, latency_stats, make_eval_step
+from runtime.evaluate import EvalTally, evaluate, latency_stats, make_eval_step
 from tests.helpers import replica_worker
 from tests.helpers.programs import evaluate_checks
 
@@ -190,12 +190,12 @@ def test_empty_batch_of_a_finished_worker_sums_to_zero():
 
 
 def test_untimed_evaluation_warns_once_and_drops_nan_timing(caplog):
-    from runtime.evaluate import _warn_untimed, without_missing_timing
+    from runtime.evaluate import warn_untimed, without_missing_timing
 
-    _warn_untimed.cache_clear()
+    warn_untimed.cache_clear()
     with caplog.at_level("WARNING", logger="runtime.evaluate"):
         for _ in range(3):  # three epochs of a one-batch validation set
-            _warn_untimed(1, 1)
+            warn_untimed(1, 1)
     assert sum("were warm-up" in r.getMessage() for r in caplog.records) == 1
     results = {
         "top1": 0.5,
@@ -210,8 +210,18 @@ def batch_sums(count: float, top1: float) -> dict[str, float]:
     return {"loss_sum": 0.5 * count, "top1_sum": top1, "top5_sum": count, "count": count}
 
 
+def test_an_untimed_evaluation_says_so_instead_of_nan():
+    from runtime.evaluate import describe_speed, latency_stats
+
+    untimed = {"images_per_sec": math.nan, **latency_stats([])}
+    assert describe_speed(untimed) == "too few batches to time"
+    assert describe_speed({}) == "too few batches to time"
+    timed = {"images_per_sec": 1234.56, **latency_stats([0.002, 0.004])}
+    assert describe_speed(timed) == "1234.6 images/s, p99 latency 3.98 ms"
+
+
 def test_eval_tally_times_full_batches_after_warmup_only():
-    tally = _EvalTally(confusion_classes=None, warmup_steps=1)
+    tally = EvalTally(confusion_classes=None, warmup_steps=1)
     tally.add(batch_sums(4, 1), None, wait_s=1.0, step_s=9.0)  # warm-up: counted, not timed
     tally.add(batch_sums(4, 3), None, wait_s=0.5, step_s=1.5)
     tally.add(batch_sums(4, 2), None, wait_s=0.5, step_s=0.5)
@@ -227,7 +237,7 @@ def test_eval_tally_times_full_batches_after_warmup_only():
 
 
 def test_eval_tally_sums_the_confusion_matrix():
-    tally = _EvalTally(confusion_classes=2, warmup_steps=0)
+    tally = EvalTally(confusion_classes=2, warmup_steps=0)
     for step in ([[1.0, 0.0], [1.0, 0.0]], [[0.0, 1.0], [0.0, 2.0]]):
         tally.add(batch_sums(2, 1), tf.constant(step), wait_s=0.0, step_s=0.0)
     results = tally.results(num_replicas=1)

@@ -107,6 +107,14 @@ def test_freeze_until_errors():
         finetune.freeze_boundary(model, "logits")
 
 
+def test_the_log_names_phases_and_what_trains_in_them():
+    two_phase = finetune.FreezePlan.from_params({"unfreeze_epoch": 2, "freeze_bn": True})
+    assert two_phase.describe(0) == "phase 1/2 (classifier only, BatchNorm frozen)"
+    assert two_phase.describe(2) == "phase 2/2 (all layers, BatchNorm frozen)"
+    one_phase = finetune.FreezePlan.from_params({"freeze_until": "stage4"})
+    assert one_phase.describe(0) == "layers after stage4"
+
+
 def test_two_phase_plan_schedule_and_stage_split(tmp_path):
     plan = finetune.FreezePlan.from_params({"unfreeze_epoch": 2, "freeze_bn": True})
     assert (plan.until_at(0), plan.until_at(1), plan.until_at(2), plan.until_at(None)) == (
@@ -247,9 +255,11 @@ def test_finetune_flag_errors(tmp_path, capsys, extra, message):
 
 
 @pytest.mark.slow
-def test_two_phase_run_trains_head_first_then_everything(tmp_path):
+def test_two_phase_run_trains_head_first_then_everything(tmp_path, caplog):
     """--unfreeze_epoch 1: after epoch 1 only the classifier moved; after epoch 2 the backbone
-    did too (checkpoints of both epochs; the pretrained start is a fresh step count)."""
+    did too (checkpoints of both epochs; the pretrained start is a fresh step count). The log
+    calls the two halves phases, not image-size stages."""
+    caplog.set_level("INFO", logger="runtime.train")
     from runtime.checkpoint import restore_for_inference
 
     source = tiny_model(num_classes=10)
@@ -279,6 +289,10 @@ def test_two_phase_run_trains_head_first_then_everything(tmp_path):
         )
         == 0
     )
+    lines = [r.getMessage() for r in caplog.records if r.name == "runtime.train"]
+    assert any(line.startswith("phase 1/2 (classifier only), epochs 1-1: ") for line in lines)
+    assert any(line.startswith("phase 2/2 (all layers), epochs 2-2: ") for line in lines)
+    assert not [line for line in lines if line.startswith("stage ")], lines
     epochs = {}
     for epoch in (1, 2):
         model = tiny_model(num_classes=10)

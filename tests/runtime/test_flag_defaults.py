@@ -123,7 +123,7 @@ def test_model_code_repeats_no_model_config_default():
     from model import blocks, specs
 
     functions = {
-        "_BaseBlock": blocks._BaseBlock.__init__,
+        "BaseBlock": blocks.BaseBlock.__init__,
         "SqueezeExcite": blocks.SqueezeExcite.__init__,
         "round_filters": specs.round_filters,
         "expand_blocks": specs.expand_blocks,

@@ -133,10 +133,10 @@ def test_files_and_hashes_are_keras_applications_own():
     """The pinned table equals Keras' (WEIGHTS_HASHES, BASE_WEIGHTS_PATH, model names)."""
     from keras.src.applications import efficientnet, efficientnet_v2
 
-    assert imagenet_weights._V1_MD5 == efficientnet.WEIGHTS_HASHES
-    assert imagenet_weights._V2_MD5 == efficientnet_v2.WEIGHTS_HASHES
+    assert imagenet_weights.V1_MD5 == efficientnet.WEIGHTS_HASHES
+    assert imagenet_weights.V2_MD5 == efficientnet_v2.WEIGHTS_HASHES
     for model_name, file in FILES.items():
-        module = efficientnet if file.base_url == imagenet_weights._V1_URL else efficientnet_v2
+        module = efficientnet if file.base_url == imagenet_weights.V1_URL else efficientnet_v2
         assert file.base_url == module.BASE_WEIGHTS_PATH
         family, variant = model_name.split("-")
         ctor = {"efficientnet": "EfficientNet", "efficientnetv2": "EfficientNetV2"}[family]

@@ -277,6 +277,22 @@ def test_predict_with_imagenet_offline_fails_in_one_line(
     assert f"cannot download {server.url}/efficientnetb0.h5 (" in err
     assert str(keras_home / "efficientnetb0.h5") in err and "pass --pretrained /path/to/" in err
     assert not keras_home.exists() or os.listdir(keras_home) == []
+    assert not (tmp_path / "run").exists()  # nothing written: the download comes first
+
+
+def test_training_from_imagenet_offline_fails_before_writing(
+    tmp_path, keras_home, monkeypatch, run_main
+):
+    """The `_notop` file (digits has 10 classes) is fetched before params.json or the log."""
+    server = WeightsServer({})
+    server.stop()
+    monkeypatch.setenv(imagenet_weights.URL_ENV, server.url)
+    argv = tiny_args(tmp_path / "run", "train", "--max_epochs", "1", "--steps_per_epoch", "1")
+    argv[argv.index("--cfg") + 1] = cfg_path("b0")
+    code, err = run_main([*argv, "--pretrained", "imagenet"])
+    assert_one_line(err, code, 2)
+    assert f"cannot download {server.url}/efficientnetb0_notop.h5 (" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_fine_tuning_from_imagenet_takes_the_file_without_classifier(

@@ -88,15 +88,26 @@ def test_architecture_override_is_refused_in_one_line(tmp_path, main_exit):
     assert code == 2 and "--cfg would change the architecture" in err and "name: " in err
 
 
-def test_cfg_required_without_params_json(tmp_path, main_exit):
-    code, err = main_exit(["--mode", "eval", "--model_dir", str(tmp_path / "empty")])
-    assert code == 2 and err.count("\n") == 1
+def test_a_missing_model_dir_is_named_not_a_missing_cfg(tmp_path, main_exit):
+    missing = tmp_path / "does_not_exist"
+    code, err = main_exit(["--mode", "eval", "--model_dir", str(missing)])
+    assert_one_line(err, code, 2)
     assert (
-        "the following arguments are required: --cfg (or, for --mode eval/predict/export/"
-        "training_benchmark/inference_benchmark, a --model_dir holding a training run's "
-        "params.json)" in err
+        f"--model_dir {missing} does not exist: give the --model_dir of a training run, or "
+        "--cfg (and --mparams) to eval without one" in err
     )
-    assert not (tmp_path / "empty").exists()
+    assert not missing.exists()
+
+
+def test_a_model_dir_without_params_json_says_so(tmp_path, main_exit):
+    (tmp_path / "photos").mkdir()
+    code, err = main_exit(
+        ["--mode", "predict", "--model_dir", str(tmp_path), "--predict_img_dir", str(tmp_path)]
+    )
+    assert_one_line(err, code, 2)
+    assert f"--model_dir {tmp_path} holds no params.json (not a training run)" in err
+    assert "to predict without one" in err
+    assert sorted(os.listdir(tmp_path)) == ["photos"]
 
 
 def test_training_modes_do_not_read_params_json(tmp_path):

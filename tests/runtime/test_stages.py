@@ -78,8 +78,12 @@ def test_stage_line_names_only_the_settings_in_effect():
         mixup_alpha=0.0,
         cutmix_alpha=0.0,
     )
-    assert describe_stage(stage, 1, "none", False) == "stage 1/1: epochs 1-300, image size 224"
-    assert describe_stage(stage, 1, "none", False, with_epochs=False) == "stage 1/1: image size 224"
+    # One image-size stage: no "stage 1/1" (a fine-tuning run cut at --unfreeze_epoch has
+    # phases, not stages: before, its second half was logged as "stage 1/2: epochs 3-6").
+    assert describe_stage(stage, 1, "none", False) == "epochs 1-300, image size 224"
+    assert describe_stage(stage, 1, "none", False, with_epochs=False) == "image size 224"
+    second_half = Stage(0, 2, 6, 64, 0.0, 0.0, 0.0)
+    assert describe_stage(second_half, 1, "none", False) == "epochs 3-6, image size 64"
     mixed = Stage(
         index=1,
         first_epoch=3,

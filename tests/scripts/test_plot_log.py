@@ -99,3 +99,62 @@ def test_bad_inputs_exit_2_with_one_line_error(tmp_path, capsys):
         main([str(corrupt)])
     assert exc.value.code == 2
     assert "corrupt.json:1: not a DLLogger JSON line" in capsys.readouterr().err
+
+
+def _finetune_log(run_dir, flat_loss=1.0986):
+    """A run of 6 epochs in 2 progressive-resizing stages, unfrozen after epoch 2, 3 classes."""
+    run_dir.mkdir()
+    (run_dir / "class_names.json").write_text('{"num_classes": 3, "class_names": null}')
+    params = {
+        "model": {"name": "efficientnet-b0"},
+        "max_epochs": 6,
+        "n_stages": 2,
+        "base_img_size": 32,
+        "train_img_size": 64,
+        "base_randaug_mag": 5,
+        "raug_magnitude": 10,
+        "base_mixup": 0,
+        "mixup_alpha": 0,
+        "base_cutmix": 0,
+        "cutmix_alpha": 0,
+        "unfreeze_epoch": 2,
+    }
+    with create_metrics_logger(str(run_dir / "log.json"), stream=io.StringIO()) as mlog:
+        mlog.log_params(params)
+        for epoch in range(1, 7):
+            mlog.log([epoch, 4], {"train.loss": flat_loss + 1e-5 * epoch, "train.top1": 0.3})
+            mlog.log([epoch], {"val_ema.top1": 0.3, "val_ema.top5": 1.0, "val_ema.loss": 1.1})
+
+
+def test_title_boundaries_and_few_classes(tmp_path, monkeypatch):
+    """Before: the title was always 'log.json', no stage or unfreeze mark, and a top-5 curve
+    stuck at 1 for 3 classes."""
+    import scripts.plot_log as plot_log
+
+    _finetune_log(tmp_path / "my_model")
+    drawn = {}
+    monkeypatch.setattr(
+        plot_log, "plot", lambda series, xlabel, title, out, marks: drawn.update(locals()) or []
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main([os.path.join("my_model", "log.json")]) == 0
+    assert drawn["title"] == "my_model: efficientnet-b0"
+    assert drawn["marks"] == [(2.0, "all layers train"), (3.0, "stage 2")]
+    assert "val_ema.top1" in drawn["series"] and "val_ema.top5" not in drawn["series"]
+
+
+def test_a_flat_curve_is_drawn_without_an_axis_offset(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    import scripts.plot_log as plot_log
+
+    _finetune_log(tmp_path / "run", flat_loss=1.0986)
+    series, xlabel = collect_series(read_log(str(tmp_path / "run" / "log.json")))
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    plot_log.plot(series, xlabel, "run", str(tmp_path / "out.png"), [(2.0, "all layers train")])
+    loss_axes = figures[0].axes[0]
+    assert loss_axes.get_title() == "loss"
+    assert loss_axes.yaxis.get_major_formatter().get_offset() == ""
+    assert figures[0]._suptitle.get_text() == "run"
+    plt.close(figures[0])

@@ -60,13 +60,24 @@ def test_shortened_quickstart_trains_evaluates_exports_and_predicts(tmp_path):
         for r in records
         if r["type"] == "LOG" and isinstance(r["step"], list) and len(r["step"]) == 1
     }
-    assert set(epochs) == {1, 2} and all(0 <= e["val.top1"] <= 1 for e in epochs.values())
+    # EMA is on: the evaluation after each epoch is of the EMA weights, and its keys say so.
+    assert set(epochs) == {1, 2} and all(0 <= e["val_ema.top1"] <= 1 for e in epochs.values())
+    assert not any("val.top1" in e for e in epochs.values())
     summary = next(r["data"] for r in records if r.get("step") == [] and "global_step" in r["data"])
     assert summary["global_step"] == 2 * STEPS
     # Raw and EMA weights are both evaluated and the better one is exported.
     better = "ema" if summary["val_ema.top1"] >= summary["val.top1"] else "raw"
     assert summary["exported_weights"] == better
     assert summary["best.top1"] == max(summary["val_ema.top1"], summary["val.top1"])
+    # The run ends with a short block on stdout, not the summary record (file only).
+    assert "Summary: global_step" not in proc.stdout
+    block = proc.stdout[proc.stdout.index("training done: 2 epochs") :].splitlines()
+    assert block[2].split()[:3] == ["raw", "weights", f"{summary['val.top1']:.4f}"]
+    assert block[3].split()[:3] == ["EMA", "weights", f"{summary['val_ema.top1']:.4f}"]
+    assert (
+        f"written to {model_dir / 'model.weights.h5'} and {model_dir / 'saved_model'}" in (block[4])
+    )
+    assert f"python main.py --mode eval --model_dir {model_dir}" in block[6]
     for name in (
         "params.json",
         "class_names.json",

@@ -19,8 +19,9 @@ from utils.errors import BAD_INPUT, RESUMABLE, RUN_FAILED, UserError
 PACKAGES = ("config", "model", "dataloader", "runtime", "utils", "scripts")
 CFG = os.path.join(ROOT, "config", "efficientnet_v1", "b0_cfg.py")
 TINY = "width_coefficient=0.1,depth_coefficient=0.1,train_img_size=32,eval_img_size=32"
-# Exceptions that never reach the user as an error: build_tfrecords skips the file and lists it.
-INTERNAL = {("scripts.build_tfrecords", "BadImage")}
+# Exceptions that never reach the user as an error: build_tfrecords skips the file and lists it;
+# the benchmark scripts leave out a timm row whose PyTorch peer cannot start, saying why.
+INTERNAL = {("scripts.build_tfrecords", "BadImage"), ("scripts.torch_peer", "PeerError")}
 
 
 def _base_names(node: ast.ClassDef) -> set[str]:

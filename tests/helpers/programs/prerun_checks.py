@@ -17,6 +17,6 @@ from runtime import compat, flags
 started = {}
 for argv in json.loads(sys.argv[1]):
     params = flags.parse(argv)
-    main._check_and_claim(params).release()
+    main.check_and_claim(params).release()
     started[os.path.basename(params["model_dir"])] = compat.runtime_started()
 print(json.dumps(started))
