@@ -186,6 +186,7 @@ def test_a_second_signal_during_the_save_changes_nothing(
     ]
 
 
+@pytest.mark.slow  # a rare case (no step left for the handler); the default suite is full
 def test_a_signal_after_the_last_step_stops_before_the_export_and_the_rerun_exports(
     run_main, tmp_path, monkeypatch, own_signal_handlers, caplog
 ):
