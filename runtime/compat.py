@@ -138,7 +138,7 @@ def coordination_config_pb2() -> ModuleType:
 
 # PreemptionCheckpointHandler (tensorflow/python/distribute/failure_handling/failure_handling.py)
 # platforms on which `run` only calls the step: no signal is ever acted upon there.
-_PASSIVE_PREEMPTION_PLATFORMS = ("GCE_CPU", "GCE_TPU", "INTERNAL_TPU")
+PASSIVE_PREEMPTION_PLATFORMS = ("GCE_CPU", "GCE_TPU", "INTERNAL_TPU")
 
 
 def preemption_handler_acts(handler) -> bool:
@@ -157,7 +157,7 @@ def preemption_handler_acts(handler) -> bool:
             "PreemptionCheckpointHandler has no _platform_device: update runtime/compat.py "
             "for this TensorFlow"
         )
-    return platform.name not in _PASSIVE_PREEMPTION_PLATFORMS
+    return platform.name not in PASSIVE_PREEMPTION_PLATFORMS
 
 
 def stop_preemption_watchers(handler) -> None:

@@ -76,7 +76,7 @@ def test_preemption_handler_accesses_are_checked(tmp_path):
     from tensorflow.python.distribute.failure_handling import failure_handling_util
 
     platforms = {p.name for p in failure_handling_util.PlatformDevice}
-    assert set(compat._PASSIVE_PREEMPTION_PLATFORMS) <= platforms
+    assert set(compat.PASSIVE_PREEMPTION_PLATFORMS) <= platforms
     handler = tf.distribute.experimental.PreemptionCheckpointHandler(
         None,
         tf.train.CheckpointManager(tf.train.Checkpoint(), str(tmp_path / "unused"), 1),

@@ -165,15 +165,15 @@ def test_a_second_signal_during_the_save_changes_nothing(
 ):
     """SIGINT and SIGTERM arrive while the stop's checkpoint is being written: the save ends,
     the line names the first signal, the checkpoint loads, no lock and no temporary files."""
-    real_write = TrainingCheckpoint._write
+    real_save = TrainingCheckpoint.save
 
-    def write_under_fire(self, position):
-        if position.step:  # the stop's save, not an epoch checkpoint
+    def save_under_fire(self, epoch, step_in_epoch=0):
+        if step_in_epoch:  # the stop's save, not an epoch checkpoint
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGTERM)
-        real_write(self, position)
+        return real_save(self, epoch, step_in_epoch)
 
-    monkeypatch.setattr(TrainingCheckpoint, "_write", write_under_fire)
+    monkeypatch.setattr(TrainingCheckpoint, "save", save_under_fire)
     signal_before_step(monkeypatch, signal.SIGUSR1, Position(0, 3))
     model_dir = tmp_path / "run"
     code, err = run_main(run_args(model_dir, "--max_epochs", "1"))
