@@ -453,7 +453,7 @@ def _finish(run: TrainRun, with_eval: bool) -> dict[str, Any]:
             use_ema = averaged["top1"] >= raw["top1"]
             best = averaged if use_ema else raw
             summary.update({f"best.{k}": v for k, v in best.items()})
-        _check_validation(summary, best if run.ema is not None else raw, run)
+        check_validation(summary, best if run.ema is not None else raw, run)
     summary["exported_weights"] = "ema" if use_ema else "raw"
     if use_ema:
         run.ema.copy_to_model()
@@ -472,7 +472,7 @@ def _finish(run: TrainRun, with_eval: bool) -> dict[str, Any]:
     return summary
 
 
-def _check_validation(summary: dict[str, Any], results: Mapping[str, float], run: TrainRun) -> None:
+def check_validation(summary: dict[str, Any], results: Mapping[str, float], run: TrainRun) -> None:
     """Fail on a non-finite validation loss (nothing exported); warn at or below chance top-1."""
     loss, top1 = results.get("loss", math.nan), results.get("top1", math.nan)
     chance = 1.0 / run.num_classes

@@ -26,29 +26,29 @@ def _fake_run(num_classes=10):
 def test_non_finite_validation_loss_fails_the_run_and_is_logged():
     """Before: --lr_init 1e6 gave val.loss NaN, top-1 0, exit 0 and an exported model."""
     from runtime.errors import RunError
-    from runtime.train import _check_validation
+    from runtime.train import check_validation
 
     run, records = _fake_run()
     summary = {"global_step": 3}
     with pytest.raises(RunError, match=r"validation loss is nan after training .*not exported"):
-        _check_validation(summary, {"loss": math.nan, "top1": 0.0}, run)
+        check_validation(summary, {"loss": math.nan, "top1": 0.0}, run)
     assert records and records[0][0] == []
     assert any("at or below chance (1/10 = 0.1000)" in w for w in records[0][1]["warnings"])
 
 
 def test_chance_level_top1_is_a_warning_in_the_summary(caplog):
-    from runtime.train import _check_validation
+    from runtime.train import check_validation
 
     run, _ = _fake_run(num_classes=4)
     summary = {}
     with caplog.at_level(logging.WARNING):
-        _check_validation(summary, {"loss": 1.4, "top1": 0.25}, run)
+        check_validation(summary, {"loss": 1.4, "top1": 0.25}, run)
     assert summary["warnings"] == [
         "validation top-1 0.2500 is at or below chance (1/4 = 0.2500): the model has not "
         "learned; check --lr_init and the labels"
     ]
     summary = {}
-    _check_validation(summary, {"loss": 0.4, "top1": 0.9}, run)
+    check_validation(summary, {"loss": 0.4, "top1": 0.9}, run)
     assert "warnings" not in summary
 
 
