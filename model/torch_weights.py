@@ -62,24 +62,21 @@ _TOP_LEVEL = {
 _CLASSIFIER = {naming: names["logits"] for naming, names in _TOP_LEVEL.items()}
 # Block parts (our sublayer -> source module), by naming and block type: (fused, expand > 1).
 _SE = {"se.reduce": "se.conv_reduce", "se.expand": "se.conv_expand"}
+# efficientnet_pytorch MBConvBlock: one naming, its _expand_conv/_bn0 only where expand > 1.
+_EFFICIENTNET_PYTORCH_BLOCK = {
+    "dwconv": "_depthwise_conv",
+    "bn": "_bn1",
+    "se.reduce": "_se_reduce",
+    "se.expand": "_se_expand",
+    "project_conv": "_project_conv",
+    "project_bn": "_bn2",
+}
 _BLOCK_PARTS = {
-    ("efficientnet_pytorch", False, False): {
-        "dwconv": "_depthwise_conv",
-        "bn": "_bn1",
-        "se.reduce": "_se_reduce",
-        "se.expand": "_se_expand",
-        "project_conv": "_project_conv",
-        "project_bn": "_bn2",
-    },
+    ("efficientnet_pytorch", False, False): _EFFICIENTNET_PYTORCH_BLOCK,
     ("efficientnet_pytorch", False, True): {
         "expand_conv": "_expand_conv",
         "expand_bn": "_bn0",
-        "dwconv": "_depthwise_conv",
-        "bn": "_bn1",
-        "se.reduce": "_se_reduce",
-        "se.expand": "_se_expand",
-        "project_conv": "_project_conv",
-        "project_bn": "_bn2",
+        **_EFFICIENTNET_PYTORCH_BLOCK,
     },
     # timm DepthwiseSeparableConv ("ds" blocks).
     ("timm", False, False): {

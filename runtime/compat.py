@@ -64,9 +64,8 @@ def skip_optimizer_all_reduce(optimizer) -> None:
     setattr(optimizer, name, lambda grads_and_vars: list(grads_and_vars))
 
 
-def eager_context() -> ModuleType:
-    """`tensorflow.python.eager.context`: configures the coordination service before a
-    MultiWorkerMirroredStrategy exists (no public API sets heartbeats and timeouts)."""
+def _context_module(function: str) -> ModuleType:
+    """`tensorflow.python.eager.context`, checked to still have `function`."""
     try:
         from tensorflow.python.eager import context
     except ImportError as err:
@@ -74,12 +73,18 @@ def eager_context() -> ModuleType:
             f"tensorflow.python.eager.context is gone ({err}): update "
             "runtime/compat.py for this TensorFlow"
         ) from err
-    for attr in ("context",):
-        if not hasattr(context, attr):
-            raise CompatError(
-                f"tensorflow.python.eager.context.{attr} is gone: update "
-                "runtime/compat.py for this TensorFlow"
-            )
+    if not hasattr(context, function):
+        raise CompatError(
+            f"tensorflow.python.eager.context.{function} is gone: update "
+            "runtime/compat.py for this TensorFlow"
+        )
+    return context
+
+
+def eager_context() -> ModuleType:
+    """`tensorflow.python.eager.context`: configures the coordination service before a
+    MultiWorkerMirroredStrategy exists (no public API sets heartbeats and timeouts)."""
+    context = _context_module("context")
     ctx = context.context()
     for attr in ("coordination_service", "configure_coordination_service"):
         if not hasattr(ctx, attr):
@@ -96,19 +101,7 @@ def runtime_started() -> bool:
     starts (TF: "Collective ops must be configured at program startup"): runtime.distribute
     checks it first, tests check that the pre-run checks never start it.
     """
-    try:
-        from tensorflow.python.eager import context
-    except ImportError as err:
-        raise CompatError(
-            f"tensorflow.python.eager.context is gone ({err}): update "
-            "runtime/compat.py for this TensorFlow"
-        ) from err
-    if not hasattr(context, "context_safe"):
-        raise CompatError(
-            "tensorflow.python.eager.context.context_safe is gone: update "
-            "runtime/compat.py for this TensorFlow"
-        )
-    ctx = context.context_safe()
+    ctx = _context_module("context_safe").context_safe()
     if ctx is None:
         return False
     if not isinstance(getattr(ctx, "_initialized", None), bool):

@@ -27,7 +27,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,24 +35,12 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT
 from tests.helpers.checkpoint_state import assert_same_values, checkpoint_values
 from tests.helpers.data_fixtures import write_tfrecords
-from tests.helpers.processes import cpu_env
+from tests.helpers.processes import cpu_env, finish, free_ports, start_logged
 from tests.helpers.tiny_run import TINY_MPARAMS, TWO_BLOCKS
 
 MPARAMS = TINY_MPARAMS + ",dropout_rate=0.0,drop_connect_rate=0.0"
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def train_args(model_dir, *extra: str) -> list[str]:
@@ -88,12 +75,7 @@ def train_args(model_dir, *extra: str) -> list[str]:
 
 
 def start(argv: list[str], log_path, env: dict[str, str]) -> subprocess.Popen:
-    log = open(log_path, "w")  # noqa: SIM115 - closed by `finish`
-    proc = subprocess.Popen(
-        [sys.executable, *argv], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    proc.log_file = log
-    return proc
+    return start_logged([sys.executable, *argv], log_path, env)
 
 
 def start_workers(
@@ -111,18 +93,6 @@ def start_workers(
         }
         procs.append(start(argv(index), tmp_path / f"{tag}_worker{index}.log", env))
     return procs
-
-
-def finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str]:
-    try:
-        proc.wait(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.log_file.close()
-    with open(proc.log_file.name) as f:
-        return proc.returncode, f.read()
 
 
 def kill_when(ready: Callable[[], bool], workers: list[subprocess.Popen], timeout: float):

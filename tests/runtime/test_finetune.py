@@ -296,7 +296,8 @@ def test_two_phase_run_trains_head_first_then_everything(tmp_path, caplog):
     epochs = {}
     for epoch in (1, 2):
         model = tiny_model(num_classes=10)
-        restore_for_inference(model, str(run), str(run / "checkpoints" / f"ckpt-{epoch}"))
+        # 2 steps per epoch; checkpoints are numbered by the global step
+        restore_for_inference(model, str(run), str(run / "checkpoints" / f"ckpt-{2 * epoch}"))
         epochs[epoch] = model
     stem = source.get_layer("stem_conv").get_weights()[0]
     np.testing.assert_array_equal(epochs[1].get_layer("stem_conv").get_weights()[0], stem)

@@ -23,9 +23,8 @@ import tensorflow as tf
 
 from runtime.checkpoint import Position, TrainingCheckpoint
 from runtime.preemption import STOP_SIGNALS, GracefulStop, StopSignals
-from tests.helpers import ROOT
 from tests.helpers.checkpoint_state import assert_same_values, checkpoint_values
-from tests.helpers.processes import cpu_env
+from tests.helpers.processes import cpu_env, finish, start_logged
 from tests.helpers.tiny_run import TINY_MPARAMS, TWO_BLOCKS, tiny_args
 from utils.dllogger import read_log
 
@@ -221,28 +220,9 @@ def test_stop_signals_record_the_first_and_never_raise(own_signal_handlers):
 
 
 def start_run(model_dir, log_path, *extra: str) -> subprocess.Popen:
-    log = open(log_path, "w")  # noqa: SIM115 - closed by `finish`
-    proc = subprocess.Popen(
-        [sys.executable, "main.py", *run_args(model_dir, *extra)],
-        cwd=ROOT,
-        env=cpu_env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    return start_logged(
+        [sys.executable, "main.py", *run_args(model_dir, *extra)], log_path, cpu_env()
     )
-    proc.log_file = log
-    return proc
-
-
-def finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str]:
-    try:
-        proc.wait(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.log_file.close()
-    with open(proc.log_file.name) as f:
-        return proc.returncode, f.read()
 
 
 def signal_mid_epoch(proc: subprocess.Popen, signum: int, after: str) -> tuple[int, str, float]:
