@@ -8,8 +8,6 @@ EfficientNetV2 table 7 / automl README (S 384, M 480, L 480, XL 512; B0..B3 at 2
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -88,23 +86,14 @@ def test_formats():
     assert json.loads(format_rows(rows, "json"))[0]["params"] == 5_330_564
 
 
-def _run(*args):
-    return subprocess.run(
-        [sys.executable, os.path.join("scripts", "model_table.py"), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def test_cli_json_for_one_config():
-    proc = _run("--format", "json", os.path.relpath(cfg_path("b0"), ROOT))
-    assert proc.returncode == 0, proc.stderr
-    (row,) = json.loads(proc.stdout)
+def test_cli_json_for_one_config(capsys, caplog):
+    caplog.set_level("INFO", logger="model_table")
+    assert main(["--format", "json", os.path.relpath(cfg_path("b0"), ROOT)]) == 0
+    out = capsys.readouterr()
+    (row,) = json.loads(out.out)
     assert (row["model"], row["resolution"], row["params"]) == ("efficientnet-b0", 224, 5_330_564)
     assert row["gmacs"] == pytest.approx(0.386, abs=1e-3)
-    assert "[1/1] profiling" in proc.stderr
+    assert "[1/1] profiling" in caplog.text
 
 
 def test_cli_bad_config_path_exits_2(capsys):
