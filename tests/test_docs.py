@@ -113,14 +113,14 @@ def test_readme_test_command_is_what_ci_runs():
         ci = f.read()
     command = (
         "python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements-dev.txt"
-        " && python -m pytest -q"
+        " && python -m pytest -q -n 2"
     )
     assert command in readme
     for part in (
         "python3 -m venv .venv",
         ". .venv/bin/activate",
         "pip install -q -r requirements-dev.txt",
-        "python -m pytest -q",
+        "python -m pytest -q -n 2",
     ):
         assert part in ci, part
 
