@@ -27,7 +27,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import keras
-import tensorflow as tf
 
 from dataloader import DatasetInfo, dataset_info, skipping
 from runtime import advprop, distribute, finetune, train_report
@@ -38,6 +37,7 @@ from runtime.checkpoint import (
     checkpoint_dir,
     save_weights_atomically,
 )
+from runtime.checkpoint_integrity import listed_checkpoints
 from runtime.class_names import save_class_names
 from runtime.components import (
     create_model,
@@ -145,9 +145,13 @@ def build_run(params: Mapping[str, Any]) -> TrainRun:
         params = {**params, "model": {**params["model"], "bn_momentum": momentum}}
     opt_config = OptimizerConfig.from_params(params)
     freeze = finetune.FreezePlan.from_params(params)
+    # One answer for the whole run: the newest listed checkpoint counts even when it is
+    # damaged (restore_latest falls back to an intact older one).
+    listed = listed_checkpoints(checkpoint_dir(params["model_dir"]))
+    resume_from = listed[0] if listed and params["resume_checkpoint"] else None
     with dist.strategy.scope():
         model = create_model(params, info.num_classes)
-        _start_from_pretrained(params, model)
+        _start_from_pretrained(params, model, resume_from)
         advprop_config = advprop.setup(params, model)  # None without --advprop
         # The optimizer holds slots for every variable trained in some epoch of the run.
         freeze.apply(model, epoch=None)
@@ -167,9 +171,7 @@ def build_run(params: Mapping[str, Any]) -> TrainRun:
         running=metrics.state(),
     )
     step_config = StepConfig.from_params(params, advprop_config)
-    log = open_metrics_log(
-        params, dist.is_chief, append=checkpoint.latest is not None and params["resume_checkpoint"]
-    )
+    log = open_metrics_log(params, dist.is_chief, append=resume_from is not None)
     stages = split_at(stages_from_params(params), freeze.unfreeze_epoch)
     derived = train_report.derived_values(
         dist, global_batch, steps_per_epoch, schedule, stages, params["max_epochs"]
@@ -244,13 +246,16 @@ def _announce_run(
         )
 
 
-def _start_from_pretrained(params: Mapping[str, Any], model: keras.Model) -> None:
+def _start_from_pretrained(
+    params: Mapping[str, Any], model: keras.Model, resume_from: str | None
+) -> None:
     """Load --pretrained weights unless the run resumes from its own checkpoint."""
     if not params.get("pretrained"):
         return
-    latest = tf.train.latest_checkpoint(checkpoint_dir(params["model_dir"]))
-    if latest and params["resume_checkpoint"]:
-        logger.info("--pretrained %s not loaded: resuming from %s", params["pretrained"], latest)
+    if resume_from:
+        logger.info(
+            "--pretrained %s not loaded: resuming from %s", params["pretrained"], resume_from
+        )
         return
     finetune.load_pretrained(model, params["pretrained"], params["model"])
 

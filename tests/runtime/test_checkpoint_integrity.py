@@ -15,7 +15,8 @@ from runtime.checkpoint_integrity import checkpoint_damage, listed_checkpoints
 from runtime.errors import RunError
 from tests.helpers.checkpoint_state import bn_model, one_step, training_state
 from tests.helpers.cli import assert_one_line
-from tests.helpers.tiny_run import save_random_checkpoint, tiny_params
+from tests.helpers.tiny_run import save_random_checkpoint, tiny_args, tiny_params
+from utils.dllogger import read_log
 from utils.optimizers import OptimizerConfig, build_optimizer
 
 
@@ -152,3 +153,20 @@ def test_eval_with_every_checkpoint_damaged_exits_1_in_one_line(run_main, tmp_pa
     code, err = run_main(["--mode", "eval", "--model_dir", str(tmp_path), "--no-use_xla"])
     assert_one_line(err, code, 1)
     assert f"checkpoint {prefix} is damaged ({data}: Read less bytes than requested)" in err
+
+
+def test_a_run_resuming_past_a_damaged_newest_checkpoint_appends_to_its_log(run_main, tmp_path):
+    """Before: the log was moved aside to log.json.1 (tf.train.latest_checkpoint saw no
+    checkpoint) while the run resumed from ckpt-2, so log.json lost the epochs before it."""
+    model_dir = tmp_path / "run"
+    steps = ("--steps_per_epoch", "2", "--save_checkpoint_freq", "1", "--lr_warmup_epochs", "0")
+    assert run_main(tiny_args(model_dir, "train", "--max_epochs", "2", *steps))[0] == 0
+    newest = listed_checkpoints(str(model_dir / "checkpoints"))[0]
+    remove_index(newest)
+
+    code, err = run_main(tiny_args(model_dir, "train", "--max_epochs", "3", *steps))
+    assert code == 0, err
+    assert not (model_dir / "log.json.1").exists()
+    records = read_log(str(model_dir / "log.json"))
+    epochs = [r["step"] for r in records if r.get("type") == "LOG" and len(r["step"]) == 1]
+    assert epochs == [[1], [2], [3]]  # epoch 1 of the first run, then 2 and 3 again
