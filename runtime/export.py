@@ -31,7 +31,7 @@ from dataloader import DataError, build_dataset
 from dataloader.preprocessing import preprocess_for_eval
 from runtime import components, runtimes
 from runtime.class_names import trained_classes
-from runtime.errors import RunError
+from runtime.errors import RunError, first_line
 from runtime.finetune import load_for_inference
 from runtime.runtimes import artifact_name, export_dir, planned_artifacts
 from runtime.serving import serving_model, signature, write_saved_model
@@ -101,8 +101,7 @@ def write_artifact(
     except runtimes.RuntimeUnavailable as err:
         raise ExportError(str(err)) from err
     except Exception as err:
-        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-        raise ExportError(f"{fmt} export to {path} failed: {first}") from err
+        raise ExportError(f"{fmt} export to {path} failed: {first_line(err)}") from err
     finally:
         if os.path.isdir(tmp):
             shutil.rmtree(tmp, ignore_errors=True)

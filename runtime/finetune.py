@@ -244,7 +244,7 @@ def fetch_imagenet_before_run(params: Mapping[str, Any]) -> str | None:
             return None
         classes, _ = dataset_classes(components.data_config(params, training=True))
         include_top = classes == imagenet_weights.IMAGENET_CLASSES
-    elif mode in ("eval", "predict", "export"):
+    elif mode in run_params.INFERENCE_MODES:
         include_top = True
     else:
         return None

@@ -321,14 +321,10 @@ def pretrained_source(
     return source
 
 
-# The modes that use --pretrained weights as published (no training).
-INFERENCE_MODES = ("eval", "predict", "export")
-
-
 def _validate_pretrained(params: dict[str, Any]) -> None:
     """--pretrained: imagenet (a file exists for the model) or a path of the mode's kind."""
     source, mode = params["pretrained"], params["mode"]
-    if source is None or mode not in (*run_params.TRAINING_MODES, *INFERENCE_MODES):
+    if source is None or mode not in (*run_params.TRAINING_MODES, *run_params.INFERENCE_MODES):
         return
     if source == imagenet_weights.IMAGENET:
         reason = imagenet_weights.unavailable(params["model"].get("name"))
@@ -345,7 +341,7 @@ def _validate_pretrained(params: dict[str, Any]) -> None:
             f"--pretrained {source} is not a file: --mode {mode} takes a weights file or "
             "imagenet (for a run of ours: --model_dir, or --predict_ckpt for one checkpoint)"
         )
-    if mode in INFERENCE_MODES and params["predict_ckpt"]:
+    if mode in run_params.INFERENCE_MODES and params["predict_ckpt"]:
         raise FlagError(
             "--predict_ckpt and --pretrained name two sets of weights; give one "
             "(--pretrained: weights as published, --predict_ckpt: a checkpoint of a run)"

@@ -38,6 +38,7 @@ import sys
 import time
 from collections.abc import Iterator
 
+from runtime.errors import first_line
 from utils.errors import BAD_INPUT, UserError
 
 logger = logging.getLogger(__name__)
@@ -230,8 +231,7 @@ def _describe_failure(err: Exception, url: str, target: str, md5: str) -> str:
         return f"its MD5 is {got}, keras.applications pins {md5}"
     if isinstance(err, TimeoutError):  # socket.timeout is TimeoutError
         return "no data within the timeout: the server stalled"
-    text = str(err).strip()
-    text = text.splitlines()[0] if text else type(err).__name__
+    text = first_line(err)
     prefix = f"URL fetch failure on {url}: "  # then "<HTTP status or errno> -- <reason>"
     if text.startswith(prefix):
         code, _, reason = text[len(prefix) :].partition(" -- ")

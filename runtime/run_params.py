@@ -43,6 +43,8 @@ from utils.errors import UserError
 PARAMS_FILE = "params.json"
 # The modes that train (and write PARAMS_FILE); every other mode writes params_<mode>.json.
 TRAINING_MODES = ("train", "train_and_eval")
+# The modes that use --pretrained weights as published (no training).
+INFERENCE_MODES = ("eval", "predict", "export")
 # The modes that read a training run's params.json (main.py's export mode included).
 RUN_READING_MODES = ("eval", "predict", "export", "training_benchmark", "inference_benchmark")
 # Never inherited: they describe this invocation or this machine, not the trained model.

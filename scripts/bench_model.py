@@ -35,7 +35,6 @@ import importlib.util
 import json
 import logging
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -50,7 +49,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from scripts.torch_peer import PeerError, TorchPeer  # noqa: E402
+from scripts.torch_peer import PeerError, TorchPeer, peak_rss_gb  # noqa: E402
 
 logger = logging.getLogger("bench_model")
 
@@ -206,22 +205,6 @@ def format_table(title: str, rates: dict[str, list[float]], rss: dict[str, float
             f"{' '.join(f'{v:.2f}' for v in values)} |"
         )
     return "\n".join(lines)
-
-
-def peak_rss_gb() -> float:
-    """This process's peak resident memory in GB.
-
-    Linux's VmHWM belongs to the process image, so a child started by this script reports its
-    own peak; ru_maxrss (the fallback elsewhere) keeps the parent's peak across fork + exec.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def measure_rss(args: argparse.Namespace, name: str, phase: str) -> float | None:

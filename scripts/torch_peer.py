@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -33,12 +34,20 @@ import time
 LAYOUTS = ("channels_last", "nchw")
 
 
-def _peak_rss_gb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20
-    return float("nan")
+def peak_rss_gb() -> float:
+    """This process's peak resident memory in GB.
+
+    Linux's VmHWM belongs to the process image, so a child started by this script reports its
+    own peak; ru_maxrss (the fallback elsewhere) keeps the parent's peak across fork + exec.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def _build(args: argparse.Namespace):
@@ -118,7 +127,7 @@ def serve(argv: list[str] | None = None) -> int:
                 seconds.append(time.perf_counter() - start)
             _reply({"seconds": seconds})
         elif command == "rss":
-            _reply({"peak_rss_gb": _peak_rss_gb()})
+            _reply({"peak_rss_gb": peak_rss_gb()})
         else:
             break
     return 0

@@ -5,6 +5,8 @@ every value of a checkpoint, `assert_same_values` compares two runs' checkpoints
 
 from __future__ import annotations
 
+import re
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -60,3 +62,19 @@ def assert_same_values(prefix: str, reference: str) -> int:
     for name, value in theirs.items():
         np.testing.assert_array_equal(ours[name], value, err_msg=name)
     return sum(v.size for v in theirs.values())
+
+
+# The one line main.py prints when a signal stopped training (runtime/preemption.py).
+STOP_LINE = re.compile(
+    r"main\.py: stopped by (SIG\w+|a signal to another worker) at epoch (\d+) step (\d+); "
+    r"checkpoint (\S+); rerun the same command to resume"
+)
+
+
+def saved_position(prefix: str) -> tuple[int, int]:
+    """(finished epochs, steps into the next epoch) recorded in a training checkpoint."""
+    reader = tf.train.load_checkpoint(prefix)
+    return (
+        int(reader.get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE")),
+        int(reader.get_tensor("progress/step_in_epoch/.ATTRIBUTES/VARIABLE_VALUE")),
+    )

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from tests.helpers import ROOT
-from tests.helpers.checkpoint_state import checkpoint_values
-from tests.helpers.processes import free_ports, start_logged
+from tests.helpers.checkpoint_state import STOP_LINE, checkpoint_values, saved_position
+from tests.helpers.processes import LAUNCHER_PREFIXES, free_ports, start_logged
 from tests.helpers.tiny_run import TINY_MPARAMS, TWO_BLOCKS
 
 SUB = "run_S_multinode.sub"
@@ -36,11 +36,7 @@ SLURM_HELP = "start one with `sudo scripts/dev/local_slurm.sh` (docs/development
 
 def job_env(results_dir, **extra: str) -> dict[str, str]:
     """The submitting shell's environment: the scripts' CPU settings, nothing from a launcher."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("TF_CONFIG", "SLURM_", "OMPI_", "PMI_", "MASTER_", "DRY_RUN"))
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith((*LAUNCHER_PREFIXES, "DRY_RUN"))}
     env.update(
         {
             "CONTAINER": "",
@@ -137,15 +133,6 @@ def wait_for_first_checkpoint(results_dir, alive: Callable[[], bool], timeout: f
 MID_EPOCH_2 = f"Epoch: 2 Step: {STEPS // 2} "  # the DLL line of step 50 of epoch 2
 
 
-def wait_for_text(read: Callable[[], str], text: str, alive: Callable[[], bool], timeout=600):
-    """Wait until `read()` (a job's output) contains `text`, while `alive()`."""
-    deadline = time.monotonic() + timeout
-    while text not in read():
-        assert alive(), f"the run ended before {text!r}"
-        assert time.monotonic() < deadline, f"no {text!r} after {timeout} s"
-        time.sleep(0.2)
-
-
 def final_state(results_dir) -> dict[str, np.ndarray]:
     """Every value of the last checkpoint (weights, optimizer slots, EMA, BN statistics, step,
     position, running metrics), but the count of saves (a stop adds one)."""
@@ -181,17 +168,9 @@ def assert_same_training(ours_dir, reference_dir) -> float:
     return largest
 
 
-STOP_LINE = re.compile(
-    r"main\.py: stopped by (SIG\w+|a signal to another worker) at epoch (\d+) step (\d+); "
-    r"checkpoint (\S+); rerun the same command to resume"
-)
-
-
 def assert_stopped_mid_training(log: str, signal_name: str, results_dir) -> str:
     """Both tasks stopped with one line each, at the same step, with one checkpoint at that step
     (its recorded position says so) and no lock left; returns "epoch E step S"."""
-    import tensorflow as tf
-
     lines = STOP_LINE.findall(log)
     assert len(lines) == 2, log[-6000:]
     assert signal_name in {name for name, *_ in lines}, lines
@@ -199,11 +178,7 @@ def assert_stopped_mid_training(log: str, signal_name: str, results_dir) -> str:
     epoch, step, path = int(lines[0][1]), int(lines[0][2]), lines[0][3]
     assert 1 <= step <= STEPS and (epoch - 1) * STEPS + step < EPOCHS * STEPS, lines
     assert path == os.path.join(results_dir, "checkpoints", f"ckpt-{(epoch - 1) * STEPS + step}")
-    reader = tf.train.load_checkpoint(path)
-    at = (
-        int(reader.get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE")),
-        int(reader.get_tensor("progress/step_in_epoch/.ATTRIBUTES/VARIABLE_VALUE")),
-    )
+    at = saved_position(path)
     assert at in ((epoch - 1, step), (epoch, 0)), at  # (E - 1, S), or the end of epoch E
     assert not os.path.exists(os.path.join(results_dir, "train.lock"))
     return f"epoch {epoch} step {step}"

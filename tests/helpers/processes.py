@@ -9,6 +9,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 
 from tests.helpers import ROOT
 
@@ -87,3 +89,12 @@ def free_ports(count: int) -> list[int]:
                 s.close()
         return list(range(first, first + count))
     raise RuntimeError(f"no {count} adjacent free ports below {ephemeral_low}")
+
+
+def wait_for_text(read: Callable[[], str], text: str, alive: Callable[[], bool], timeout=600):
+    """Wait until `read()` (a process's or job's output) contains `text`, while `alive()`."""
+    deadline = time.monotonic() + timeout
+    while text not in read():
+        assert alive(), f"the run ended before {text!r}"
+        assert time.monotonic() < deadline, f"no {text!r} after {timeout} s"
+        time.sleep(0.2)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -35,9 +34,9 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from tests.helpers.checkpoint_state import assert_same_values, checkpoint_values
+from tests.helpers.checkpoint_state import STOP_LINE, assert_same_values, checkpoint_values
 from tests.helpers.data_fixtures import write_tfrecords
-from tests.helpers.processes import cpu_env, finish, free_ports, start_logged
+from tests.helpers.processes import cpu_env, finish, free_ports, start_logged, wait_for_text
 from tests.helpers.tiny_run import TINY_MPARAMS, TWO_BLOCKS
 
 MPARAMS = TINY_MPARAMS + ",dropout_rate=0.0,drop_connect_rate=0.0"
@@ -324,10 +323,12 @@ def test_sigterm_to_one_worker_stops_both_at_one_step_and_the_rerun_matches(tmp_
         assert rc == 0, log[-3000:]
     workers = start_workers(ports, lambda i: args(resumed), tmp_path, "first")
     chief_log = tmp_path / "first_worker0.log"
-    deadline = time.monotonic() + 240
-    while "Epoch: 2 Step: 10 " not in chief_log.read_text():
-        assert all(p.poll() is None for p in workers) and time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_for_text(
+        chief_log.read_text,
+        "Epoch: 2 Step: 10 ",
+        alive=lambda: all(p.poll() is None for p in workers),
+        timeout=240,
+    )
     workers[1].send_signal(signal.SIGTERM)
     sent = time.monotonic()
     results = [finish(p, timeout=120) for p in workers]
@@ -337,10 +338,13 @@ def test_sigterm_to_one_worker_stops_both_at_one_step_and_the_rerun_matches(tmp_
         assert rc == 75, log[-3000:]
         lines += [line for line in log.splitlines() if line.startswith("main.py:")]
     assert len(lines) == 2, lines
-    stop = re.compile(r"main\.py: stopped by (.+) at (epoch 2 step \d+); checkpoint (\S+); ")
-    (chief_by, chief_at, chief_path), (worker_by, worker_at, worker_path) = (
-        stop.match(line).groups() for line in lines
+    (chief_by, chief_epoch, chief_step, chief_path), (worker_by, *worker_stop) = (
+        STOP_LINE.fullmatch(line).groups() for line in lines
     )
+    assert chief_epoch == "2"
+    chief_at = f"epoch {chief_epoch} step {chief_step}"
+    worker_at = "epoch {} step {}".format(*worker_stop[:2])
+    worker_path = worker_stop[2]
     assert (chief_by, worker_by) == ("a signal to another worker", "SIGTERM")
     assert (
         chief_at == worker_at

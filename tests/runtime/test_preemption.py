@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -23,16 +22,17 @@ import tensorflow as tf
 
 from runtime.checkpoint import Position, TrainingCheckpoint
 from runtime.preemption import STOP_SIGNALS, GracefulStop, StopSignals
-from tests.helpers.checkpoint_state import assert_same_values, checkpoint_values
-from tests.helpers.processes import cpu_env, finish, start_logged
+from tests.helpers.checkpoint_state import (
+    STOP_LINE,
+    assert_same_values,
+    checkpoint_values,
+    saved_position,
+)
+from tests.helpers.processes import cpu_env, finish, start_logged, wait_for_text
 from tests.helpers.tiny_run import TINY_MPARAMS, TWO_BLOCKS, tiny_args
 from utils.dllogger import read_log
 
 STEPS = 12  # per epoch
-STOP_LINE = re.compile(
-    r"^main\.py: stopped by (SIG\w+) at epoch (\d+) step (\d+); checkpoint (\S+); "
-    r"rerun the same command to resume$"
-)
 
 
 def run_args(model_dir, *extra: str) -> list[str]:
@@ -104,17 +104,13 @@ def assert_stopped(err: str, code: int, model_dir, name: str, epoch: int, step: 
     lock; returns the checkpoint path."""
     assert code == 75, err
     lines = err.strip().splitlines()
-    match = STOP_LINE.match(lines[-1])
+    match = STOP_LINE.fullmatch(lines[-1])
     assert match, err
     assert "Traceback" not in err
     assert match.groups()[:3] == (name, str(epoch), str(step)), lines[-1]
     path = match.group(4)
     assert path == tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
-    reader = tf.train.load_checkpoint(path)
-    position = (
-        int(reader.get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE")),
-        int(reader.get_tensor("progress/step_in_epoch/.ATTRIBUTES/VARIABLE_VALUE")),
-    )
+    position = saved_position(path)
     # Step S of epoch E is (E - 1 finished epochs, S steps); its last step is the end of E.
     assert position == ((epoch, 0) if step == STEPS else (epoch - 1, step))
     assert not (model_dir / "train.lock").exists()
@@ -227,11 +223,12 @@ def start_run(model_dir, log_path, *extra: str) -> subprocess.Popen:
 
 def signal_mid_epoch(proc: subprocess.Popen, signum: int, after: str) -> tuple[int, str, float]:
     """Send `signum` once the run logged `after`; (exit status, output, seconds to exit)."""
-    deadline = time.monotonic() + 240
-    while after not in open(proc.log_file.name).read():
-        assert proc.poll() is None, open(proc.log_file.name).read()[-3000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for_text(
+        lambda: open(proc.log_file.name).read(),
+        after,
+        alive=lambda: proc.poll() is None,
+        timeout=240,
+    )
     proc.send_signal(signum)
     sent = time.monotonic()
     code, log = finish(proc, timeout=60)
@@ -256,7 +253,7 @@ def test_a_signal_to_a_training_process_checkpoints_its_step_and_exits_75(tmp_pa
     code, log, seconds = signal_mid_epoch(proc, signum, "Epoch: 1 Step: 10 ")
     lines = [line for line in log.splitlines() if line.startswith("main.py:")]
     assert code == 75 and len(lines) == 1, log[-3000:]
-    name, epoch, step = STOP_LINE.match(lines[0]).groups()[:3]
+    name, epoch, step = STOP_LINE.fullmatch(lines[0]).groups()[:3]
     assert (name, epoch) == (signal.Signals(signum).name, "1") and int(step) >= 10
     assert "Traceback" not in log
     assert_stopped(lines[0] + "\n", code, model_dir, name, 1, int(step))

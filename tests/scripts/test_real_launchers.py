@@ -54,9 +54,8 @@ from tests.helpers.launchers import (
     release_requeued,
     start_mpirun,
     wait_for_first_checkpoint,
-    wait_for_text,
 )
-from tests.helpers.processes import finish
+from tests.helpers.processes import finish, wait_for_text
 
 
 @pytest.fixture(scope="module")
